@@ -1,0 +1,127 @@
+"""The connector's one exception tree.
+
+    ConnectorError
+    ├── ConfigError                 bad environment / pipeline (exit 2)
+    │   └── PipelineError           72005 invalid pipeline
+    ├── UnpublishableEvent          one event can never be published (dead-letter / skip / fail)
+    │   └── NoChannelError          72004 event has no usable `_ablyChannel`
+    ├── AblyError                   an Ably REST failure, carrying Ably's error code
+    │   ├── AblyRetryableError      5xx, timeouts, unreachable host (fallback hosts apply)
+    │   ├── AblyRateLimitError      429 / 429xx (back off, never a fallback host)
+    │   ├── AblyRejectedError       permanent 4xx for a message (unpublishable)
+    │   └── AblyAuthError           72001 with 40101 etc.: fatal
+    ├── StreamError                 72003 cannot open / keep the change stream
+    │   └── HistoryLostError        72008 the stored position fell off the oplog
+    ├── CheckpointError             72007 cannot store the resume token
+    │   └── CorruptCheckpointError  72006 stored token unreadable
+    └── FatalError                  stop the connector (exit 1) with one clear line
+
+Each class carries `code`, the managed connector's 7200x code where one applies.
+"""
+
+from __future__ import annotations
+
+
+class ConnectorError(Exception):
+    """Root of every error the connector raises on purpose."""
+
+    code: int = 72000
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(ConnectorError):
+    """Raised when configuration is invalid; `problems` holds one line per bad variable."""
+
+    code = 2
+
+    def __init__(self, problems: list[str], *, code: int | None = None) -> None:
+        super().__init__("; ".join(problems), code=code)
+        self.problems = problems
+
+
+class PipelineError(ConfigError):
+    """Raised when PIPELINE / PIPELINE_FILE is not a valid change-stream pipeline."""
+
+    code = 72005
+
+
+class UnpublishableEvent(ConnectorError):
+    """Raised when one event can never be published (routing, headers, size, permanent 4xx)."""
+
+    code = 72001
+
+    def __init__(self, reason: str, *, code: int | None = None) -> None:
+        super().__init__(reason, code=code)
+        self.reason = reason
+
+
+class NoChannelError(UnpublishableEvent):
+    """Raised when an event has no (valid) `_ablyChannel`."""
+
+    code = 72004
+
+
+class AblyError(ConnectorError):
+    """Raised for an Ably REST failure; `ably_code` and `status` are Ably's own."""
+
+    code = 72001
+
+    def __init__(self, message: str, *, ably_code: int = 0, status: int = 0) -> None:
+        super().__init__(message)
+        self.ably_code = ably_code
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.message} (ably code {self.ably_code}, http {self.status})"
+
+
+class AblyRetryableError(AblyError):
+    """Raised for 5xx, timeouts and unreachable hosts: retry, on a fallback host if any."""
+
+
+class AblyRateLimitError(AblyError):
+    """Raised for 429 / 429xx: back off with a growing delay, same host."""
+
+
+class AblyRejectedError(AblyError):
+    """Raised when Ably permanently rejects a message (40009, 40010, 40013, other 4xx)."""
+
+
+class AblyAuthError(AblyError):
+    """Raised when Ably refuses the credentials (40101, 40160 ...): fatal."""
+
+
+class StreamError(ConnectorError):
+    """Raised when the change stream cannot be opened or kept open."""
+
+    code = 72003
+
+
+class HistoryLostError(StreamError):
+    """Raised when the stored position is no longer in the oplog (server code 286)."""
+
+    code = 72008
+
+
+class CheckpointError(ConnectorError):
+    """Raised when the resume token cannot be stored."""
+
+    code = 72007
+
+
+class CorruptCheckpointError(CheckpointError):
+    """Raised when the stored resume-token document cannot be read back."""
+
+    code = 72006
+
+
+class FatalError(ConnectorError):
+    """Raised to stop the connector with exit status 1 and one clear log line."""
