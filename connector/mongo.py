@@ -1,0 +1,122 @@
+"""One seam over the two supported drivers: PyMongo's native async API (default) and Motor.
+
+Both expose the same collection and change-stream shapes; they differ only in whether `watch()` must be
+awaited and whether `close()` is a coroutine. Everything else in the connector uses the objects returned
+here and never imports a driver module directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+from bson.binary import UuidRepresentation
+from bson.codec_options import CodecOptions
+from pymongo import WriteConcern
+
+DriverName = Literal["pymongo", "motor"]
+
+# Change events and stored documents decode with timezone-aware datetimes and standard UUIDs, so what we
+# publish as Extended JSON round-trips exactly.
+CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
+    tz_aware=True, uuid_representation=UuidRepresentation.STANDARD
+)
+MAJORITY = WriteConcern(w="majority")
+SERVER_SELECTION_TIMEOUT_MS = 10_000
+
+
+class ChangeStreamLike(Protocol):
+    """What the reader needs from a driver's change stream."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def resume_token(self) -> Mapping[str, Any] | None: ...
+
+    async def try_next(self) -> Mapping[str, Any] | None: ...
+
+    async def close(self) -> None: ...
+
+
+class Mongo:
+    """A connected client plus the handful of operations the connector performs."""
+
+    def __init__(
+        self, uri: str, database: str, *, driver: DriverName = "pymongo", app_name: str = ""
+    ) -> None:
+        self.driver = driver
+        kwargs: dict[str, Any] = {
+            "serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
+            "appname": app_name or "livesync-connector",
+            "tz_aware": True,
+            "uuidRepresentation": "standard",
+        }
+        if driver == "motor":
+            from motor.motor_asyncio import AsyncIOMotorClient
+
+            self.client: Any = AsyncIOMotorClient(uri, **kwargs)
+        else:
+            from pymongo import AsyncMongoClient
+
+            self.client = AsyncMongoClient(uri, **kwargs)
+        self.db: Any = self.client.get_database(database, codec_options=CODEC_OPTIONS)
+        self._closed = False
+
+    def collection(self, name: str, *, majority: bool = False) -> Any:
+        return self.db.get_collection(
+            name, codec_options=CODEC_OPTIONS, write_concern=MAJORITY if majority else None
+        )
+
+    async def watch(
+        self, collection: str, pipeline: Sequence[Mapping[str, Any]], **options: Any
+    ) -> ChangeStreamLike:
+        """Open a change stream on one collection, or on the whole database when `collection` is empty."""
+        target = self.collection(collection) if collection else self.db
+        stream = target.watch(list(pipeline), **options)
+        if inspect.isawaitable(stream):  # PyMongo async: watch() is a coroutine; Motor: it is not.
+            stream = await stream
+        if self.driver == "motor":
+            return MotorStreamAdapter(stream)
+        native: ChangeStreamLike = stream
+        return native
+
+    async def command(self, command: Mapping[str, Any], *, db: str | None = None) -> Mapping[str, Any]:
+        target = self.client.get_database(db) if db else self.db
+        result: Mapping[str, Any] = await target.command(dict(command))
+        return result
+
+    async def close(self) -> None:
+        """Close the client; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        result = self.client.close()
+        if inspect.isawaitable(result):
+            await result
+
+
+class MotorStreamAdapter:
+    """Motor's change stream, made to look like PyMongo's (its `close()` is also a coroutine)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._stream.alive)
+
+    @property
+    def resume_token(self) -> Mapping[str, Any] | None:
+        token: Mapping[str, Any] | None = self._stream.resume_token
+        return token
+
+    async def try_next(self) -> Mapping[str, Any] | None:
+        change: Mapping[str, Any] | None = await self._stream.try_next()
+        return change
+
+    async def close(self) -> None:
+        result = self._stream.close()
+        if inspect.isawaitable(result):
+            await result

@@ -1,0 +1,219 @@
+"""The reader: pulls change events, routes them, and hands them to the publisher in stream order.
+
+It owns the change stream. Backpressure (invariant 5) is `ledger.reserve()`: when the ledger is full the
+reader stops calling `try_next()`, so nothing more is pulled from MongoDB until Ably catches up.
+After a non-resumable error the stream is reopened from the last position *read* (not the last one
+stored): events read before it are still in the ledger and will complete, so rereading them would only
+produce duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+from bson import Timestamp
+from pymongo.errors import PyMongoError
+
+from connector.checkpoint import Checkpointer, StreamMark
+from connector.deadletter import UnpublishableHandler
+from connector.errors import FatalError, HistoryLostError, StreamError, UnpublishableEvent
+from connector.events import OutboundMessage
+from connector.ledger import InFlightLedger
+from connector.mongo import ChangeStreamLike, Mongo
+from connector.stream import StartPosition, StreamOptions, classify, open_stream
+
+log = logging.getLogger(__name__)
+
+# Reopen backoff after a stream failure: 0.5 s doubling to 30 s, with jitter so that a fleet of
+# connectors does not reconnect in lockstep after a primary election.
+REOPEN_BACKOFF_INITIAL_S = 0.5
+REOPEN_BACKOFF_MAX_S = 30.0
+# After an invalidate (watched collection dropped or renamed) wait a little before reopening with
+# startAfter, so a drop-and-recreate has time to happen and we do not spin on a missing collection.
+INVALIDATE_REOPEN_DELAY_S = 1.0
+
+Router = Callable[[int, Mapping[str, Any]], OutboundMessage]
+HistoryLostPolicy = Literal["fail", "restart"]
+
+
+class Submitter(Protocol):
+    def submit(self, msg: OutboundMessage) -> None: ...
+
+
+@dataclass(slots=True)
+class ReaderStats:
+    events_read: int = 0
+    unpublishable: int = 0
+    reopens: int = 0
+    invalidations: int = 0
+    last_event_cluster_time: Timestamp | None = None
+    last_event_wall_time: datetime | None = None
+    last_event_read_at: float | None = None  # time.time() when read
+    stream_open: bool = False
+
+
+class Reader:
+    def __init__(
+        self,
+        mongo: Mongo,
+        options: StreamOptions,
+        *,
+        ledger: InFlightLedger,
+        checkpointer: Checkpointer,
+        publisher: Submitter,
+        route: Router,
+        unpublishable: UnpublishableHandler,
+        on_history_lost: HistoryLostPolicy,
+        stored_cluster_time: Timestamp | None = None,
+    ) -> None:
+        self._mongo = mongo
+        self._options = options
+        self._ledger = ledger
+        self._checkpointer = checkpointer
+        self._publisher = publisher
+        self._route = route
+        self._unpublishable = unpublishable
+        self._on_history_lost = on_history_lost
+        self._stored_cluster_time = stored_cluster_time
+        self._seq = -1
+        self._failures = 0
+        self.position = StartPosition()
+        self.stats = ReaderStats()
+
+    async def run(self, start: StartPosition, stop: asyncio.Event) -> None:
+        """Read until `stop` is set (or the task is cancelled); raises FatalError / HistoryLostError."""
+        self.position = start
+        self._checkpointer.reset_position(start.token)
+        while not stop.is_set():
+            try:
+                stream = await open_stream(self._mongo, self._options, self.position)
+            except HistoryLostError as exc:
+                await self._history_lost(exc)
+                continue
+            except StreamError as exc:
+                await self._backoff(exc, stop)
+                continue
+            log.info("change stream open (%s)", self.position.describe(), extra={"code": 0})
+            self.stats.stream_open = True
+            try:
+                await self._pump(stream, stop)
+            except HistoryLostError as exc:
+                await self._history_lost(exc)
+            except StreamError as exc:
+                await self._backoff(exc, stop)
+            finally:
+                self.stats.stream_open = False
+                with contextlib.suppress(PyMongoError):
+                    await stream.close()
+
+    async def _pump(self, stream: ChangeStreamLike, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                change = await stream.try_next()
+            except PyMongoError as exc:
+                raise classify(exc, self.position) from exc
+            if change is None:
+                if not stream.alive:
+                    raise StreamError("change stream closed by the server")
+                token = stream.resume_token
+                if token is not None:
+                    self.position = StartPosition(token=token)
+                    self._checkpointer.note_stream_mark(StreamMark(token, self._seq))
+                continue
+            self._failures = 0
+            if change.get("operationType") == "invalidate":
+                await self._invalidated(change, stop)
+                return
+            await self._accept(change)
+            token = stream.resume_token
+            if token is not None:
+                self.position = StartPosition(token=token)
+
+    async def _accept(self, change: Mapping[str, Any]) -> None:
+        self._seq += 1
+        seq = self._seq
+        await self._ledger.reserve(seq, change["_id"])
+        stats = self.stats
+        stats.events_read += 1
+        stats.last_event_read_at = time.time()
+        cluster_time = change.get("clusterTime")
+        if isinstance(cluster_time, Timestamp):
+            stats.last_event_cluster_time = cluster_time
+            self._checkpointer.note_cluster_time(seq, cluster_time)
+        wall_time = change.get("wallTime")
+        if isinstance(wall_time, datetime):
+            stats.last_event_wall_time = wall_time
+        try:
+            msg = self._route(seq, change)
+        except UnpublishableEvent as exc:
+            stats.unpublishable += 1
+            await self._unpublishable.handle(change, exc.reason, exc.code)
+            self._ledger.complete(seq)
+            return
+        self._publisher.submit(msg)
+
+    async def _invalidated(self, change: Mapping[str, Any], stop: asyncio.Event) -> None:
+        """The watched collection was dropped or renamed: continue after the invalidate with startAfter."""
+        self._seq += 1
+        seq = self._seq
+        token = change["_id"]
+        await self._ledger.reserve(seq, token)
+        self._ledger.complete(seq)  # nothing to publish; the position still moves past it
+        self.stats.invalidations += 1
+        self.position = StartPosition(token=token, start_after=True)
+        self._checkpointer.note_stream_mark(StreamMark(token, seq, invalidated=True))
+        log.warning(
+            "change stream invalidated (collection %r dropped or renamed); reopening with startAfter",
+            self._options.collection,
+            extra={"code": 72003},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), INVALIDATE_REOPEN_DELAY_S)
+
+    async def _history_lost(self, exc: HistoryLostError) -> None:
+        since = self._stored_cluster_time
+        gap = (
+            f"events between {_ts_text(since)} and {datetime.now(UTC).isoformat()} may be missing"
+            if since is not None
+            else f"events up to {datetime.now(UTC).isoformat()} may be missing"
+        )
+        if self._on_history_lost == "fail":
+            raise FatalError(
+                f"change stream history lost: the stored position is no longer in the oplog; {gap}. "
+                "Set ON_HISTORY_LOST=restart to start from now, or reset the token.",
+                code=72008,
+            ) from exc
+        log.error(
+            "change stream history lost; restarting from now (ON_HISTORY_LOST=restart): %s",
+            gap,
+            extra={"code": 72008},
+        )
+        self.position = StartPosition()
+        self._stored_cluster_time = None
+
+    async def _backoff(self, exc: StreamError, stop: asyncio.Event) -> None:
+        self._failures += 1
+        self.stats.reopens += 1
+        delay = min(REOPEN_BACKOFF_MAX_S, REOPEN_BACKOFF_INITIAL_S * 2 ** (self._failures - 1))
+        delay *= random.uniform(0.8, 1.2)
+        log.error(
+            "cannot read the change stream, reopening in %.1fs from %s: %s",
+            delay,
+            self.position.describe(),
+            exc,
+            extra={"code": 72003},
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
+
+def _ts_text(ts: Timestamp) -> str:
+    return f"{datetime.fromtimestamp(ts.time, UTC).isoformat()} (Timestamp({ts.time}, {ts.inc}))"
