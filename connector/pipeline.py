@@ -1,0 +1,192 @@
+"""The user's change-stream pipeline: parsing, validation, routing check, hash, own-collection exclusion.
+
+The pipeline runs server-side inside the change stream, so a mistake surfaces only when the stream opens
+(or, worse, as every event being unpublishable). We therefore validate what we can before connecting:
+the shape (an array of one-key stage documents), the stages a change stream accepts, and that no stage
+touches `_id` (the resume token; the server refuses to resume a stream whose `_id` was modified).
+Each problem is one line naming the variable, the stage index and what is wrong.
+
+Public API:
+    parse_pipeline(text, *, source="PIPELINE") -> list[dict]     raises PipelineError
+    validate_stages(stages, *, source="PIPELINE") -> list[dict]  raises PipelineError
+    sets_channel(stages) -> bool
+    pipeline_hash(stages) -> str
+    exclusion_stage(coll_names) -> dict
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from bson import json_util
+from bson.json_util import CANONICAL_JSON_OPTIONS
+
+from connector.errors import PipelineError
+
+__all__ = [
+    "ALLOWED_STAGES",
+    "CHANNEL_FIELD",
+    "exclusion_stage",
+    "parse_pipeline",
+    "pipeline_hash",
+    "sets_channel",
+    "validate_stages",
+]
+
+Stage = dict[str, Any]
+
+#: Stages MongoDB accepts in a change-stream pipeline (server docs, "Modify Change Stream Output").
+ALLOWED_STAGES: tuple[str, ...] = (
+    "$addFields",
+    "$changeStreamSplitLargeEvent",
+    "$match",
+    "$project",
+    "$redact",
+    "$replaceRoot",
+    "$replaceWith",
+    "$set",
+    "$unset",
+)
+
+#: The root field that names the Ably channel (message contract).
+CHANNEL_FIELD = "_ablyChannel"
+
+#: Stages whose argument is a document of field -> expression.
+_FIELD_STAGES = frozenset({"$addFields", "$set", "$project"})
+
+
+def parse_pipeline(text: str, *, source: str = "PIPELINE") -> list[Stage]:
+    """Parse JSON / MongoDB Extended JSON text (`{"$date": ...}`, `{"$oid": ...}` ...) and validate it."""
+    try:
+        value = json_util.loads(text)
+    except (ValueError, TypeError, KeyError) as exc:
+        # json.JSONDecodeError is a ValueError; bad Extended JSON wrappers raise TypeError/KeyError.
+        raise PipelineError([f"{source}: not valid JSON or Extended JSON: {exc}"]) from None
+    return validate_stages(value, source=source)
+
+
+def validate_stages(value: Any, *, source: str = "PIPELINE") -> list[Stage]:
+    """Check an already-decoded pipeline; return it as a list of stage dicts or raise PipelineError."""
+    if not isinstance(value, list):
+        raise PipelineError([f"{source}: must be a JSON array of stages (got {_kind(value)})"])
+    problems: list[str] = []
+    last = len(value) - 1
+    for index, stage in enumerate(value):
+        problem = _stage_problem(stage, is_last=index == last)
+        if problem:
+            problems.append(f"{source}: stage {index}: {problem}")
+    if problems:
+        raise PipelineError(problems)
+    return value
+
+
+def _stage_problem(stage: Any, *, is_last: bool) -> str | None:
+    if not isinstance(stage, dict):
+        return f'must be a document like {{"$match": {{...}}}} (got {_kind(stage)})'
+    if len(stage) != 1:
+        keys = ", ".join(stage) or "none"
+        return f"must have exactly one key, the stage name (got {len(stage)}: {keys})"
+    ((name, arg),) = stage.items()
+    if name not in ALLOWED_STAGES:
+        return f"{name} is not allowed in a change stream pipeline (allowed: {', '.join(ALLOWED_STAGES)})"
+    return _argument_problem(name, arg, is_last=is_last)
+
+
+def _argument_problem(name: str, arg: Any, *, is_last: bool) -> str | None:
+    if name in _FIELD_STAGES or name == "$match":
+        if not isinstance(arg, dict):
+            return f"{name} takes a document (got {_kind(arg)})"
+        if name == "$project" and arg.get("_id", 1) in (0, False):
+            return "$project must not exclude _id (the resume token)"
+        if name != "$match" and name != "$project" and "_id" in arg:
+            return f"{name} must not modify _id (the resume token)"
+        return None
+    if name == "$unset":
+        fields = [arg] if isinstance(arg, str) else arg
+        if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
+            return "$unset takes a field name or a non-empty array of field names"
+        if "_id" in fields:
+            return "$unset must not remove _id (the resume token)"
+        return None
+    if name == "$replaceRoot":
+        if not isinstance(arg, dict) or set(arg) != {"newRoot"}:
+            return "$replaceRoot takes a document with exactly one key, newRoot"
+        return None
+    if name == "$changeStreamSplitLargeEvent":
+        if arg != {}:
+            return "$changeStreamSplitLargeEvent takes an empty document {}"
+        if not is_last:
+            return "$changeStreamSplitLargeEvent must be the last stage"
+    return None
+
+
+def _kind(value: Any) -> str:
+    """Name a decoded JSON value's type the way a user wrote it."""
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    for typ, label in kinds.items():
+        if isinstance(value, typ):
+            return label
+    return "number" if isinstance(value, int | float) else type(value).__name__
+
+
+def sets_channel(stages: list[Stage]) -> bool:
+    """Does the pipeline (probably) leave `_ablyChannel` set on the event root?
+
+    Follows the stages in order: `$addFields`/`$set`/`$project` with a computed `_ablyChannel`, or a
+    `$replaceRoot`/`$replaceWith` whose new root (or one `$mergeObjects` part of it) sets it, turn it on;
+    `$unset`, an exclusion `$project`, or a new root without it turn it off again. `$redact` and
+    `$match` leave it as is. A False result means every event would be unpublishable; the caller warns.
+    """
+    present = False
+    for stage in stages:
+        ((name, arg),) = stage.items()
+        if name in ("$addFields", "$set"):
+            present = present or CHANNEL_FIELD in arg
+        elif name == "$project":
+            present = _project_keeps_channel(arg, present)
+        elif name == "$unset":
+            fields = [arg] if isinstance(arg, str) else arg
+            present = present and CHANNEL_FIELD not in fields
+        elif name in ("$replaceRoot", "$replaceWith"):
+            root = arg["newRoot"] if name == "$replaceRoot" else arg
+            present = _root_sets_channel(root)
+    return present
+
+
+def _project_keeps_channel(spec: dict[str, Any], present: bool) -> bool:
+    value = spec.get(CHANNEL_FIELD)
+    if value is None:
+        # Inclusion projections drop unnamed fields; exclusion projections keep them.
+        inclusion = any(v not in (0, False) for k, v in spec.items() if k != "_id")
+        return present and not inclusion
+    if isinstance(value, bool | int | float):
+        return present and value not in (0, False)
+    return True
+
+
+def _root_sets_channel(root: Any) -> bool:
+    if not isinstance(root, dict):
+        return False
+    if CHANNEL_FIELD in root:
+        return True
+    parts = root.get("$mergeObjects")
+    return isinstance(parts, list) and any(_root_sets_channel(part) for part in parts)
+
+
+def pipeline_hash(stages: list[Stage]) -> str:
+    """A stable hex digest of the pipeline's canonical Extended JSON (key order kept: it matters to MongoDB).
+
+    Stored with the checkpoint so that a restart under a changed pipeline is visible in the logs.
+    """
+    text = json_util.dumps(stages, json_options=CANONICAL_JSON_OPTIONS, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def exclusion_stage(coll_names: list[str]) -> Stage:
+    """The leading `$match` of a database-wide watch that hides the connector's own collections.
+
+    Without it the connector's checkpoint writes would stream back in (invariant 6). `$nin` also
+    matches events that have no `ns.coll` at all (dropDatabase, invalidate), which must pass.
+    """
+    return {"$match": {"ns.coll": {"$nin": list(coll_names)}}}
