@@ -1,0 +1,378 @@
+"""The publisher: per-channel FIFO queues batched into concurrent Ably batch-publish requests.
+
+Invariants kept here (ARCHITECTURE.md):
+- Per-channel order: a channel has at most ONE request in flight, and a failed entry is retried together
+  with every later entry of its channel before anything newer of that channel is sent. Requests in flight
+  at the same time cover disjoint channel sets, so REST requests arriving out of order cannot reorder a
+  channel.
+- No event is dropped: retryable failures are retried forever with a growing backoff; a message leaves
+  the ledger only when Ably accepted it or `on_rejected` handled a permanent rejection.
+
+Batching is adaptive: when a request slot is free, whatever is queued goes out at once (a lone event is
+not held back); what accumulates while all slots are busy forms the next, bigger batch. `linger_ms`
+optionally waits for a fuller batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from connector.ably import MAX_BODY_BYTES, MAX_CHANNELS_PER_REQUEST, encode_spec
+from connector.errors import AblyError, AblyRateLimitError, AblyRejectedError, AblyRetryableError
+from connector.events import OutboundMessage
+from connector.ledger import InFlightLedger
+
+__all__ = ["BatchClient", "Publisher", "PublisherStats", "RejectHandler"]
+
+logger = logging.getLogger(__name__)
+
+# First publisher-level retry delay; the client already retried for up to its own budget, so waiting a
+# second before the next round lets a per-second rate-limit window roll over.
+RETRY_BACKOFF_BASE_S: Final = 1.0
+# Safety net for the scheduler's wait: every state change sets the wakeup event, so this only bounds a wait
+# that would otherwise be unbounded.
+SCHEDULER_IDLE_WAIT_S: Final = 1.0
+# "[" + "]" around the BatchSpecs, plus one comma per additional spec (counted per entry).
+_BODY_OVERHEAD: Final = 2
+
+RejectHandler = Callable[[OutboundMessage, AblyError], Awaitable[None]]
+Outcome = AblyError | None
+# A queued message and the size of its encoded BatchSpec (computed once, at submit).
+_Entry = tuple[OutboundMessage, int]
+
+
+class BatchClient(Protocol):
+    """What the publisher needs from the Ably client (AblyRestClient satisfies it)."""
+
+    async def publish_batch(self, messages: Sequence[OutboundMessage]) -> list[Outcome]: ...
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    """Counters for metrics and health."""
+
+    published: int = 0  # messages Ably accepted
+    rejected: int = 0  # messages permanently rejected and handed to on_rejected
+    retries: int = 0  # messages queued again after a retryable failure
+    requests: int = 0  # batch-publish requests started
+    failed_requests: int = 0  # requests that failed as a whole (after the client's own retries)
+    in_flight_requests: int = 0
+    queued: int = 0  # messages waiting for a request (not in flight)
+    last_error: AblyError | None = None
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+def _retryable(outcome: Outcome) -> bool:
+    return isinstance(outcome, AblyRetryableError | AblyRateLimitError)
+
+
+class Publisher:
+    """Owns the per-channel queues and the request tasks; `run()` is the scheduler loop."""
+
+    def __init__(
+        self,
+        client: BatchClient,
+        ledger: InFlightLedger,
+        *,
+        on_rejected: RejectHandler,
+        max_batch_messages: int = 500,
+        max_batch_bytes: int = 1_900_000,
+        max_channels_per_request: int = MAX_CHANNELS_PER_REQUEST,
+        linger_ms: float = 0.0,
+        concurrency: int = 8,
+        retry_backoff_max: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not 1 <= max_channels_per_request <= MAX_CHANNELS_PER_REQUEST:
+            raise ValueError(f"max_channels_per_request must be 1..{MAX_CHANNELS_PER_REQUEST}")
+        if not 0 < max_batch_bytes <= MAX_BODY_BYTES:
+            raise ValueError(f"max_batch_bytes must be 1..{MAX_BODY_BYTES}")
+        if max_batch_messages < 1 or concurrency < 1 or linger_ms < 0 or retry_backoff_max <= 0:
+            raise ValueError("max_batch_messages and concurrency must be >= 1, linger_ms >= 0, backoff > 0")
+        self._client = client
+        self._ledger = ledger
+        self._on_rejected = on_rejected
+        self._max_messages = max_batch_messages
+        self._max_bytes = max_batch_bytes
+        self._max_channels = max_channels_per_request
+        self._linger_s = linger_ms / 1000.0
+        self._concurrency = concurrency
+        self._backoff_max = retry_backoff_max
+        self._sleep = sleep
+        self._queues: dict[str, deque[_Entry]] = {}
+        # Idle channels with queued messages, in the order they became ready (a dict is an ordered set).
+        self._ready: dict[str, None] = {}
+        self._busy: set[str] = set()  # channels with a request in flight or waiting out a backoff
+        self._failures: dict[str, int] = {}  # consecutive failed rounds per channel
+        self._requests: set[asyncio.Task[None]] = set()
+        self._backoffs: set[asyncio.Task[None]] = set()
+        self._wakeup = asyncio.Event()
+        self._unfinished = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._stopped = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._state = _State.NEW
+        self.stats = PublisherStats()
+
+    # -- producer side ----------------------------------------------------------------------------------
+
+    def submit(self, msg: OutboundMessage) -> None:
+        """Queue a message (non-blocking). The caller has already reserved `msg.seq` in the ledger."""
+        if self._state is _State.CLOSED:
+            raise RuntimeError("publisher is closed")
+        queue = self._queues.get(msg.channel)
+        if queue is None:
+            queue = self._queues[msg.channel] = deque()
+        queue.append((msg, len(encode_spec(msg))))
+        if msg.channel not in self._busy:
+            self._ready[msg.channel] = None
+        self.stats.queued += 1
+        self._unfinished += 1
+        self._drained.clear()
+        self._wakeup.set()
+
+    @property
+    def unfinished(self) -> int:
+        """Messages submitted and not yet completed (accepted or rejected)."""
+        return self._unfinished
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Schedule requests until `aclose()`; raises a fatal error (AblyAuthError, on_rejected's error)."""
+        if self._state is not _State.NEW:
+            raise RuntimeError("Publisher.run() can only be called once, before aclose()")
+        self._state = _State.RUNNING
+        try:
+            while True:
+                if self._fatal is not None:
+                    raise self._fatal
+                if self._state is _State.CLOSED:
+                    return
+                if self._ready and len(self._requests) < self._concurrency:
+                    await self._linger()
+                    if self._ready and self._fatal is None and self._state is _State.RUNNING:
+                        self._start_request(self._take_batch())
+                    continue
+                await self._wait_wakeup(SCHEDULER_IDLE_WAIT_S)
+        finally:
+            self._stopped.set()
+            await self._cancel_tasks()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until everything submitted is completed; False on timeout or if the publisher stopped."""
+        waiters = [asyncio.ensure_future(self._drained.wait()), asyncio.ensure_future(self._stopped.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        return self._unfinished == 0
+
+    async def aclose(self) -> None:
+        """Stop scheduling and cancel what is still in flight (call `drain()` first for a clean stop)."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        self._wakeup.set()
+        await self._cancel_tasks()
+        self._stopped.set()
+
+    async def _cancel_tasks(self) -> None:
+        tasks = [*self._requests, *self._backoffs]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- scheduling -------------------------------------------------------------------------------------
+
+    async def _wait_wakeup(self, timeout: float) -> None:
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def _linger(self) -> None:
+        """With linger_ms > 0, wait (bounded) for a fuller batch before sending."""
+        if self._linger_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._linger_s
+        while (
+            self.stats.queued < self._max_messages and self._fatal is None and self._state is _State.RUNNING
+        ):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await self._wait_wakeup(remaining)
+
+    def _take_batch(self) -> list[_Entry]:
+        """Take consecutive messages from idle channels within the message, byte and channel limits."""
+        batch: list[_Entry] = []
+        size = _BODY_OVERHEAD
+        # At most max_channels idle channels are looked at, so the request's channel limit holds.
+        for channel in list(itertools.islice(self._ready, self._max_channels)):
+            if len(batch) >= self._max_messages:
+                break
+            queue = self._queues[channel]
+            taken = 0
+            while queue and len(batch) < self._max_messages:
+                cost = queue[0][1] + (1 if batch else 0)
+                if batch and size + cost > self._max_bytes:
+                    break
+                batch.append(queue.popleft())
+                size += cost
+                taken += 1
+            if not taken:
+                break  # the byte budget is spent
+            del self._ready[channel]
+            self._busy.add(channel)
+        self.stats.queued -= len(batch)
+        return batch
+
+    def _start_request(self, batch: list[_Entry]) -> None:
+        task = asyncio.create_task(self._run_request(batch), name=f"ably-publish-{self.stats.requests}")
+        self._requests.add(task)
+        self.stats.requests += 1
+        self.stats.in_flight_requests = len(self._requests)
+        task.add_done_callback(self._request_done)
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._requests.discard(task)
+        self.stats.in_flight_requests = len(self._requests)
+        if not task.cancelled() and (exc := task.exception()) is not None and self._fatal is None:
+            self._fatal = exc
+        self._wakeup.set()
+
+    # -- one request ------------------------------------------------------------------------------------
+
+    async def _run_request(self, batch: list[_Entry]) -> None:
+        outcomes = await self._publish(batch)
+        await self._settle(batch, outcomes)
+
+    async def _publish(self, batch: list[_Entry]) -> list[Outcome]:
+        """Per-entry outcomes; a whole-request failure becomes every entry's outcome.
+
+        A whole-request permanent rejection of several messages (e.g. 413 for the body) is bisected, so
+        only the message(s) Ably really refuses are rejected. AblyAuthError propagates (fatal).
+        """
+        try:
+            return await self._client.publish_batch([msg for msg, _ in batch])
+        except (AblyRetryableError, AblyRateLimitError) as err:
+            self.stats.failed_requests += 1
+            return [err] * len(batch)
+        except AblyRejectedError as err:
+            if len(batch) == 1:
+                return [err]
+            logger.warning("Ably rejected a batch of %d as a whole (%s); splitting it", len(batch), err)
+            return await self._publish_halves(batch)
+
+    async def _publish_halves(self, batch: list[_Entry]) -> list[Outcome]:
+        mid = len(batch) // 2
+        first = await self._publish(batch[:mid])
+        failed = {
+            msg.channel: out for (msg, _), out in zip(batch[:mid], first, strict=True) if _retryable(out)
+        }
+        # Nothing newer of a channel whose earlier entry must be retried may go out first.
+        rest = [entry for entry in batch[mid:] if entry[0].channel not in failed]
+        sent = iter(await self._publish(rest)) if rest else iter(())
+        second = [failed[msg.channel] if msg.channel in failed else next(sent) for msg, _ in batch[mid:]]
+        return first + second
+
+    async def _settle(self, batch: list[_Entry], outcomes: list[Outcome]) -> None:
+        """Complete accepted and rejected entries; queue each failed channel's remainder for a retry."""
+        retry: dict[str, list[_Entry]] = {}
+        channels: dict[str, None] = {}
+        for entry, outcome in zip(batch, outcomes, strict=True):
+            msg = entry[0]
+            channels[msg.channel] = None
+            if msg.channel in retry:
+                # A later entry of a channel that must be retried: re-sent with the same id (Ably drops
+                # it if it was accepted), so order holds.
+                retry[msg.channel].append(entry)
+            elif outcome is None:
+                self.stats.published += 1
+                self._complete(msg)
+            elif _retryable(outcome):
+                self.stats.last_error = outcome
+                retry[msg.channel] = [entry]
+            elif isinstance(outcome, AblyRejectedError):
+                self.stats.last_error = outcome
+                logger.warning(
+                    "72001 Ably rejected message %s on %r: %s", msg.message.get("id"), msg.channel, outcome
+                )
+                await self._on_rejected(msg, outcome)
+                self.stats.rejected += 1
+                self._complete(msg)
+            else:
+                raise outcome  # AblyAuthError or an unclassified failure: fatal
+        for channel in channels:
+            if channel not in retry:
+                self._failures.pop(channel, None)
+                self._release(channel)
+        if retry:
+            self._schedule_retry(retry)
+
+    def _complete(self, msg: OutboundMessage) -> None:
+        self._ledger.complete(msg.seq)
+        self._unfinished -= 1
+        if self._unfinished == 0:
+            self._drained.set()
+
+    def _release(self, channel: str) -> None:
+        """The channel has nothing in flight any more: make it ready again, or forget its empty queue."""
+        self._busy.discard(channel)
+        if self._queues[channel]:
+            self._ready[channel] = None
+        else:
+            del self._queues[channel]
+        self._wakeup.set()
+
+    def _schedule_retry(self, retry: dict[str, list[_Entry]]) -> None:
+        """Back off per channel (the channel stays busy meanwhile), then put its entries back in front."""
+        by_delay: dict[float, dict[str, list[_Entry]]] = {}
+        for channel, entries in retry.items():
+            failures = self._failures[channel] = self._failures.get(channel, 0) + 1
+            delay = min(self._backoff_max, RETRY_BACKOFF_BASE_S * 2.0 ** (failures - 1))
+            by_delay.setdefault(delay, {})[channel] = entries
+            self.stats.retries += len(entries)
+        for delay, group in by_delay.items():
+            error = self.stats.last_error
+            logger.warning(
+                "72001 publish to %d channel(s) failed, retrying %d message(s) in %.1fs: %s",
+                len(group),
+                sum(len(e) for e in group.values()),
+                delay,
+                error,
+            )
+            task = asyncio.create_task(self._requeue_after(delay, group), name="ably-publish-backoff")
+            self._backoffs.add(task)
+            task.add_done_callback(self._backoff_done)
+
+    async def _requeue_after(self, delay: float, group: dict[str, list[_Entry]]) -> None:
+        await self._sleep(delay)
+        for channel, entries in group.items():
+            self._queues[channel].extendleft(reversed(entries))
+            self.stats.queued += len(entries)
+            self._release(channel)
+
+    def _backoff_done(self, task: asyncio.Task[None]) -> None:
+        self._backoffs.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None and self._fatal is None:
+            self._fatal = exc
+        self._wakeup.set()
