@@ -1,0 +1,5 @@
+"""`python -m connector` is the same as the `livesync-connector` console script."""
+
+from connector.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,149 @@
+"""`livesync-connector check`: prove the configuration works before deploying, publishing nothing.
+
+Each check prints one line (`ok` / `FAIL` with the reason and the managed connector's code); the exit
+status is 0 only when every check passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pymongo.errors import OperationFailure, PyMongoError
+
+from connector.ably import AblyRestClient
+from connector.config import Settings
+from connector.errors import AblyError
+from connector.mongo import Mongo
+from connector.pipeline import sets_channel
+from connector.stream import StartPosition, StreamOptions, open_stream
+
+log = logging.getLogger(__name__)
+
+Out = Callable[[str], None]
+
+
+class _Report:
+    def __init__(self, out: Out) -> None:
+        self._out = out
+        self.failed = 0
+
+    def ok(self, what: str) -> None:
+        self._out(f"ok    {what}")
+
+    def warn(self, what: str) -> None:
+        self._out(f"warn  {what}")
+
+    def fail(self, what: str, code: int) -> None:
+        self.failed += 1
+        self._out(f"FAIL  {what} (code {code})")
+
+
+async def run_checks(settings: Settings, *, out: Out, mongo: Mongo | None = None) -> int:
+    report = _Report(out)
+    stages = settings.pipeline_stages()
+    report.ok(f"configuration valid; pipeline has {len(stages)} stage(s)")
+    if not sets_channel(stages):
+        report.warn("no pipeline stage sets _ablyChannel: every event would be unpublishable (72004)")
+    owned = mongo is None
+    mongo = mongo or Mongo(
+        settings.mongodb_uri.get_secret_value(), settings.mongodb_database, driver=settings.mongo_driver
+    )
+    try:
+        await _check_mongo(settings, mongo, report)
+    finally:
+        if owned:
+            await mongo.close()
+    await _check_ably(settings, report)
+    out("all checks passed" if not report.failed else f"{report.failed} check(s) failed")
+    return 0 if not report.failed else 1
+
+
+async def _check_mongo(settings: Settings, mongo: Mongo, report: _Report) -> None:
+    try:
+        hello = await mongo.command({"hello": 1}, db="admin")
+    except PyMongoError as exc:
+        report.fail(f"MongoDB unreachable: {exc}", 72003)
+        return
+    if hello.get("msg") == "isdbgrid":
+        report.ok("MongoDB reachable (sharded cluster via mongos)")
+    elif hello.get("setName"):
+        report.ok(
+            f"MongoDB reachable (replica set {hello['setName']!r}, wire {hello.get('maxWireVersion')})"
+        )
+    else:
+        report.fail(
+            "MongoDB is a standalone server: change streams need a replica set or sharded cluster", 72003
+        )
+        return
+    options = StreamOptions(
+        collection=settings.mongodb_collection,
+        pipeline=settings.pipeline_stages(),
+        full_document=settings.full_document,
+        full_document_before_change=settings.full_document_before_change,
+        max_await_time_ms=100,
+    )
+    try:
+        stream = await open_stream(mongo, options, StartPosition())
+        await stream.close()
+        report.ok(f"change stream opens on {settings.watch_namespace} with the pipeline and options")
+    except Exception as exc:  # reported, not raised: `check` lists every problem it can find
+        report.fail(f"cannot open a change stream on {settings.watch_namespace}: {exc}", 72003)
+    await _check_images(settings, mongo, report)
+
+
+def _needs_images(settings: Settings) -> bool:
+    return (
+        settings.full_document in ("whenAvailable", "required")
+        or settings.full_document_before_change != "off"
+    )
+
+
+async def _check_images(settings: Settings, mongo: Mongo, report: _Report) -> None:
+    if not _needs_images(settings):
+        return
+    flt: dict[str, Any] = {"name": settings.mongodb_collection} if settings.mongodb_collection else {}
+    try:
+        cursor = await mongo.db.list_collections(filter=flt)
+        infos: list[Mapping[str, Any]] = [info async for info in cursor]
+    except (OperationFailure, PyMongoError) as exc:
+        report.fail(f"cannot list collections to check pre- and post-images: {exc}", 72003)
+        return
+    missing = [
+        info["name"]
+        for info in infos
+        if info.get("type", "collection") == "collection"
+        and not info.get("options", {}).get("changeStreamPreAndPostImages", {}).get("enabled")
+        and info["name"] not in (settings.resume_token_collection, settings.deadletter_collection)
+    ]
+    if settings.mongodb_collection and not infos:
+        report.warn(f"collection {settings.watch_namespace} does not exist yet")
+    elif missing:
+        required = "required" in (settings.full_document, settings.full_document_before_change)
+        text = (
+            f"pre- and post-images are not enabled on {', '.join(sorted(missing))}; enable with "
+            "collMod changeStreamPreAndPostImages: {enabled: true}"
+        )
+        if required:
+            report.fail(text, 72003)
+        else:
+            report.warn(text + " (whenAvailable: images will be missing)")
+    else:
+        report.ok("pre- and post-images enabled where the options need them")
+
+
+async def _check_ably(settings: Settings, report: _Report) -> None:
+    client = AblyRestClient(
+        api_key=settings.ably_api_key.get_secret_value(),
+        rest_url=settings.ably_rest_url,
+        fallback_hosts=settings.ably_fallback_hosts,
+        request_timeout=settings.ably_request_timeout_s,
+    )
+    try:
+        await client.check_credentials()
+        report.ok(f"Ably credentials accepted by {settings.ably_rest_url}")
+    except AblyError as exc:
+        report.fail(f"Ably: {exc}", exc.code)
+    finally:
+        await client.aclose()

@@ -1,0 +1,130 @@
+"""Command line: `livesync-connector [run|check|token show|token reset --yes]`.
+
+Exit status: 0 success, 1 a fatal runtime error (one log line names it), 2 invalid configuration or
+usage (one line per bad variable, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from bson import json_util
+from bson.json_util import RELAXED_JSON_OPTIONS
+
+from connector import __version__
+from connector.config import Settings, load_settings
+from connector.errors import ConfigError
+from connector.logs import configure_logging
+
+log = logging.getLogger("connector")
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livesync-connector",
+        description="Publish MongoDB change-stream events to Ably channels (configured by environment).",
+    )
+    parser.add_argument("--version", action="version", version=f"livesync-connector {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the connector (default)")
+    sub.add_parser("check", help="validate configuration, MongoDB and Ably credentials; publishes nothing")
+    token = sub.add_parser("token", help="show or reset the stored resume token")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    token_sub.add_parser("show", help="print the stored resume-token document")
+    reset = token_sub.add_parser("reset", help="delete the stored resume token (next start uses START_AT)")
+    reset.add_argument("--yes", action="store_true", help="confirm the deletion")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print("livesync-connector: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_level, settings.log_format)
+    if command == "run":
+        return asyncio.run(_run(settings))
+    if command == "check":
+        from connector.check import run_checks
+
+        return asyncio.run(run_checks(settings, out=print))
+    if args.token_command == "reset" and not args.yes:
+        print("token reset deletes the stored position; repeat with --yes to confirm", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(_token(settings, args.token_command, out=print))
+
+
+async def _run(settings: Settings) -> int:
+    from connector.worker import Worker
+
+    worker = Worker(settings)
+    loop = asyncio.get_running_loop()
+    signals_seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        # Only record and set the stop event; a second signal forces exit (as uvicorn does).
+        signals_seen.append(signum)
+        if len(signals_seen) > 1:
+            log.warning("second signal: forcing exit")
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            return
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        worker.request_stop(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await worker.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _token(settings: Settings, action: str, *, out: Callable[[str], None]) -> int:
+    from connector.checkpoint import TokenStore
+    from connector.errors import ConnectorError
+    from connector.mongo import Mongo
+
+    mongo = Mongo(
+        settings.mongodb_uri.get_secret_value(), settings.mongodb_database, driver=settings.mongo_driver
+    )
+    store = TokenStore(
+        mongo.collection(settings.resume_token_collection, majority=True), settings.connector_id
+    )
+    try:
+        if action == "show":
+            doc = await mongo.collection(settings.resume_token_collection).find_one(
+                {"_id": settings.connector_id}
+            )
+            if doc is None:
+                out(f"no resume token stored for {settings.connector_id!r}")
+                return EXIT_OK
+            out(json_util.dumps(doc, json_options=RELAXED_JSON_OPTIONS, indent=2))
+            return EXIT_OK
+        deleted = await store.delete()
+        out(
+            f"deleted the resume token for {settings.connector_id!r}"
+            if deleted
+            else f"no resume token stored for {settings.connector_id!r}"
+        )
+        return EXIT_OK
+    except ConnectorError as exc:
+        log.critical("%s", exc, extra={"code": exc.code})
+        return EXIT_FATAL
+    finally:
+        await mongo.close()

@@ -1,0 +1,302 @@
+"""The worker: wires reader → router → publisher → ledger → checkpointer, and owns their lifecycle.
+
+Shutdown order is fixed (invariant 7): stop reading → drain in-flight publishes within the grace period →
+store the final checkpoint → close Ably, the health server and MongoDB. A fatal error takes the same path
+(minus waiting for drains that cannot succeed) and the process exits 1 with one log line naming the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from bson import json_util
+
+from connector.ably import AblyRestClient
+from connector.checkpoint import Checkpointer, StoredPosition, TokenStore
+from connector.config import Settings
+from connector.deadletter import UnpublishableHandler
+from connector.errors import AblyError, ConnectorError, FatalError
+from connector.events import OutboundMessage
+from connector.health import HealthServer
+from connector.ledger import InFlightLedger
+from connector.messages import to_message
+from connector.metrics import build_registry
+from connector.mongo import Mongo
+from connector.pipeline import exclusion_stage, pipeline_hash, sets_channel
+from connector.publisher import Publisher
+from connector.reader import Reader
+from connector.stream import StartPosition, StreamOptions
+
+log = logging.getLogger(__name__)
+
+# Ably counts as "answering" if a request succeeded within this long, or none has failed since.
+ABLY_STALE_AFTER_S = 30.0
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+
+
+class Worker:
+    """One connector instance. `run()` returns the process exit status."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        mongo: Mongo | None = None,
+        ably: AblyRestClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stop_event = asyncio.Event()
+        self._stop_reason = ""
+        self._owns_mongo = mongo is None
+        self.mongo = mongo or Mongo(
+            settings.mongodb_uri.get_secret_value(), settings.mongodb_database, driver=settings.mongo_driver
+        )
+        self.ably = ably or AblyRestClient(
+            api_key=settings.ably_api_key.get_secret_value(),
+            rest_url=settings.ably_rest_url,
+            fallback_hosts=settings.ably_fallback_hosts,
+            request_timeout=settings.ably_request_timeout_s,
+        )
+        self.stages = settings.pipeline_stages()
+        self.pipeline_hash = pipeline_hash(self.stages)
+        self.namespace = settings.watch_namespace
+        self.ledger = InFlightLedger(settings.max_in_flight)
+        self.token_store = TokenStore(
+            self.mongo.collection(settings.resume_token_collection, majority=True), settings.connector_id
+        )
+        self.unpublishable = UnpublishableHandler(
+            settings.on_unpublishable,
+            self.mongo.collection(settings.deadletter_collection, majority=True),
+            ttl_days=settings.deadletter_ttl_days,
+        )
+        self.checkpointer = Checkpointer(
+            self.token_store,
+            self.ledger,
+            namespace=self.namespace,
+            pipeline_hash=self.pipeline_hash,
+            interval=settings.checkpoint_interval_ms / 1000,
+            idle_interval=settings.idle_checkpoint_interval_s,
+        )
+        self.publisher = Publisher(
+            self.ably,
+            self.ledger,
+            on_rejected=self._on_rejected,
+            max_batch_messages=settings.publish_batch_size,
+            linger_ms=settings.publish_linger_ms,
+            concurrency=settings.publish_concurrency,
+        )
+        self.reader = Reader(
+            self.mongo,
+            StreamOptions(
+                collection=settings.mongodb_collection,
+                pipeline=self._stream_pipeline(),
+                full_document=settings.full_document,
+                full_document_before_change=settings.full_document_before_change,
+            ),
+            ledger=self.ledger,
+            checkpointer=self.checkpointer,
+            publisher=self.publisher,
+            route=self._route,
+            unpublishable=self.unpublishable,
+            on_history_lost=settings.on_history_lost,
+        )
+        self.health: HealthServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- wiring ------------------------------------------------------------------------------------
+
+    def _stream_pipeline(self) -> list[Mapping[str, Any]]:
+        """A database-wide watch first excludes our own collections (invariant 6: no feedback loop)."""
+        stages: list[Mapping[str, Any]] = list(self.stages)
+        if not self.settings.mongodb_collection:
+            own = [self.settings.resume_token_collection, self.settings.deadletter_collection]
+            stages.insert(0, exclusion_stage(own))
+        return stages
+
+    def _route(self, seq: int, event: Mapping[str, Any]) -> OutboundMessage:
+        return to_message(
+            seq, event, json_mode=self.settings.json_mode, max_message_size=self.settings.max_message_size
+        )
+
+    async def _on_rejected(self, msg: OutboundMessage, error: AblyError) -> None:
+        """Ably refused a message for good: apply ON_UNPUBLISHABLE to the original event."""
+        event = json_util.loads(msg.message.get("data", "{}"))
+        if not isinstance(event, dict):
+            event = {"_id": msg.token}
+        event.setdefault("_id", msg.token)
+        await self.unpublishable.handle(event, f"rejected by Ably: {error}", error.ably_code or error.code)
+
+    def request_stop(self, reason: str = "signal") -> None:
+        """Called from a signal handler: only records the request and sets the event."""
+        if not self._stop_reason:
+            self._stop_reason = reason
+        self.stop_event.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        try:
+            start = await self._prepare()
+        except ConnectorError as exc:
+            log.critical("%s", exc, extra={"code": exc.code})
+            await self._close()
+            return EXIT_FATAL
+        fatal: BaseException | None = None
+        try:
+            fatal = await self._serve(start)
+        finally:
+            await self._shutdown(fatal is None)
+        if fatal is not None:
+            code = getattr(fatal, "code", 72000)
+            log.critical("stopping: %s", fatal, extra={"code": code})
+            return EXIT_FATAL
+        log.info("stopped cleanly (%s)", self._stop_reason or "requested")
+        return EXIT_OK
+
+    async def _prepare(self) -> StartPosition:
+        settings = self.settings
+        if not sets_channel(list(self.stages)):
+            log.warning(
+                "no pipeline stage sets _ablyChannel: every event will be unpublishable",
+                extra={"code": 72004},
+            )
+        stored = await self.token_store.load()
+        await self.unpublishable.ensure_indexes()
+        if self.settings.http_port:
+            self.health = HealthServer(self.settings.http_port, self.readiness, build_registry(self.snapshot))
+            await self.health.start()
+        return self._start_position(stored, settings.start_at)
+
+    def _start_position(self, stored: StoredPosition | None, start_at: Any) -> StartPosition:
+        if stored is not None:
+            if stored.namespace and stored.namespace != self.namespace:
+                raise FatalError(
+                    f"stored resume token {self.settings.connector_id!r} belongs to namespace "
+                    f"{stored.namespace!r}, not {self.namespace!r}; set CONNECTOR_ID or run "
+                    "`livesync-connector token reset --yes`",
+                    code=72006,
+                )
+            if stored.pipeline_hash and stored.pipeline_hash != self.pipeline_hash:
+                log.warning("the pipeline changed since the token was stored; resuming anyway")
+            self.reader._stored_cluster_time = stored.cluster_time
+            log.info("resuming from stored token %s", stored.token.get("_data"), extra={"code": 0})
+            return StartPosition(token=stored.token, start_after=stored.invalidated)
+        if start_at is not None:
+            log.info("no stored token; starting at operation time %s", start_at)
+            return StartPosition(operation_time=start_at)
+        log.info("no stored token; starting from now")
+        return StartPosition()
+
+    async def _serve(self, start: StartPosition) -> BaseException | None:
+        """Run until a stop request or a fatal error; returns the fatal error, if any."""
+        reader = self._spawn(self.reader.run(start, self.stop_event), "reader")
+        publisher = self._spawn(self.publisher.run(), "publisher")
+        checkpointer = self._spawn(self.checkpointer.run(self.stop_event), "checkpointer")
+        stopper = self._spawn(self.stop_event.wait(), "stop")
+        done, _ = await asyncio.wait(
+            {reader, publisher, checkpointer, stopper}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            if task is stopper or task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is not None:
+                return exc
+            if task is not checkpointer and not self.stop_event.is_set():
+                return FatalError(f"{task.get_name()} stopped unexpectedly")
+        return None
+
+    async def _shutdown(self, drain: bool) -> None:
+        self.stop_event.set()
+        # 1. stop reading
+        await self._cancel("reader")
+        # 2. drain in-flight publishes within the grace period
+        grace = self.settings.shutdown_grace_s
+        if drain and not self.ledger.is_idle():
+            log.info("draining %d in-flight events (grace %.0fs)", self.ledger.pending, grace)
+            if not await self.publisher.drain(grace):
+                log.warning(
+                    "grace period over with %d events in flight; they will be resent", self.ledger.pending
+                )
+        await self._cancel("publisher")
+        await self._cancel("checkpointer")
+        await self._cancel("stop")
+        # 3. final checkpoint (the position covers only completed events)
+        with contextlib.suppress(ConnectorError):
+            await self.checkpointer.checkpoint()
+        # 4. close resources
+        await self._close()
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.publisher.aclose()
+        with contextlib.suppress(Exception):
+            await self.ably.aclose()
+        if self.health is not None:
+            await self.health.aclose()
+        if self._owns_mongo:
+            await self.mongo.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _cancel(self, name: str) -> None:
+        for task in [t for t in self._tasks if t.get_name() == name]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- observability -------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        problems: list[str] = []
+        if not self.reader.stats.stream_open:
+            problems.append("change stream not open")
+        ably_ok = self._ably_answering()
+        if not ably_ok:
+            problems.append("Ably not answering")
+        if not self.checkpointer.healthy:
+            problems.append(f"checkpoint writes failing: {self.checkpointer.last_error}")
+        return not problems, {"problems": problems, "in_flight": self.ledger.pending}
+
+    def _ably_answering(self) -> bool:
+        stats = self.publisher.stats
+        failing_since = getattr(stats, "failing_since", None)
+        return failing_since is None or time.monotonic() - failing_since < ABLY_STALE_AFTER_S
+
+    def snapshot(self) -> dict[str, Any]:
+        r = self.reader.stats
+        p = self.publisher.stats
+        ready, _ = self.readiness()
+        stored = self.checkpointer.last_stored_cluster_time
+        return {
+            "events_read": r.events_read,
+            "messages_published": getattr(p, "published", 0),
+            "unpublishable_events": r.unpublishable + getattr(p, "rejected", 0),
+            "events_deadlettered": self.unpublishable.deadlettered,
+            "events_skipped": self.unpublishable.skipped,
+            "publish_requests": getattr(p, "requests", 0),
+            "publish_retries": getattr(p, "retries", 0),
+            "stream_reopens": r.reopens,
+            "checkpoints_stored": self.checkpointer.stores,
+            "in_flight_events": self.ledger.pending,
+            "in_flight_capacity": self.ledger.capacity,
+            "stream_open": int(r.stream_open),
+            "ready": int(ready),
+            "lag_seconds": (
+                r.last_event_read_at - r.last_event_cluster_time.time
+                if r.last_event_cluster_time and r.last_event_read_at
+                else None
+            ),
+            "checkpoint_cluster_time_seconds": stored.time if stored else None,
+        }
