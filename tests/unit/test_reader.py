@@ -1,0 +1,243 @@
+"""The reader against a scripted fake change stream: order, backpressure, invalidate, errors, history lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from bson import Timestamp
+from mongomock_motor import AsyncMongoMockClient
+from pymongo.errors import OperationFailure
+
+from connector import reader as reader_module
+from connector.checkpoint import Checkpointer, TokenStore
+from connector.deadletter import UnpublishableHandler
+from connector.errors import FatalError, NoChannelError
+from connector.events import OutboundMessage
+from connector.ledger import InFlightLedger
+from connector.reader import Reader
+from connector.stream import StartPosition, StreamOptions
+
+END = object()  # script marker: the stream dies with a non-resumable error
+
+
+def ev(n: int, op: str = "insert", channel: str | None = "ch") -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_id": {"_data": f"82{n:016X}"},
+        "operationType": op,
+        "clusterTime": Timestamp(n, 1),
+    }
+    if channel is not None:
+        doc["_ablyChannel"] = channel
+    return doc
+
+
+class FakeStream:
+    """Yields scripted items: an event dict, None (an empty poll), or an exception to raise."""
+
+    def __init__(self, script: list[Any], on_exhausted: asyncio.Event) -> None:
+        self._script = list(script)
+        self._token: Mapping[str, Any] | None = None
+        self._alive = True
+        self._exhausted = on_exhausted
+        self.closed = False
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @property
+    def resume_token(self) -> Mapping[str, Any] | None:
+        return self._token
+
+    async def try_next(self) -> Mapping[str, Any] | None:
+        await asyncio.sleep(0)
+        if not self._script:
+            self._exhausted.set()
+            await asyncio.sleep(0.01)
+            return None
+        item = self._script.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            self._token = {"_data": (self._token or {"_data": "82"})["_data"] + "00"}
+            return None
+        self._token = item["_id"]
+        if item["operationType"] == "invalidate":
+            self._alive = False
+        return item
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class FakeMongo:
+    def __init__(self, scripts: list[list[Any] | BaseException]) -> None:
+        self.scripts = scripts
+        self.opened: list[dict[str, Any]] = []
+        self.exhausted = asyncio.Event()
+
+    async def watch(self, collection: str, pipeline: Any, **options: Any) -> FakeStream:
+        self.opened.append(options)
+        script = self.scripts.pop(0) if self.scripts else []
+        if isinstance(script, BaseException):
+            raise script
+        return FakeStream(script, self.exhausted if not self.scripts else asyncio.Event())
+
+
+class CollectingPublisher:
+    def __init__(self, ledger: InFlightLedger, auto_ack: bool = True) -> None:
+        self.ledger = ledger
+        self.auto_ack = auto_ack
+        self.sent: list[OutboundMessage] = []
+
+    def submit(self, msg: OutboundMessage) -> None:
+        self.sent.append(msg)
+        if self.auto_ack:
+            self.ledger.complete(msg.seq)
+
+
+def route(seq: int, event: Mapping[str, Any]) -> OutboundMessage:
+    channel = event.get("_ablyChannel")
+    if not channel:
+        raise NoChannelError("event has no _ablyChannel")
+    return OutboundMessage(
+        seq=seq, channel=channel, message={"id": event["_id"]["_data"]}, size=1, token=event["_id"]
+    )
+
+
+def build(
+    mongo: FakeMongo,
+    *,
+    capacity: int = 100,
+    policy: str = "deadletter",
+    history: str = "fail",
+    auto_ack: bool = True,
+) -> tuple[Reader, InFlightLedger, CollectingPublisher, Any]:
+    db = AsyncMongoMockClient()["app"]
+    ledger = InFlightLedger(capacity)
+    cp = Checkpointer(
+        TokenStore(db["ably"], "c"), ledger, namespace="n", pipeline_hash="h", interval=1, idle_interval=60
+    )
+    publisher = CollectingPublisher(ledger, auto_ack)
+    reader = Reader(
+        mongo,  # type: ignore[arg-type]
+        StreamOptions(collection="orders", pipeline=[]),
+        ledger=ledger,
+        checkpointer=cp,
+        publisher=publisher,
+        route=route,
+        unpublishable=UnpublishableHandler(policy, db["ably_deadletter"]),  # type: ignore[arg-type]
+        on_history_lost=history,  # type: ignore[arg-type]
+    )
+    return reader, ledger, publisher, db
+
+
+async def run_until_exhausted(reader: Reader, mongo: FakeMongo, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    task = asyncio.create_task(reader.run(StartPosition(), stop))
+    waiter = asyncio.create_task(mongo.exhausted.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    if task in done:
+        waiter.cancel()
+        task.result()
+        return
+    await asyncio.wait_for(task, 5)
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reader_module, "REOPEN_BACKOFF_INITIAL_S", 0.001)
+    monkeypatch.setattr(reader_module, "INVALIDATE_REOPEN_DELAY_S", 0.001)
+
+
+async def test_events_submitted_in_stream_order() -> None:
+    mongo = FakeMongo([[ev(1), ev(2), None, ev(3)]])
+    reader, ledger, publisher, _ = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert [m.message["id"] for m in publisher.sent] == [ev(n)["_id"]["_data"] for n in (1, 2, 3)]
+    assert [m.seq for m in publisher.sent] == [0, 1, 2]
+    assert ledger.checkpoint() == ev(3)["_id"]
+
+
+async def test_reader_stops_pulling_when_the_ledger_is_full() -> None:
+    """Invariant 5: with nothing acknowledged, at most `capacity` events are read."""
+    mongo = FakeMongo([[ev(n) for n in range(1, 50)]])
+    reader, ledger, publisher, _ = build(mongo, capacity=5, auto_ack=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(reader.run(StartPosition(), stop))
+    await asyncio.sleep(0.1)
+    assert len(publisher.sent) == 5
+    assert ledger.pending == 5
+    for msg in publisher.sent[:2]:
+        ledger.complete(msg.seq)
+    await asyncio.sleep(0.05)
+    assert len(publisher.sent) == 7
+    stop.set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_unpublishable_event_is_deadlettered_and_completed() -> None:
+    mongo = FakeMongo([[ev(1), ev(2, channel=None), ev(3)]])
+    reader, ledger, publisher, db = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert [m.seq for m in publisher.sent] == [0, 2]
+    assert ledger.checkpoint() == ev(3)["_id"]
+    doc = await db["ably_deadletter"].find_one({"_id": ev(2)["_id"]})
+    assert doc["code"] == 72004
+
+
+async def test_unpublishable_under_fail_stops_before_the_event() -> None:
+    mongo = FakeMongo([[ev(1), ev(2, channel=None), ev(3)]])
+    reader, ledger, publisher, _ = build(mongo, policy="fail")
+    with pytest.raises(FatalError):
+        await run_until_exhausted(reader, mongo)
+    assert ledger.checkpoint() == ev(1)["_id"]  # never past the failed event
+    assert [m.seq for m in publisher.sent] == [0]
+
+
+async def test_non_resumable_error_reopens_from_the_last_read_position() -> None:
+    mongo = FakeMongo([[ev(1), ev(2), OperationFailure("boom", code=8)], [ev(3)]])
+    reader, _, publisher, _ = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert mongo.opened[1]["resume_after"] == ev(2)["_id"]
+    assert [m.message["id"] for m in publisher.sent] == [ev(n)["_id"]["_data"] for n in (1, 2, 3)]
+    assert reader.stats.reopens == 1
+
+
+async def test_invalidate_reopens_with_start_after() -> None:
+    mongo = FakeMongo([[ev(1), ev(2, op="invalidate", channel=None)], [ev(3)]])
+    reader, ledger, publisher, _ = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert mongo.opened[1]["start_after"] == ev(2)["_id"]
+    assert [m.message["id"] for m in publisher.sent] == [ev(1)["_id"]["_data"], ev(3)["_id"]["_data"]]
+    assert reader.stats.invalidations == 1
+    assert ledger.checkpoint() == ev(3)["_id"]
+
+
+async def test_history_lost_under_fail_is_fatal_72008_with_the_range() -> None:
+    mongo = FakeMongo([OperationFailure("gone", code=286)])
+    reader, _, _, _ = build(mongo, history="fail")
+    reader._stored_cluster_time = Timestamp(1_700_000_000, 1)
+    with pytest.raises(FatalError) as info:
+        await reader.run(StartPosition(token=ev(1)["_id"]), asyncio.Event())
+    assert info.value.code == 72008
+    assert "2023-11-14T22:13:20+00:00" in str(info.value)
+
+
+async def test_history_lost_under_restart_starts_from_now() -> None:
+    mongo = FakeMongo([OperationFailure("gone", code=286), [ev(5)]])
+    reader, _, publisher, _ = build(mongo, history="restart")
+    stop = asyncio.Event()
+    task = asyncio.create_task(reader.run(StartPosition(token=ev(1)["_id"]), stop))
+    await asyncio.wait_for(mongo.exhausted.wait(), 5)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert mongo.opened[0]["resume_after"] == ev(1)["_id"]
+    assert "resume_after" not in mongo.opened[1] and "start_after" not in mongo.opened[1]
+    assert len(publisher.sent) == 1
