@@ -47,9 +47,7 @@ async def run_checks(settings: Settings, *, out: Out, mongo: Mongo | None = None
     if not sets_channel(stages):
         report.warn("no pipeline stage sets _ablyChannel: every event would be unpublishable (72004)")
     owned = mongo is None
-    mongo = mongo or Mongo(
-        settings.mongodb_uri.get_secret_value(), settings.mongodb_database, driver=settings.mongo_driver
-    )
+    mongo = mongo or Mongo(settings.mongodb_uri, settings.mongodb_database, driver=settings.mongo_driver)
     try:
         await _check_mongo(settings, mongo, report)
     finally:
@@ -69,9 +67,7 @@ async def _check_mongo(settings: Settings, mongo: Mongo, report: _Report) -> Non
     if hello.get("msg") == "isdbgrid":
         report.ok("MongoDB reachable (sharded cluster via mongos)")
     elif hello.get("setName"):
-        report.ok(
-            f"MongoDB reachable (replica set {hello['setName']!r}, wire {hello.get('maxWireVersion')})"
-        )
+        report.ok(f"MongoDB reachable (replica set {hello['setName']!r}, wire {hello.get('maxWireVersion')})")
     else:
         report.fail(
             "MongoDB is a standalone server: change streams need a replica set or sharded cluster", 72003
@@ -79,7 +75,7 @@ async def _check_mongo(settings: Settings, mongo: Mongo, report: _Report) -> Non
         return
     options = StreamOptions(
         collection=settings.mongodb_collection,
-        pipeline=settings.pipeline_stages(),
+        pipeline=settings.stream_pipeline(),
         full_document=settings.full_document,
         full_document_before_change=settings.full_document_before_change,
         max_await_time_ms=100,
@@ -87,9 +83,9 @@ async def _check_mongo(settings: Settings, mongo: Mongo, report: _Report) -> Non
     try:
         stream = await open_stream(mongo, options, StartPosition())
         await stream.close()
-        report.ok(f"change stream opens on {settings.watch_namespace} with the pipeline and options")
+        report.ok(f"change stream opens on {settings.watch_label} with the pipeline and options")
     except Exception as exc:  # reported, not raised: `check` lists every problem it can find
-        report.fail(f"cannot open a change stream on {settings.watch_namespace}: {exc}", 72003)
+        report.fail(f"cannot open a change stream on {settings.watch_label}: {exc}", 72003)
     await _check_images(settings, mongo, report)
 
 
@@ -118,7 +114,7 @@ async def _check_images(settings: Settings, mongo: Mongo, report: _Report) -> No
         and info["name"] not in (settings.resume_token_collection, settings.deadletter_collection)
     ]
     if settings.mongodb_collection and not infos:
-        report.warn(f"collection {settings.watch_namespace} does not exist yet")
+        report.warn(f"collection {settings.watch_label} does not exist yet")
     elif missing:
         required = "required" in (settings.full_document, settings.full_document_before_change)
         text = (

@@ -100,9 +100,7 @@ async def _token(settings: Settings, action: str, *, out: Callable[[str], None])
     from connector.errors import ConnectorError
     from connector.mongo import Mongo
 
-    mongo = Mongo(
-        settings.mongodb_uri.get_secret_value(), settings.mongodb_database, driver=settings.mongo_driver
-    )
+    mongo = Mongo(settings.mongodb_uri, settings.mongodb_database, driver=settings.mongo_driver)
     store = TokenStore(
         mongo.collection(settings.resume_token_collection, majority=True), settings.connector_id
     )

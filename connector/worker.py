@@ -27,7 +27,7 @@ from connector.ledger import InFlightLedger
 from connector.messages import to_message
 from connector.metrics import build_registry
 from connector.mongo import Mongo
-from connector.pipeline import exclusion_stage, pipeline_hash, sets_channel
+from connector.pipeline import pipeline_hash, sets_channel
 from connector.publisher import Publisher
 from connector.reader import Reader
 from connector.stream import StartPosition, StreamOptions
@@ -56,7 +56,7 @@ class Worker:
         self._stop_reason = ""
         self._owns_mongo = mongo is None
         self.mongo = mongo or Mongo(
-            settings.mongodb_uri.get_secret_value(), settings.mongodb_database, driver=settings.mongo_driver
+            settings.mongodb_uri, settings.mongodb_database, driver=settings.mongo_driver
         )
         self.ably = ably or AblyRestClient(
             api_key=settings.ably_api_key.get_secret_value(),
@@ -66,7 +66,7 @@ class Worker:
         )
         self.stages = settings.pipeline_stages()
         self.pipeline_hash = pipeline_hash(self.stages)
-        self.namespace = settings.watch_namespace
+        self.namespace = settings.watch_label
         self.ledger = InFlightLedger(settings.max_in_flight)
         self.token_store = TokenStore(
             self.mongo.collection(settings.resume_token_collection, majority=True), settings.connector_id
@@ -96,7 +96,7 @@ class Worker:
             self.mongo,
             StreamOptions(
                 collection=settings.mongodb_collection,
-                pipeline=self._stream_pipeline(),
+                pipeline=settings.stream_pipeline(),
                 full_document=settings.full_document,
                 full_document_before_change=settings.full_document_before_change,
             ),
@@ -111,14 +111,6 @@ class Worker:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- wiring ------------------------------------------------------------------------------------
-
-    def _stream_pipeline(self) -> list[Mapping[str, Any]]:
-        """A database-wide watch first excludes our own collections (invariant 6: no feedback loop)."""
-        stages: list[Mapping[str, Any]] = list(self.stages)
-        if not self.settings.mongodb_collection:
-            own = [self.settings.resume_token_collection, self.settings.deadletter_collection]
-            stages.insert(0, exclusion_stage(own))
-        return stages
 
     def _route(self, seq: int, event: Mapping[str, Any]) -> OutboundMessage:
         return to_message(
@@ -188,7 +180,7 @@ class Worker:
             self.reader._stored_cluster_time = stored.cluster_time
             log.info("resuming from stored token %s", stored.token.get("_data"), extra={"code": 0})
             return StartPosition(token=stored.token, start_after=stored.invalidated)
-        if start_at is not None:
+        if start_at != "now":
             log.info("no stored token; starting at operation time %s", start_at)
             return StartPosition(operation_time=start_at)
         log.info("no stored token; starting from now")
@@ -270,9 +262,10 @@ class Worker:
         return not problems, {"problems": problems, "in_flight": self.ledger.pending}
 
     def _ably_answering(self) -> bool:
-        stats = self.publisher.stats
-        failing_since = getattr(stats, "failing_since", None)
-        return failing_since is None or time.monotonic() - failing_since < ABLY_STALE_AFTER_S
+        if self.ably.last_error is None:
+            return True
+        last_ok = self.ably.last_success_at
+        return last_ok is not None and time.monotonic() - last_ok < ABLY_STALE_AFTER_S
 
     def snapshot(self) -> dict[str, Any]:
         r = self.reader.stats
@@ -281,12 +274,12 @@ class Worker:
         stored = self.checkpointer.last_stored_cluster_time
         return {
             "events_read": r.events_read,
-            "messages_published": getattr(p, "published", 0),
-            "unpublishable_events": r.unpublishable + getattr(p, "rejected", 0),
+            "messages_published": p.published,
+            "unpublishable_events": r.unpublishable + p.rejected,
             "events_deadlettered": self.unpublishable.deadlettered,
             "events_skipped": self.unpublishable.skipped,
-            "publish_requests": getattr(p, "requests", 0),
-            "publish_retries": getattr(p, "retries", 0),
+            "publish_requests": p.requests,
+            "publish_retries": p.retries,
             "stream_reopens": r.reopens,
             "checkpoints_stored": self.checkpointer.stores,
             "in_flight_events": self.ledger.pending,
