@@ -1,0 +1,78 @@
+"""Shared fixtures: one MongoDB server and one Ably emulator for the integration and e2e suites.
+
+The MongoDB server is the project's emulator by default, or a real replica set when MONGODB_TEST_URI is set
+(`docker compose up -d mongo` gives one: MONGODB_TEST_URI="mongodb://localhost:27017/?replicaSet=rs0").
+Ably is always the emulator. Both run in their own threads with their own event loops, so sync and async
+clients on any test loop can use them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+ABLY_TEST_KEY = "testapp.key1:s3cr3t-value"
+CHANNEL_PER_DOCUMENT = (
+    '[{"$set": {"_ablyChannel": {"$concat": ["orders:", {"$toString": "$documentKey._id"}]}}}]'
+)
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    real = os.environ.get("MONGODB_TEST_URI")
+    if real:
+        yield real
+        return
+    from emulators.mongodb import run_in_thread
+
+    with run_in_thread(host="127.0.0.1", port=0, replset="rs0") as server:
+        yield server.uri
+
+
+@pytest.fixture(scope="session")
+def using_emulator() -> bool:
+    return not os.environ.get("MONGODB_TEST_URI")
+
+
+@pytest.fixture
+def db_name() -> str:
+    """A fresh database per test, so tests never see each other's data or tokens."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def ably_server() -> Iterator[Any]:
+    from emulators.ably import run_in_thread
+
+    with run_in_thread(host="127.0.0.1", port=0, keys=[ABLY_TEST_KEY]) as server:
+        yield server
+
+
+@pytest.fixture
+def ably(ably_server: Any) -> Iterator[Any]:
+    """The Ably emulator, reset (messages, faults, settings) before each test."""
+    ably_server.reset()
+    yield ably_server
+    ably_server.clear_faults()
+
+
+@pytest.fixture
+def connector_env(mongo_uri: str, db_name: str, ably: Any) -> dict[str, str]:
+    """Environment for a connector watching `<db_name>.orders` and publishing to the Ably emulator."""
+    return {
+        "MONGODB_URI": mongo_uri,
+        "MONGODB_DATABASE": db_name,
+        "MONGODB_COLLECTION": "orders",
+        "PIPELINE": CHANNEL_PER_DOCUMENT,
+        "ABLY_API_KEY": ABLY_TEST_KEY,
+        "ABLY_REST_URL": ably.url,
+        "ABLY_FALLBACK_HOSTS": "",
+        "HTTP_PORT": "0",
+        "CHECKPOINT_INTERVAL_MS": "100",
+        "LOG_FORMAT": "text",
+        "LOG_LEVEL": "INFO",
+    }
