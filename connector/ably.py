@@ -36,7 +36,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_before_delay,
+    stop_any,
 )
 
 from connector import __version__
@@ -415,7 +415,7 @@ class AblyRestClient:
         plan = _HostPlan(self.active_host, self._primary, self._fallbacks, self._rng)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((AblyRetryableError, AblyRateLimitError)),
-            stop=stop_after_attempt(self._max_retries + 1) | stop_before_delay(self._max_retry_duration),
+            stop=stop_any(stop_after_attempt(self._max_retries + 1), self._out_of_time),
             wait=lambda state: self._retry_delay(state, plan),
             sleep=self._sleep,
             before_sleep=self._log_retry,
@@ -475,6 +475,12 @@ class AblyRestClient:
         if plan.moved:
             return 0.0  # an untried host: try it at once
         return min(HOST_RETRY_BACKOFF_CAP_S, HOST_RETRY_BACKOFF_BASE_S * 2.0 ** (n - 1))
+
+    def _out_of_time(self, state: RetryCallState) -> bool:
+        """Stop before a delay would overrun max_retry_duration. Time spent is the wall clock or, with an
+        injected sleep that does not pass real time, the sum of the delays asked for."""
+        spent = max(state.seconds_since_start or 0.0, state.idle_for)
+        return spent + state.upcoming_sleep > self._max_retry_duration
 
     @staticmethod
     def _log_retry(state: RetryCallState) -> None:
