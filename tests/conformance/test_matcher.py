@@ -182,7 +182,7 @@ def test_change_event_example_from_spec() -> None:
             "disambiguatedPaths": {"$$unsetOrMatches": {"$$exists": True}},
         },
     }
-    actual = {
+    actual: dict[str, Any] = {
         "_id": {"_data": "8263"},
         "operationType": "update",
         "clusterTime": Timestamp(5, 1),

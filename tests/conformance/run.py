@@ -1,0 +1,91 @@
+"""Run the change-stream spec tests without pytest and print `N passed, M failed, K skipped`.
+
+Usage (from the repository root):
+
+    .venv/bin/python -m tests.conformance.run            # every spec test, one line per failure
+    .venv/bin/python -m tests.conformance.run -v         # one line per test
+    .venv/bin/python -m tests.conformance.run -k resume  # only tests whose id contains "resume"
+    .venv/bin/python -m tests.conformance.run --markdown # failures as STATUS.md lines
+
+The server is `MONGODB_TEST_URI` if set, else an in-process emulator (a 7.0 single-node replica set); the
+spec files come from `MONGODB_SPECS_DIR` (default `../shared/mongodb-specs`). The same tests run under
+pytest as `tests/conformance/test_change_stream_spec.py` (marker `conformance`). Exit status 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from tests.conformance.server import mongodb_uri
+from tests.conformance.specs import ServerInfo, SpecTest, load_spec_tests, skip_reason, specs_dir
+from tests.conformance.unified import detect_server, run_spec_test
+
+Outcome = Literal["passed", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One spec test's outcome, with the skip reason or the failure's first line."""
+
+    test: SpecTest
+    outcome: Outcome
+    detail: str = ""
+    seconds: float = 0.0
+
+
+def run_one(test: SpecTest, uri: str, server: ServerInfo) -> Result:
+    """Run a test on a fresh event loop (as pytest-asyncio does), classifying its outcome."""
+    reason = skip_reason(test, server)
+    if reason is not None:
+        return Result(test, "skipped", reason)
+    started = time.perf_counter()
+    try:
+        asyncio.run(run_spec_test(test, uri))
+    except Exception as exc:  # a failing test is a result to report, not a crash of the runner
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return Result(test, "failed", detail, time.perf_counter() - started)
+    return Result(test, "passed", seconds=time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-k", dest="keyword", default="", help="run only tests whose id contains this")
+    parser.add_argument("-v", dest="verbose", action="store_true", help="print every test's outcome")
+    parser.add_argument("--markdown", action="store_true", help="print failures as STATUS.md list items")
+    args = parser.parse_args(argv)
+
+    directory = specs_dir()
+    if not directory.is_dir():
+        print(f"spec directory {directory} not found (set MONGODB_SPECS_DIR)", file=sys.stderr)
+        return 2
+    tests = [test for test in load_spec_tests(directory) if args.keyword in test.test_id]
+    results: list[Result] = []
+    with mongodb_uri() as uri:
+        server = asyncio.run(detect_server(uri))
+        print(f"server {'.'.join(map(str, server.version))} {server.topology} at {uri}; {len(tests)} tests")
+        for test in tests:
+            result = run_one(test, uri, server)
+            results.append(result)
+            if args.verbose or result.outcome == "failed":
+                print(f"{result.outcome.upper():7} {test.test_id} ({result.seconds:.2f} s) {result.detail}")
+    if args.markdown:
+        for result in results:
+            if result.outcome == "failed":
+                print(f"- `{result.test.test_id}` — {result.detail}")
+    counts = {
+        outcome: sum(1 for r in results if r.outcome == outcome)
+        for outcome in ("passed", "failed", "skipped")
+    }
+    print(f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
