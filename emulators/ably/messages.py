@@ -1,0 +1,135 @@
+"""Validation and normalisation of published messages, and Ably's way of measuring their size.
+
+Ably counts a message's size as the bytes of ``name`` + ``data`` + ``clientId`` + the JSON of ``extras``
+(for an object payload, the length of its JSON string; for base64 data, the decoded bytes). The connector
+pre-checks against the same formula, so it lives here in one place and is tested byte-exactly.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Any, Final
+
+import orjson
+
+from emulators.ably.errors import BAD_REQUEST, INVALID_CHANNEL, INVALID_DATA, MESSAGE_TOO_LARGE, AblyHttpError
+
+DEFAULT_MAX_MESSAGE_SIZE: Final = 65536  # Ably's Free/Standard plan limit (64 KiB)
+
+# Fields a stored message keeps; anything else a client sends (timestamp, connectionId…) is ignored.
+MESSAGE_FIELDS: Final = ("id", "name", "data", "encoding", "clientId", "extras")
+
+
+def validate_channel(channel: str) -> None:
+    """Raise 40010 unless ``channel`` is a valid name: non-empty, no leading `[` or `:`, no newline."""
+    if not channel or channel[0] in "[:" or "\n" in channel:
+        raise AblyHttpError(INVALID_CHANNEL, 400, f"invalid channel name: {channel!r}")
+
+
+def _utf8_len(value: str) -> int:
+    # ASCII strings (the common case: hex ids, names) are measured without encoding them.
+    return len(value) if value.isascii() else len(value.encode("utf-8"))
+
+
+def _optional_str(raw: dict[str, Any], field: str) -> str | None:
+    value = raw.get(field)
+    if value is None or isinstance(value, str):
+        return value
+    raise AblyHttpError(INVALID_DATA, 400, f"message field {field!r} must be a string")
+
+
+def _check_extras(extras: Any) -> int:
+    """Validate ``extras`` and return its size contribution (compact JSON bytes)."""
+    if not isinstance(extras, dict):
+        raise AblyHttpError(INVALID_DATA, 400, "message extras must be an object")
+    headers = extras.get("headers")
+    if headers is not None:
+        if not isinstance(headers, dict):
+            raise AblyHttpError(INVALID_DATA, 400, "extras.headers must be an object")
+        for key, value in headers.items():
+            if not isinstance(value, str):
+                raise AblyHttpError(
+                    INVALID_DATA, 400, f"extras.headers must map strings to strings (header {key!r})"
+                )
+    return len(orjson.dumps(extras))
+
+
+def _data_and_size(data: Any, encoding: str | None) -> tuple[str | None, str | None, int]:
+    """Return (stored data, stored encoding, size in bytes) for a message payload."""
+    if data is None:
+        return None, encoding, 0
+    if isinstance(data, str):
+        if encoding and encoding.rsplit("/", 1)[-1] == "base64":
+            try:
+                return data, encoding, len(binascii.a2b_base64(data, strict_mode=True))
+            except binascii.Error as exc:
+                raise AblyHttpError(INVALID_DATA, 400, f"invalid base64 data: {exc}") from exc
+        return data, encoding, _utf8_len(data)
+    if isinstance(data, dict | list):
+        # A raw JSON payload is stored the way SDKs send it: a JSON string with encoding "json".
+        text = orjson.dumps(data).decode()
+        return text, f"{encoding}/json" if encoding else "json", _utf8_len(text)
+    raise AblyHttpError(INVALID_DATA, 400, f"unsupported data type {type(data).__name__}")
+
+
+def measure_message(raw: Any) -> tuple[dict[str, Any], int]:
+    """Validate one Message from a request body; return its stored form and its size as Ably counts it.
+
+    The stored form has every MESSAGE_FIELDS key (None where absent). Raises 40013 for malformed fields.
+    """
+    if not isinstance(raw, dict):
+        raise AblyHttpError(INVALID_DATA, 400, "a message must be a JSON object")
+    msg_id = _optional_str(raw, "id")
+    name = _optional_str(raw, "name")
+    client_id = _optional_str(raw, "clientId")
+    encoding = _optional_str(raw, "encoding")
+    data, encoding, size = _data_and_size(raw.get("data"), encoding)
+    extras = raw.get("extras")
+    if name:
+        size += _utf8_len(name)
+    if client_id:
+        size += _utf8_len(client_id)
+    if extras is not None:
+        size += _check_extras(extras)
+    stored = {"id": msg_id, "name": name, "data": data, "encoding": encoding, "clientId": client_id}
+    stored["extras"] = extras
+    return stored, size
+
+
+def normalize_message(raw: Any, max_size: int) -> dict[str, Any]:
+    """Validate one Message and enforce the size limit: 40013 if malformed, 40009 (HTTP 413) if too big."""
+    stored, size = measure_message(raw)
+    if size > max_size:
+        raise AblyHttpError(
+            MESSAGE_TOO_LARGE,
+            413,
+            f"message size {size} exceeds the maximum of {max_size} bytes",
+        )
+    return stored
+
+
+def unit_id(messages: list[dict[str, Any]]) -> str | None:
+    """The idempotency key of messages published together, or None when the server assigns ids.
+
+    One message: its id. Several: every id must be ``<base>:<idx>`` with idx its 0-based position, and
+    the array is deduplicated as one unit under ``<base>`` (Ably's rule for multi-message publishes).
+    """
+    first = messages[0]["id"]
+    if len(messages) == 1:
+        return first
+    ids = [m["id"] for m in messages]
+    if all(i is None for i in ids):
+        return None
+    if any(i is None for i in ids):
+        raise AblyHttpError(BAD_REQUEST, 400, "all or none of the messages in a publish must have an id")
+    base, sep, _ = first.rpartition(":")
+    if not sep:
+        raise AblyHttpError(BAD_REQUEST, 400, "message ids in a multi-message publish must be <base>:<idx>")
+    for idx, msg_id in enumerate(ids):
+        if msg_id != f"{base}:{idx}":
+            raise AblyHttpError(
+                BAD_REQUEST,
+                400,
+                f"message id {msg_id!r} is not <base>:<idx> (expected {base}:{idx})",
+            )
+    return base

@@ -1,0 +1,304 @@
+"""The Ably REST surface: publish, batch publish, history and time, behind auth, version, latency and
+fault checks (see ABLY-CONTRACT.md; what the emulator decides where Ably's docs are silent is in README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from emulators.ably.config import EmulatorConfig
+from emulators.ably.errors import (
+    AUTH_FAILED,
+    BAD_REQUEST,
+    BATCH_PARTIAL,
+    INVALID_BODY,
+    TOKEN_INVALID,
+    AblyHttpError,
+    error_response,
+    json_response,
+)
+from emulators.ably.faults import Fault, FaultBook, RequestKind
+from emulators.ably.messages import MESSAGE_FIELDS, normalize_message, unit_id, validate_channel
+from emulators.ably.store import Store
+
+logger = logging.getLogger(__name__)
+
+ADMIN_PREFIX: Final = "/_emulator"
+MAX_BODY_BYTES: Final = 2 * 1024 * 1024  # Ably: a request body must be smaller than 2 MiB
+MAX_BATCH_CHANNELS: Final = 100  # distinct channels per batch publish request
+MAX_BATCH_MESSAGES: Final = 1000  # messages per BatchSpec
+DEFAULT_HISTORY_LIMIT: Final = 100
+MAX_HISTORY_LIMIT: Final = 1000
+INVALID_PARAMETER: Final = 40003
+NOT_FOUND: Final = 40400
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ConnectionDropped(Exception):
+    """Raised by a ``drop`` fault after closing the connection; no response follows."""
+
+
+class RestApi:
+    """Handlers and middleware for the Ably-compatible endpoints."""
+
+    def __init__(self, config: EmulatorConfig, store: Store, faults: FaultBook) -> None:
+        self._config = config
+        self._store = store
+        self._faults = faults
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the public endpoints on ``app``."""
+        app.router.add_post("/channels/{channel}/messages", self.publish)
+        app.router.add_get("/channels/{channel}/messages", self.history)
+        app.router.add_post("/messages", self.batch_publish)
+        app.router.add_get("/time", self.time)
+
+    # -- middleware ---------------------------------------------------------------------------------
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Latency, header checks, request-wide faults, Ably error rendering and request counting."""
+        if request.path.startswith(ADMIN_PREFIX):
+            return await handler(request)
+        latency_ms = self._config.latency_ms
+        if latency_ms > 0:
+            await asyncio.sleep(latency_ms / 1000)
+        try:
+            response = await self._guarded(request, handler)
+        except ConnectionDropped:
+            self._store.record_response("dropped")
+            raise
+        self._store.record_response(response.status)
+        return response
+
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            self._check_version(request)
+            if request.path != "/time":
+                self._authenticate(request)
+            if request.path != "/messages" and not request.path.startswith("/channels/"):
+                await self._apply_fault(request, "other", ())
+            return await handler(request)
+        except AblyHttpError as exc:
+            return error_response(exc.code, exc.status, exc.message)
+        except web.HTTPException as exc:  # routing: unknown path or method
+            code = NOT_FOUND if exc.status == 404 else exc.status * 100
+            return error_response(code, exc.status, exc.reason)
+
+    @staticmethod
+    def _check_version(request: web.Request) -> None:
+        # Ably accepts the protocol version as a header or as the `v` query parameter.
+        if not (request.headers.get("X-Ably-Version") or request.query.get("v")):
+            raise AblyHttpError(BAD_REQUEST, 400, "X-Ably-Version header required")
+
+    def _authenticate(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization")
+        if not header:
+            raise AblyHttpError(AUTH_FAILED, 401, "no authentication credentials provided")
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise AblyHttpError(AUTH_FAILED, 401, "malformed Basic credentials") from exc
+            key_name, sep, secret = decoded.partition(":")
+            expected = self._config.secrets_by_key_name.get(key_name)
+            if not sep or expected is None:
+                raise AblyHttpError(AUTH_FAILED, 401, f"invalid key name {key_name!r}")
+            if secret != expected:
+                raise AblyHttpError(AUTH_FAILED, 401, f"invalid credentials for key {key_name!r}")
+        elif scheme == "bearer":
+            if value.strip() not in self._config.tokens:
+                raise AblyHttpError(TOKEN_INVALID, 401, "invalid or unknown token")
+        else:
+            raise AblyHttpError(AUTH_FAILED, 401, f"unsupported authorization scheme {scheme!r}")
+
+    async def _apply_fault(self, request: web.Request, kind: RequestKind, channels: Any) -> Fault | None:
+        """Serve the first matching fault: raise its error, drop, or delay. Partial faults are returned."""
+        fault = self._faults.take(kind, channels)
+        if fault is None:
+            return None
+        self._store.count("faults_served")
+        logger.debug("serving fault %s (%s) to %s %s", fault.id, fault.mode, request.method, request.path)
+        if fault.mode == "delay":
+            await asyncio.sleep(fault.delay_ms / 1000)
+            return None
+        if fault.mode == "drop":
+            request.protocol.force_close()
+            raise ConnectionDropped
+        if fault.mode == "partial" and request.path == "/messages":
+            return fault
+        raise AblyHttpError(fault.code, fault.status, fault.message)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _read_json(request: web.Request) -> Any:
+        if request.content_type == "application/x-msgpack":
+            raise AblyHttpError(BAD_REQUEST, 400, "the emulator accepts JSON bodies only, not msgpack")
+        body = await request.read()
+        if len(body) >= MAX_BODY_BYTES:
+            raise AblyHttpError(BAD_REQUEST, 400, f"request body of {len(body)} bytes is not under 2 MiB")
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise AblyHttpError(INVALID_BODY, 400, f"request body is not valid JSON: {exc}") from exc
+
+    def _normalize_all(self, raw_messages: list[Any]) -> list[dict[str, Any]]:
+        max_size = self._config.max_message_size
+        return [normalize_message(raw, max_size) for raw in raw_messages]
+
+    # -- endpoints ----------------------------------------------------------------------------------
+
+    async def publish(self, request: web.Request) -> web.Response:
+        """POST /channels/{channel}/messages: one message or an id-linked array, atomically."""
+        channel = request.match_info["channel"]
+        self._store.count("publish_requests")
+        body = await self._read_json(request)
+        raw_messages = body if isinstance(body, list) else [body]
+        try:
+            await self._apply_fault(request, "publish", (channel,))
+            validate_channel(channel)
+            if not raw_messages:
+                raise AblyHttpError(INVALID_BODY, 400, "no messages to publish")
+            messages = self._normalize_all(raw_messages)
+            result = self._store.publish(channel, messages, unit_id(messages))
+        except AblyHttpError:
+            self._store.count("messages_rejected", len(raw_messages))
+            raise
+        return json_response({"channel": channel, "messageId": result.message_id}, status=201)
+
+    async def batch_publish(self, request: web.Request) -> web.Response:
+        """POST /messages: BatchSpecs, each published atomically per channel, results in request order."""
+        self._store.count("publish_requests")
+        specs = _parse_batch(await self._read_json(request))
+        channels = {channel for spec_channels, _ in specs for channel in spec_channels}
+        if len(channels) > MAX_BATCH_CHANNELS:
+            raise AblyHttpError(
+                BAD_REQUEST, 400, f"{len(channels)} channels in one batch; the limit is {MAX_BATCH_CHANNELS}"
+            )
+        partial = await self._apply_fault(request, "publish", channels)
+        results: list[dict[str, Any]] = []
+        failed = False
+        for spec_channels, raw_messages in specs:
+            failed |= self._publish_spec(spec_channels, raw_messages, partial, results)
+        if failed:
+            return error_response(
+                BATCH_PARTIAL, 400, "Batched response includes errors", extra={"batchResponse": results}
+            )
+        return json_response(results, status=201)
+
+    def _publish_spec(
+        self,
+        channels: list[str],
+        raw_messages: list[Any],
+        partial: Fault | None,
+        results: list[dict[str, Any]],
+    ) -> bool:
+        """Publish one BatchSpec to each of its channels, one result entry each; True if any failed."""
+        spec_error: AblyHttpError | None = None
+        messages: list[dict[str, Any]] = []
+        uid: str | None = None
+        try:
+            messages = self._normalize_all(raw_messages)
+            uid = unit_id(messages)
+        except AblyHttpError as exc:
+            spec_error = exc
+        failed = False
+        for channel in channels:
+            try:
+                if spec_error is not None:
+                    raise spec_error
+                validate_channel(channel)
+                if partial is not None and partial.channels is not None and channel in partial.channels:
+                    raise AblyHttpError(partial.code, partial.status, partial.message)
+                # A BatchSpec counts as one message toward the channel rate limit (Ably's rule).
+                result = self._store.publish(channel, messages, uid, cost=1)
+            except AblyHttpError as exc:
+                failed = True
+                self._store.count("messages_rejected", len(raw_messages))
+                results.append({"channel": channel, "error": exc.to_info()})
+            else:
+                results.append({"channel": channel, "messageId": result.message_id})
+        return failed
+
+    async def history(self, request: web.Request) -> web.Response:
+        """GET /channels/{channel}/messages: newest first unless direction=forwards; limit ≤ 1000."""
+        channel = request.match_info["channel"]
+        validate_channel(channel)
+        query = request.query
+        direction = query.get("direction", "backwards")
+        if direction not in ("backwards", "forwards"):
+            raise AblyHttpError(INVALID_PARAMETER, 400, f"invalid direction {direction!r}")
+        limit = _int_param(query, "limit", DEFAULT_HISTORY_LIMIT)
+        if not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise AblyHttpError(INVALID_PARAMETER, 400, f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
+        start = _int_param(query, "start", None)
+        end = _int_param(query, "end", None)
+        items = self._store.history(channel)
+        if start is not None or end is not None:
+            lo, hi = start or 0, end if end is not None else 2**63
+            items = [m for m in items if lo <= m["received_at"] <= hi]
+        if direction == "backwards":
+            items = items[::-1]
+        return json_response([history_view(m) for m in items[:limit]])
+
+    async def time(self, request: web.Request) -> web.Response:
+        """GET /time: ``[server time in ms]``."""
+        return json_response([time.time_ns() // 1_000_000])
+
+
+def history_view(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored message as Ably history returns it: absent fields omitted, ``timestamp`` in ms."""
+    view = {key: stored[key] for key in MESSAGE_FIELDS if stored[key] is not None}
+    view["timestamp"] = stored["received_at"]
+    return view
+
+
+def _int_param(query: Any, name: str, default: int | None) -> Any:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise AblyHttpError(INVALID_PARAMETER, 400, f"{name} must be an integer") from exc
+
+
+def _parse_batch(body: Any) -> list[tuple[list[str], list[Any]]]:
+    """Check the shape of a batch body; return (channels, raw messages) per BatchSpec."""
+    raw_specs = body if isinstance(body, list) else [body]
+    if not raw_specs:
+        raise AblyHttpError(INVALID_BODY, 400, "no BatchSpec in the request")
+    specs = []
+    for index, spec in enumerate(raw_specs):
+        if not isinstance(spec, dict):
+            raise AblyHttpError(INVALID_BODY, 400, f"BatchSpec {index} is not an object")
+        channels, messages = spec.get("channels"), spec.get("messages")
+        if isinstance(channels, str):
+            channels = [channels]
+        if not isinstance(channels, list) or not channels or not all(isinstance(c, str) for c in channels):
+            raise AblyHttpError(INVALID_BODY, 400, f"BatchSpec {index}: bad channels (a name or a list)")
+        if isinstance(messages, dict):
+            messages = [messages]
+        if not isinstance(messages, list) or not messages:
+            raise AblyHttpError(INVALID_BODY, 400, f"BatchSpec {index}: messages must be a message or a list")
+        if len(messages) > MAX_BATCH_MESSAGES:
+            raise AblyHttpError(
+                BAD_REQUEST,
+                400,
+                f"BatchSpec {index}: {len(messages)} messages, limit {MAX_BATCH_MESSAGES}",
+            )
+        specs.append((channels, messages))
+    return specs

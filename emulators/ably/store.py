@@ -1,0 +1,178 @@
+"""In-memory message store: delivery, idempotent-publish deduplication, channel rate limits, counters.
+
+Thread-safe (one lock) because the threaded emulator is inspected from the test's thread while its
+loop publishes. Per-message work is kept to a few dict operations: benchmarks push 100k+ messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from emulators.ably.config import EmulatorConfig
+from emulators.ably.errors import CHANNEL_RATE_LIMIT, AblyHttpError
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Outcome of publishing one unit (a message or an id-linked array) to one channel."""
+
+    message_id: str
+    duplicate: bool
+
+
+class Store:
+    """Messages delivered so far, the dedupe window and the counters behind ``stats()``."""
+
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self._config = config
+        self._clock = clock
+        self._wall_ms = wall_ms
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._id_prefix = secrets.token_hex(4)
+        self._clear()
+
+    def _clear(self) -> None:
+        self._messages: list[dict[str, Any]] = []
+        self._by_channel: dict[str, list[dict[str, Any]]] = {}
+        # (channel, unit id) → monotonic time first seen; the deque expires them in arrival order.
+        self._seen: dict[tuple[str, str], float] = {}
+        self._seen_order: deque[tuple[float, tuple[str, str]]] = deque()
+        # channel → [tokens, last refill time] of a token bucket holding at most one second of rate.
+        self._buckets: dict[str, list[float]] = {}
+        self._counters: Counter[str] = Counter()
+        self._status_counts: Counter[str] = Counter()
+        self._ids = itertools.count()
+
+    def reset(self) -> None:
+        """Forget messages, dedupe state, rate buckets and counters."""
+        with self._lock:
+            self._clear()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(message)`` for every delivered message (from the publishing thread)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``; unknown listeners are ignored."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _expire_seen(self, now: float) -> None:
+        horizon = now - self._config.dedupe_window_s
+        order, seen = self._seen_order, self._seen
+        while order and order[0][0] <= horizon:
+            first_seen, key = order.popleft()
+            if seen.get(key) == first_seen:
+                del seen[key]
+
+    def _take_tokens(self, channel: str, cost: int, now: float) -> None:
+        rate = self._config.channel_rate_limit
+        if rate <= 0:
+            return
+        bucket = self._buckets.get(channel)
+        if bucket is None:
+            bucket = self._buckets[channel] = [rate, now]
+        tokens = min(rate, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        # A publish bigger than a whole second's allowance passes only on a full bucket (else it never could).
+        if tokens < cost and tokens < rate:
+            bucket[0] = tokens
+            self._counters["rate_limited"] += 1
+            raise AblyHttpError(
+                CHANNEL_RATE_LIMIT, 429, f"rate limit exceeded on channel {channel!r} ({rate:g} messages/s)"
+            )
+        bucket[0] = tokens - cost
+
+    def publish(
+        self, channel: str, messages: list[dict[str, Any]], unit_id: str | None, cost: int | None = None
+    ) -> PublishResult:
+        """Deliver ``messages`` (normalised, see messages.normalize_message) to ``channel`` as one unit.
+
+        A unit whose id was seen on this channel within the dedupe window is accepted but not stored.
+        ``cost`` is what the publish counts toward the channel rate limit (default: one per message).
+        Raises 42913 when the channel rate limit is exceeded.
+        """
+        now = self._clock()
+        received_at = self._wall_ms()
+        with self._lock:
+            self._take_tokens(channel, len(messages) if cost is None else cost, now)
+            if unit_id is not None:
+                self._expire_seen(now)
+                key = (channel, unit_id)
+                if key in self._seen:
+                    self._counters["duplicates_dropped"] += len(messages)
+                    return PublishResult(unit_id, True)
+                self._seen[key] = now
+                self._seen_order.append((now, key))
+                base = unit_id
+            else:
+                base = f"{self._id_prefix}-{next(self._ids)}"
+            history = self._by_channel.get(channel)
+            if history is None:
+                history = self._by_channel[channel] = []
+            delivered = []
+            for idx, msg in enumerate(messages):
+                stored = dict(msg, channel=channel, received_at=received_at)
+                if stored["id"] is None:
+                    stored["id"] = f"{base}:{idx}"
+                delivered.append(stored)
+            history.extend(delivered)
+            self._messages.extend(delivered)
+            self._counters["messages_delivered"] += len(delivered)
+        for listener in self._listeners:
+            for stored in delivered:
+                listener(stored)
+        return PublishResult(base, False)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a named counter (requests, faults_served, messages_rejected, …)."""
+        with self._lock:
+            self._counters[name] += amount
+
+    def record_response(self, status: int | str) -> None:
+        """Count one answered (or dropped) non-admin request by its status."""
+        with self._lock:
+            self._counters["requests"] += 1
+            self._status_counts[str(status)] += 1
+
+    def messages(self, channel: str | None = None) -> list[dict[str, Any]]:
+        """Delivered messages in arrival order (copies), optionally of one channel."""
+        with self._lock:
+            source = self._messages if channel is None else self._by_channel.get(channel, [])
+            return [dict(m) for m in source]
+
+    def history(self, channel: str) -> list[dict[str, Any]]:
+        """A snapshot of the channel's messages, oldest first (the stored dicts: do not mutate)."""
+        with self._lock:
+            return list(self._by_channel.get(channel, ()))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters as JSON-able data."""
+        with self._lock:
+            counters = self._counters
+            return {
+                "requests": counters["requests"],
+                "publish_requests": counters["publish_requests"],
+                "messages_delivered": counters["messages_delivered"],
+                "duplicates_dropped": counters["duplicates_dropped"],
+                "messages_rejected": counters["messages_rejected"],
+                "rate_limited": counters["rate_limited"],
+                "faults_served": counters["faults_served"],
+                "status_counts": dict(self._status_counts),
+                "channels": {name: len(msgs) for name, msgs in self._by_channel.items()},
+            }
