@@ -36,8 +36,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_any,
 )
+from tenacity.stop import stop_base
 
 from connector import __version__
 from connector.errors import (
@@ -270,6 +270,7 @@ class AblyRestClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         key_name, sep, secret = api_key.partition(":")
         if not sep or not key_name or not secret:
@@ -286,6 +287,7 @@ class AblyRestClient:
         self._max_retry_duration = max_retry_duration
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._clock = clock  # monotonic seconds; a test seam for the fallback retention period
         self._preferred: str | None = None
         self._preferred_until = 0.0
         self._state = _State.OPEN
@@ -320,7 +322,7 @@ class AblyRestClient:
     @property
     def active_host(self) -> str:
         """The host the next request goes to first (a recently working fallback, or the primary)."""
-        if self._preferred is not None and time.monotonic() < self._preferred_until:
+        if self._preferred is not None and self._clock() < self._preferred_until:
             return self._preferred
         return self._primary
 
@@ -415,7 +417,7 @@ class AblyRestClient:
         plan = _HostPlan(self.active_host, self._primary, self._fallbacks, self._rng)
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((AblyRetryableError, AblyRateLimitError)),
-            stop=stop_any(stop_after_attempt(self._max_retries + 1), self._out_of_time),
+            stop=stop_after_attempt(self._max_retries + 1) | _RetryBudget(self._max_retry_duration),
             wait=lambda state: self._retry_delay(state, plan),
             sleep=self._sleep,
             before_sleep=self._log_retry,
@@ -459,7 +461,7 @@ class AblyRestClient:
             raise
 
     def _note_success(self, host: str) -> None:
-        self.last_success_at = time.monotonic()
+        self.last_success_at = self._clock()
         if host != self._primary and host != self._preferred:
             logger.info("using Ably fallback host %s", host)
             self._preferred, self._preferred_until = host, self.last_success_at + FALLBACK_RETENTION_S
@@ -476,12 +478,6 @@ class AblyRestClient:
             return 0.0  # an untried host: try it at once
         return min(HOST_RETRY_BACKOFF_CAP_S, HOST_RETRY_BACKOFF_BASE_S * 2.0 ** (n - 1))
 
-    def _out_of_time(self, state: RetryCallState) -> bool:
-        """Stop before a delay would overrun max_retry_duration. Time spent is the wall clock or, with an
-        injected sleep that does not pass real time, the sum of the delays asked for."""
-        spent = max(state.seconds_since_start or 0.0, state.idle_for)
-        return spent + state.upcoming_sleep > self._max_retry_duration
-
     @staticmethod
     def _log_retry(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -489,6 +485,18 @@ class AblyRestClient:
         logger.warning(
             "Ably request failed (attempt %d), retrying in %.2fs: %s", state.attempt_number, delay, exc
         )
+
+
+class _RetryBudget(stop_base):
+    """Stop before a delay would overrun the retry budget. Time spent is the wall clock or, with an
+    injected sleep that lets no real time pass (tests), the sum of the delays asked for."""
+
+    def __init__(self, max_duration: float) -> None:
+        self.max_duration = max_duration
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        spent = max(retry_state.seconds_since_start or 0.0, retry_state.idle_for)
+        return spent + retry_state.upcoming_sleep > self.max_duration
 
 
 class _BatchPartial(Exception):

@@ -110,7 +110,7 @@ class FakeAbly:
             len(request.content),
             request.url.query.decode(),
         )
-        if rec.path == "/messages":
+        if rec.path == "/messages" and isinstance(body, list):
             rec.entries = [(spec["channels"], spec["messages"]["id"]) for spec in body]
         self.requests.append(rec)
         self.started.set()

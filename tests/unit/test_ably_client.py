@@ -165,17 +165,25 @@ async def test_fallback_host_after_server_error_timeout_or_unreachable_and_reuse
     assert [r.host for r in fake.requests[2:]] == [second.host, second.host]
 
 
-async def test_working_fallback_is_given_up_after_ten_minutes(
-    client: AblyRestClient, fake: FakeAbly, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake.fail_next(PRIMARY, always(lambda: error_response(50000, 500)))
-    await client.publish_batch([make_message(0, "a")])
-    fallback = fake.requests[-1].host
-    assert client.active_host == fallback
-    now = ably_module.time.monotonic()
-    monkeypatch.setattr(ably_module.time, "monotonic", lambda: now + FALLBACK_RETENTION_S + 1)
-    await client.publish_batch([make_message(1, "a")])
-    assert fake.requests[-1].host == PRIMARY
+async def test_working_fallback_is_given_up_after_ten_minutes(fake: FakeAbly, sleep: SleepRecorder) -> None:
+    now = [1000.0]
+    async with AblyRestClient(
+        api_key=API_KEY,
+        rest_url=PRIMARY,
+        fallback_hosts=FALLBACKS,
+        transport=fake.transport,
+        sleep=sleep,
+        clock=lambda: now[0],
+    ) as client:
+        fake.fail_next(PRIMARY, always(lambda: error_response(50000, 500)))
+        await client.publish_batch([make_message(0, "a")])
+        fallback = fake.requests[-1].host
+        now[0] += FALLBACK_RETENTION_S - 1
+        assert client.active_host == fallback
+        now[0] += 2
+        assert client.active_host == PRIMARY
+        await client.publish_batch([make_message(1, "a")])
+        assert fake.requests[-1].host == PRIMARY
 
 
 async def test_failing_preferred_fallback_goes_back_to_other_hosts(
