@@ -1,0 +1,1 @@
+"""`make demo`: the real connector between the emulated replica set and the Ably emulator."""
