@@ -1,0 +1,223 @@
+"""Change event -> Ably message (the hot path: one call per event, so kept lean).
+
+Follows the message contract in ARCHITECTURE.md: channel from `_ablyChannel`, name from `_ablyMsgName`
+(default: `operationType`), `extras.headers` from `_ablyMsgHeaders`, `id` from the resume token's
+`_data`, and `data` = the whole event as MongoDB Extended JSON sent as a JSON string with
+`encoding: "json"`. Anything that can never be published raises `UnpublishableEvent` (or its subclass
+`NoChannelError`, 72004) with a reason fit for the dead-letter record.
+
+Encoding is pluggable: `ENCODERS[json_mode]` maps a mode to a function event -> UTF-8 bytes. The default
+is `encode_fast` (a walk that hands only non-JSON BSON values to `bson.json_util.default`, then orjson),
+whose output parses to the same value as `bson.json_util.dumps` (`encode_reference`), the slow but
+authoritative encoder; a hypothesis test pins the two together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from bson import Decimal128, ObjectId, json_util
+from bson.binary import UuidRepresentation
+from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS, JSONOptions
+
+from connector.errors import NoChannelError, UnpublishableEvent
+from connector.events import AblyMessage, OutboundMessage
+
+__all__ = [
+    "ENCODERS",
+    "Encoder",
+    "channel_problem",
+    "decimal128_str",
+    "encode_fast",
+    "encode_reference",
+    "message_size",
+    "to_message",
+]
+
+Encoder = Callable[[Mapping[str, Any]], bytes]
+
+#: How much of a bad value a reason quotes: enough to recognise it, never a whole document.
+_QUOTE_LIMIT = 80
+_NONE = type(None)
+
+
+# A native uuid.UUID reaches us only when the client was configured with uuidRepresentation=standard
+# (by default the driver decodes subtype 4 as Binary); json_util's defaults refuse to encode it, so
+# encode it back as the standard subtype-4 binary it was stored as.
+_RELAXED = RELAXED_JSON_OPTIONS.with_options(uuid_representation=UuidRepresentation.STANDARD)
+_CANONICAL = CANONICAL_JSON_OPTIONS.with_options(uuid_representation=UuidRepresentation.STANDARD)
+
+
+def _options(json_mode: str) -> JSONOptions:
+    return _CANONICAL if json_mode == "canonical" else _RELAXED
+
+
+def encode_reference(event: Mapping[str, Any], json_mode: str = "relaxed") -> bytes:
+    """The event as Extended JSON via `bson.json_util` (authoritative, about 3x slower than the fast path)."""
+    text = json_util.dumps(event, json_options=_options(json_mode), separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
+
+
+#: Decimal128 bit layout (IEEE 754-2008 BID): sign bit, 14-bit biased exponent, 113-bit coefficient.
+_D128_EXPONENT_BIAS = 6176
+_D128_MAX_COEFFICIENT = 10**34 - 1
+_D128_SPECIAL_MASK = 0x3 << 61  # both set: NaN, Infinity or the (never canonical) "11" form
+
+
+def decimal128_str(value: Decimal128) -> str:
+    """`str(value)` in a fifth of the time: libmpdec formats the coefficient and exponent.
+
+    `Decimal128.__str__` builds a digit tuple in Python; parsing `<coef>E<exp>` keeps the exact
+    exponent (no context rounding) and prints the same text. Specials take the slow path.
+    """
+    bid = value.bid
+    high = int.from_bytes(bid[8:], "little")
+    if high & _D128_SPECIAL_MASK == _D128_SPECIAL_MASK:
+        return str(value)
+    coefficient = ((high & 0x1FFFFFFFFFFFF) << 64) | int.from_bytes(bid[:8], "little")
+    if coefficient > _D128_MAX_COEFFICIENT:
+        return str(value)  # non-canonical encoding: the value is zero; let bson say how
+    exponent = ((high >> 49) & 0x3FFF) - _D128_EXPONENT_BIAS
+    sign = "-" if high >> 63 else ""
+    return str(Decimal(f"{sign}{coefficient}E{exponent}"))
+
+
+def _make_walker(json_mode: str) -> Callable[[Any], Any]:
+    """A converter that leaves JSON-native values alone and asks json_util only about the rest.
+
+    Relaxed mode keeps str, int, bool, None and finite floats as they are; canonical mode wraps numbers
+    (`$numberInt`, `$numberDouble` ...), so only str, bool and None pass. ObjectId and Decimal128, the
+    commonest BSON values, have exact shortcuts; everything else (NaN/Infinity, Int64, datetimes,
+    binaries, subclasses of dict/list ...) goes through `bson.json_util.default`.
+    """
+    options = _options(json_mode)
+    relaxed = json_mode != "canonical"
+    plain: frozenset[type] = frozenset({str, bool, _NONE, int}) if relaxed else frozenset({str, bool, _NONE})
+    default = json_util.default
+
+    def walk(value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            return {k: v if type(v) in plain else walk(v) for k, v in value.items()}
+        if kind is list:
+            return [v if type(v) in plain else walk(v) for v in value]
+        if kind is ObjectId:
+            return {"$oid": str(value)}
+        if kind is Decimal128:
+            return {"$numberDecimal": decimal128_str(value)}
+        if kind in plain or (relaxed and kind is float and math.isfinite(value)):
+            return value
+        if isinstance(value, Mapping):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v) for v in value]
+        # json_util's encoders return fully converted JSON (DBRef and Code scopes included).
+        return default(value, options)
+
+    return walk
+
+
+_WALKERS = {mode: _make_walker(mode) for mode in ("relaxed", "canonical")}
+
+
+def encode_fast(event: Mapping[str, Any], json_mode: str = "relaxed") -> bytes:
+    """The event as Extended JSON, equal (as parsed JSON) to `encode_reference`, via orjson."""
+    try:
+        return orjson.dumps(_WALKERS[json_mode](event))
+    except (orjson.JSONEncodeError, TypeError):
+        # orjson refuses integers beyond 64 bits and lone surrogates; json_util copes (or raises).
+        return encode_reference(event, json_mode)
+
+
+def _relaxed_fast(event: Mapping[str, Any]) -> bytes:
+    return encode_fast(event, "relaxed")
+
+
+def _canonical_fast(event: Mapping[str, Any]) -> bytes:
+    return encode_fast(event, "canonical")
+
+
+#: JSON_MODE -> encoder used by `to_message`; swap an entry to try another encoder.
+ENCODERS: dict[str, Encoder] = {"relaxed": _relaxed_fast, "canonical": _canonical_fast}
+
+
+def channel_problem(channel: Any) -> str | None:
+    """Why `channel` is not a usable Ably channel name, or None when it is."""
+    if channel is None:
+        return "event has no _ablyChannel field (the pipeline must set it)"
+    if not isinstance(channel, str):
+        return f"_ablyChannel must be a string (got {type(channel).__name__} {_quote(channel)})"
+    if not channel:
+        return "_ablyChannel is empty"
+    if channel[0] in "[:":
+        return f"_ablyChannel must not start with '[' or ':' (got {_quote(channel)})"
+    if "\n" in channel or "\r" in channel:
+        return f"_ablyChannel must not contain a newline (got {_quote(channel)})"
+    return None
+
+
+def _quote(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 3] + "..."
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise UnpublishableEvent(f"_ablyMsgHeaders must be an object (got {type(raw).__name__})")
+    for key, value in raw.items():
+        if not isinstance(value, str):
+            raise UnpublishableEvent(
+                f"_ablyMsgHeaders must map strings to strings ({key!r} is {type(value).__name__})"
+            )
+    return raw
+
+
+def message_size(name: str, data: bytes, extras: Mapping[str, Any] | None) -> int:
+    """Bytes as Ably counts them: name + data + clientId (none) + JSON of extras."""
+    size = len(name.encode("utf-8")) + len(data)
+    if extras:
+        size += len(orjson.dumps(extras))
+    return size
+
+
+def to_message(
+    seq: int,
+    event: Mapping[str, Any],
+    *,
+    json_mode: str,
+    max_message_size: int,
+    encoder: Encoder | None = None,
+) -> OutboundMessage:
+    """Map one change event to an OutboundMessage or raise UnpublishableEvent / NoChannelError."""
+    channel = event.get("_ablyChannel")
+    problem = channel_problem(channel)
+    if problem or not isinstance(channel, str):
+        raise NoChannelError(problem or "_ablyChannel must be a string")
+    token = event.get("_id")
+    token_data = token.get("_data") if isinstance(token, Mapping) else None
+    if not isinstance(token, Mapping) or not isinstance(token_data, str):
+        raise UnpublishableEvent("event has no resume token (_id._data); was _id changed by the pipeline?")
+
+    name = event.get("_ablyMsgName")
+    if name is None:
+        name = event.get("operationType", "")
+    elif not isinstance(name, str):
+        raise UnpublishableEvent(f"_ablyMsgName must be a string (got {type(name).__name__})")
+    raw_headers = event.get("_ablyMsgHeaders")
+    headers = _headers(raw_headers) if raw_headers is not None else None
+    extras = {"headers": headers} if headers else None
+
+    data = (encoder or ENCODERS[json_mode])(event)
+    size = message_size(name, data, extras)
+    if size > max_message_size:
+        raise UnpublishableEvent(
+            f"message is {size} bytes, over MAX_MESSAGE_SIZE of {max_message_size} bytes"
+        )
+    message: AblyMessage = {"id": token_data, "name": name, "data": data.decode("utf-8"), "encoding": "json"}
+    if extras is not None:
+        message["extras"] = extras
+    return OutboundMessage(seq=seq, channel=channel, message=message, size=size, token=dict(token))
