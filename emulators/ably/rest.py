@@ -40,6 +40,7 @@ DEFAULT_HISTORY_LIMIT: Final = 100
 MAX_HISTORY_LIMIT: Final = 1000
 INVALID_PARAMETER: Final = 40003
 NOT_FOUND: Final = 40400
+DROPPED_STATUS: Final = 499  # never sent: the placeholder response of a dropped connection
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,7 +78,8 @@ class RestApi:
             response = await self._guarded(request, handler)
         except ConnectionDropped:
             self._store.record_response("dropped")
-            raise
+            # The transport is closed: aiohttp's attempt to send this fails quietly (ConnectionError).
+            return web.Response(status=DROPPED_STATUS)
         self._store.record_response(response.status)
         return response
 
