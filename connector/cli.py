@@ -55,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, secrets=settings.secrets())
+    log.info("livesync-connector %s starting: %s", __version__, settings.redacted())
     if command == "run":
         return asyncio.run(_run(settings))
     if command == "check":
