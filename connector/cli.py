@@ -18,7 +18,7 @@ from bson.json_util import RELAXED_JSON_OPTIONS
 
 from connector import __version__
 from connector.config import Settings, load_settings
-from connector.errors import ConfigError
+from connector.errors import ConfigError, PipelineError
 from connector.logs import configure_logging
 
 log = logging.getLogger("connector")
@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print("livesync-connector: invalid configuration:", file=sys.stderr)
+        kind = "invalid pipeline (code 72005)" if isinstance(exc, PipelineError) else "invalid configuration"
+        print(f"livesync-connector: {kind}:", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
