@@ -3,7 +3,7 @@ connector does (Basic auth, X-Ably-Version)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import httpx
@@ -22,6 +22,15 @@ def ably_client(url: str, key: str = KEY) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=url, auth=(name, secret), headers=ABLY_HEADERS, timeout=CLIENT_TIMEOUT_S
     )
+
+
+ClientFactory = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture
+def connect() -> ClientFactory:
+    """``connect(url, key=KEY)``: a client authenticated with ``key`` (tests import no conftest)."""
+    return ably_client
 
 
 @pytest.fixture
