@@ -20,6 +20,7 @@ import hashlib
 from typing import Any
 
 from bson import json_util
+from bson.errors import BSONError
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
 from connector.errors import PipelineError
@@ -60,8 +61,9 @@ def parse_pipeline(text: str, *, source: str = "PIPELINE") -> list[Stage]:
     """Parse JSON / MongoDB Extended JSON text (`{"$date": ...}`, `{"$oid": ...}` ...) and validate it."""
     try:
         value = json_util.loads(text)
-    except (ValueError, TypeError, KeyError) as exc:
-        # json.JSONDecodeError is a ValueError; bad Extended JSON wrappers raise TypeError/KeyError.
+    except (ValueError, TypeError, KeyError, ArithmeticError, BSONError) as exc:
+        # json.JSONDecodeError is a ValueError; bad Extended JSON wrappers raise the others
+        # (InvalidId is a BSONError, a bad $numberDecimal a decimal.InvalidOperation).
         raise PipelineError([f"{source}: not valid JSON or Extended JSON: {exc}"]) from None
     return validate_stages(value, source=source)
 
