@@ -18,6 +18,8 @@ def test_connector_never_imports_emulators() -> None:
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] in ("emulators", "tests")]
+            offenders += [
+                f"{path.name}: {name}" for name in names if name.split(".")[0] in ("emulators", "tests")
+            ]
     assert len(list(CONNECTOR.rglob("*.py"))) > 10
     assert offenders == []
