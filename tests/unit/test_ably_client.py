@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import random
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -201,10 +202,15 @@ async def test_failing_preferred_fallback_goes_back_to_other_hosts(
 
 async def test_fallbacks_are_tried_in_random_order(fake: FakeAbly, sleep: SleepRecorder) -> None:
     first_fallbacks = set()
-    for _ in range(30):
+    for seed in range(30):
         fake.fail_next(PRIMARY, always(lambda: error_response(50000, 500)))
         async with AblyRestClient(
-            api_key=API_KEY, rest_url=PRIMARY, fallback_hosts=FALLBACKS, transport=fake.transport, sleep=sleep
+            api_key=API_KEY,
+            rest_url=PRIMARY,
+            fallback_hosts=FALLBACKS,
+            transport=fake.transport,
+            sleep=sleep,
+            rng=random.Random(seed),
         ) as c:
             await c.time()
         first_fallbacks.add(fake.requests[-1].host)
