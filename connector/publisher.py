@@ -297,16 +297,17 @@ class Publisher:
     async def _settle(self, batch: list[_Entry], outcomes: list[Outcome]) -> None:
         """Complete accepted and rejected entries; queue each failed channel's remainder for a retry."""
         retry: dict[str, list[_Entry]] = {}
-        channels: dict[str, None] = {}
+        progressed: dict[str, bool] = {}  # per channel: did this round complete any of its messages?
         for entry, outcome in zip(batch, outcomes, strict=True):
             msg = entry[0]
-            channels[msg.channel] = None
+            progressed.setdefault(msg.channel, False)
             if msg.channel in retry:
                 # A later entry of a channel that must be retried: re-sent with the same id (Ably drops
                 # it if it was accepted), so order holds.
                 retry[msg.channel].append(entry)
             elif outcome is None:
                 self.stats.published += 1
+                progressed[msg.channel] = True
                 self._complete(msg)
             elif _retryable(outcome):
                 self.stats.last_error = outcome
@@ -318,13 +319,18 @@ class Publisher:
                 )
                 await self._on_rejected(msg, outcome)
                 self.stats.rejected += 1
+                progressed[msg.channel] = True
                 self._complete(msg)
             else:
                 raise outcome  # AblyAuthError or an unclassified failure: fatal
-        for channel in channels:
+        for channel, moved_on in progressed.items():
             if channel not in retry:
                 self._failures.pop(channel, None)
                 self._release(channel)
+            elif moved_on:
+                # The channel made progress (e.g. a per-channel rate limit cut the request short): that is
+                # throttling, not an outage, so the backoff starts again from the first step.
+                self._failures.pop(channel, None)
         if retry:
             self._schedule_retry(retry)
 

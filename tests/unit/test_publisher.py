@@ -271,6 +271,25 @@ async def test_failed_entry_is_retried_before_anything_newer_of_its_channel() ->
     assert r.sleep.delays == [1.0, 2.0]
 
 
+async def test_backoff_restarts_when_a_throttled_channel_makes_progress() -> None:
+    fake = FakeAbly()  # each round: the first entry is accepted, the next is rate-limited (and the rest)
+    seen: set[str] = set()
+
+    def fault(_ch: str, msg: dict[str, Any]) -> dict[str, Any] | None:
+        if msg["id"] in seen or msg["id"] == "id-00000000":
+            return None
+        seen.add(msg["id"])
+        return {"code": 42913, "statusCode": 429, "message": "channel rate"}
+
+    fake.entry_fault = fault
+    async with rig(fake=fake) as r:
+        msgs = [make_message(i, "a") for i in range(6)]
+        await r.submit(*msgs)
+        await r.drained()
+    assert fake.delivered["a"] == ids(msgs)
+    assert r.sleep.delays == [1.0] * 5  # not 1, 2, 4, 8, 16: every round moved the channel on
+
+
 async def test_retryable_failures_are_retried_forever_with_growing_capped_backoff() -> None:
     fake = FakeAbly()
     fake.fail_next(PRIMARY, *[lambda _r: error_response(50000, 500)] * 4 * 12)  # 12 rounds of 4 attempts
