@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from emulators.ably.server import AblyEmulator
 
 STREAM_QUEUE_MAX: Final = 10_000  # a subscriber this far behind is dropped rather than grow memory
-STREAM_KEEPALIVE_S: Final = 1.0  # comment line cadence; also how soon a stream notices shutdown
+STREAM_KEEPALIVE_S: Final = 1.0  # comment-line cadence; how soon a stream notices a gone subscriber
 
 
 def _bad_request(message: str) -> web.Response:
@@ -41,6 +41,14 @@ class ControlApi:
 
     def __init__(self, emulator: AblyEmulator) -> None:
         self._emulator = emulator
+        self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
+
+    def close_streams(self) -> None:
+        """End every open event stream (at shutdown): each gets a None sentinel ahead of its backlog."""
+        for queue in self._streams:
+            while queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
 
     def add_routes(self, app: web.Application) -> None:
         """Register the admin endpoints on ``app``."""
@@ -125,7 +133,7 @@ class ControlApi:
         ``channel`` filters; ``replay=1`` first sends what was delivered already.
         """
         channel = request.query.get("channel")
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=STREAM_QUEUE_MAX)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=STREAM_QUEUE_MAX)
 
         def listener(stored: dict[str, Any]) -> None:
             if channel is None or stored["channel"] == channel:
@@ -138,19 +146,23 @@ class ControlApi:
         await response.prepare(request)
         store = self._emulator.store
         store.add_listener(listener)
+        self._streams.add(queue)
         try:
             if request.query.get("replay") in ("1", "true"):
                 for stored in self._emulator.messages(channel):
                     await response.write(b"data: " + orjson.dumps(stored) + b"\n\n")
             while not self._emulator.stopping:
                 try:
-                    stored = await asyncio.wait_for(queue.get(), timeout=STREAM_KEEPALIVE_S)
+                    item = await asyncio.wait_for(queue.get(), timeout=STREAM_KEEPALIVE_S)
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
-                await response.write(b"data: " + orjson.dumps(stored) + b"\n\n")
+                if item is None:
+                    break
+                await response.write(b"data: " + orjson.dumps(item) + b"\n\n")
         except ConnectionResetError:
             pass  # the subscriber went away
         finally:
+            self._streams.discard(queue)
             store.remove_listener(listener)
         return response

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,8 @@ class RestApi:
         self._config = config
         self._store = store
         self._faults = faults
+        # Set at shutdown so that injected delays end at once instead of holding the server's stop.
+        self.closing = asyncio.Event()
 
     def add_routes(self, app: web.Application) -> None:
         """Register the public endpoints on ``app``."""
@@ -134,9 +137,11 @@ class RestApi:
         self._store.count("faults_served")
         logger.debug("serving fault %s (%s) to %s %s", fault.id, fault.mode, request.method, request.path)
         if fault.mode == "delay":
-            await asyncio.sleep(fault.delay_ms / 1000)
-            return None
-        if fault.mode == "drop":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closing.wait(), fault.delay_ms / 1000)
+            if not self.closing.is_set():
+                return None
+        if fault.mode in ("drop", "delay"):  # a delay cut short by shutdown ends like a drop
             request.protocol.force_close()
             raise ConnectionDropped
         if fault.mode == "partial" and request.path == "/messages":

@@ -80,6 +80,8 @@ class AblyEmulator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._refuse_task: asyncio.Task[None] | None = None
         self._refusing_until: float | None = None
+        self._rest: RestApi | None = None
+        self._control: ControlApi | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -103,15 +105,20 @@ class AblyEmulator:
         self._state = _State.OPENED
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        rest = RestApi(self.config, self.store, self.faults)
+        rest = self._rest = RestApi(self.config, self.store, self.faults)
+        control = self._control = ControlApi(self)
         app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[rest.middleware])
         rest.add_routes(app)
-        ControlApi(self).add_routes(app)
+        control.add_routes(app)
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
         )
         await self._runner.setup()
-        sock = self._bind(self._requested_port)
+        try:
+            sock = self._bind(self._requested_port)
+        except OSError:
+            await self.stop()
+            raise
         self._port = sock.getsockname()[1]
         await self._serve(sock)
         logger.info("ably emulator listening on %s", self.url)
@@ -122,6 +129,10 @@ class AblyEmulator:
             return
         self._state = _State.CLOSED
         self.stopping = True
+        if self._rest is not None:
+            self._rest.closing.set()
+        if self._control is not None:
+            self._control.close_streams()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
