@@ -1,0 +1,156 @@
+"""Store, FaultBook, config and id rules in isolation, with a fake clock (no sleeping)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from emulators.ably.config import EmulatorConfig
+from emulators.ably.errors import AblyHttpError
+from emulators.ably.faults import FaultBook, parse_fault
+from emulators.ably.messages import normalize_message, unit_id
+from emulators.ably.store import Store
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _msg(**fields: Any) -> dict[str, Any]:
+    return normalize_message(fields, max_size=65536)
+
+
+def _store(clock: FakeClock, **config: Any) -> Store:
+    return Store(EmulatorConfig(**config), clock=clock, wall_ms=lambda: 42)
+
+
+def test_dedupe_window_is_measured_from_the_first_publish() -> None:
+    clock = FakeClock()
+    store = _store(clock, dedupe_window_s=120)
+    assert not store.publish("c", [_msg(id="a")], "a").duplicate
+    clock.now += 119
+    assert store.publish("c", [_msg(id="a")], "a").duplicate  # a duplicate does not extend the window
+    clock.now += 1
+    assert not store.publish("c", [_msg(id="a")], "a").duplicate
+    assert [m["id"] for m in store.messages("c")] == ["a", "a"]
+    assert store.stats()["duplicates_dropped"] == 1
+
+
+def test_expired_ids_are_forgotten_so_memory_stays_bounded() -> None:
+    clock = FakeClock()
+    store = _store(clock, dedupe_window_s=10)
+    for i in range(1000):
+        store.publish("c", [_msg(id=str(i))], str(i))
+    clock.now += 11
+    store.publish("c", [_msg(id="new")], "new")
+    assert len(store._seen) == 1
+    assert len(store._seen_order) == 1
+
+
+def test_token_bucket_refills_at_the_configured_rate() -> None:
+    clock = FakeClock()
+    store = _store(clock, channel_rate_limit=2)
+    store.publish("c", [_msg()], None)
+    store.publish("c", [_msg()], None)
+    with pytest.raises(AblyHttpError) as limited:
+        store.publish("c", [_msg()], None)
+    assert (limited.value.code, limited.value.status) == (42913, 429)
+    clock.now += 0.5  # one token back at 2/s
+    store.publish("c", [_msg()], None)
+    with pytest.raises(AblyHttpError):
+        store.publish("c", [_msg()], None)
+    # A publish costing more than a second's allowance passes on a full bucket only.
+    clock.now += 10
+    store.publish("c", [_msg() for _ in range(5)], None)
+    assert store.stats()["rate_limited"] == 2
+
+
+def test_generated_ids_are_unique_base_colon_index() -> None:
+    store = _store(FakeClock())
+    first = store.publish("c", [_msg(), _msg()], None)
+    second = store.publish("c", [_msg()], None)
+    assert first.message_id != second.message_id
+    assert [m["id"] for m in store.messages()] == [
+        f"{first.message_id}:0",
+        f"{first.message_id}:1",
+        f"{second.message_id}:0",
+    ]
+    assert {m["received_at"] for m in store.messages()} == {42}
+
+
+def test_listeners_see_each_delivered_message_once() -> None:
+    store = _store(FakeClock())
+    seen: list[str] = []
+
+    def listener(stored: dict[str, Any]) -> None:
+        seen.append(stored["id"])
+
+    store.add_listener(listener)
+    store.publish("c", [_msg(id="x")], "x")
+    store.publish("c", [_msg(id="x")], "x")  # duplicate: not delivered
+    store.remove_listener(listener)
+    store.publish("c", [_msg(id="y")], "y")
+    assert seen == ["x"]
+
+
+def test_messages_returns_copies() -> None:
+    store = _store(FakeClock())
+    store.publish("c", [_msg(data="d")], None)
+    store.messages()[0]["data"] = "changed"
+    assert store.messages()[0]["data"] == "d"
+
+
+@pytest.mark.parametrize(
+    ("ids", "expected"),
+    [
+        (["solo"], "solo"),
+        (["solo:with:colons"], "solo:with:colons"),
+        ([None], None),
+        ([None, None], None),
+        (["b:0", "b:1", "b:2"], "b"),
+        (["x:y:0", "x:y:1"], "x:y"),
+    ],
+)
+def test_unit_id_rules(ids: list[str | None], expected: str | None) -> None:
+    assert unit_id([_msg(id=i) for i in ids]) == expected
+
+
+@pytest.mark.parametrize("ids", [["b:1", "b:0"], ["b:0", "c:1"], ["b", "b"], ["b:0", None]])
+def test_unit_id_rejects_ids_not_following_base_index(ids: list[str | None]) -> None:
+    with pytest.raises(AblyHttpError) as rejected:
+        unit_id([_msg(id=i) for i in ids])
+    assert rejected.value.code == 40000
+
+
+def test_fault_book_counts_and_expires_with_the_clock() -> None:
+    clock = FakeClock()
+    book = FaultBook(clock=clock)
+    book.add(parse_fault({"status": 503, "count": 2}, clock.now))
+    book.add(parse_fault({"status": 500, "duration_s": 5}, clock.now))
+    assert [book.take("publish", ["c"]).status for _ in range(3)] == [503, 503, 500]  # type: ignore[union-attr]
+    clock.now += 5
+    assert book.take("publish", ["c"]) is None
+    assert book.active() == []
+
+
+def test_parse_fault_derives_status_from_code_and_code_from_status() -> None:
+    assert (parse_fault({"code": 50320}, 0).status, parse_fault({"code": 50320}, 0).code) == (503, 50320)
+    assert parse_fault({"status": 429}, 0).code == 42900
+    default = parse_fault({}, 0)
+    assert (default.mode, default.status, default.code) == ("status", 500, 50000)
+    assert parse_fault({"mode": "refuse"}, 0).duration_s == 5.0
+
+
+def test_config_rejects_bad_keys_and_values() -> None:
+    for bad in ({"keys": ["nokey"]}, {"keys": ["app:secret"]}, {"keys": ["app.key:"]}, {"latency_ms": -1}):
+        with pytest.raises(ValueError):
+            EmulatorConfig(**bad)  # type: ignore[arg-type]
+    config = EmulatorConfig(keys=("a.b:c", "a.d:e"))
+    assert config.secrets_by_key_name == {"a.b": "c", "a.d": "e"}
