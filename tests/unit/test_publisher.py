@@ -409,7 +409,7 @@ async def _order_scenario(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32),
-    n_msgs=st.integers(1, 400),
+    n_msgs=st.integers(1, 300),
     n_channels=st.integers(1, 30),
     concurrency=st.integers(2, 8),
     fail_rate=st.sampled_from([0.0, 0.05, 0.3]),
@@ -445,13 +445,20 @@ async def test_drain_on_an_idle_publisher_is_immediate() -> None:
         assert await r.publisher.drain(0)
 
 
-def test_invalid_limits_are_refused() -> None:
+async def test_invalid_limits_are_refused() -> None:
     client = AblyRestClient(api_key=API_KEY, rest_url=PRIMARY, transport=FakeAbly().transport)
     ledger = InFlightLedger(10)
 
     async def noop(_m: OutboundMessage, _e: AblyError) -> None:
         return None
 
-    for bad in ({"max_channels_per_request": 101}, {"max_batch_bytes": 3_000_000}, {"concurrency": 0}):
+    bad_options: list[dict[str, Any]] = [
+        {"max_channels_per_request": 101},
+        {"max_batch_bytes": 3_000_000},
+        {"concurrency": 0},
+        {"linger_ms": -1},
+    ]
+    for bad in bad_options:
         with pytest.raises(ValueError):
             Publisher(client, ledger, on_rejected=noop, **bad)
+    await client.aclose()
