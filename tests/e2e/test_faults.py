@@ -172,23 +172,35 @@ def test_sigterm_mid_stream_drains_stores_the_token_and_exits_0(
     e2e_env: dict[str, str], sync_db: Any, ably: Any, tmp_path: Path
 ) -> None:
     grace = 10.0
+    total = 20_000
     env = {**e2e_env, "SHUTDOWN_GRACE_S": str(grace)}
-    ably.configure(latency_ms=50)  # keep publishes in flight when the signal lands
+    ably.configure(latency_ms=300)  # keep publishes in flight when the signal lands
     with ConnectorProcess(env, tmp_path / "connector.log") as proc:
         proc.wait_ready()
-        sync_db.events.insert_many([{"_id": i, "seq": i, "ch": f"ch{i % 10}"} for i in range(3000)])
-        time.sleep(0.5)
+        writer = Writer(sync_db.events, total, channels=10, rate=4000)
+        writer.start()
+        in_flight_at_signal = 0.0
+        deadline = time.monotonic() + 20
+        while in_flight_at_signal < 100 and time.monotonic() < deadline:
+            in_flight_at_signal = proc.metrics().get("livesync_in_flight_events", 0)
+            time.sleep(0.05)
         started = time.monotonic()
         status = proc.terminate(timeout=grace + 10)
         took = time.monotonic() - started
     delivered_at_stop = len(ably.messages())
+    writer.join(60)
     token = sync_db.ably.find_one({})
     report(
-        "SIGTERM mid-stream", delivered_at_stop=delivered_at_stop, exit_status=status, stop_s=round(took, 2)
+        "SIGTERM mid-stream",
+        in_flight_at_signal=int(in_flight_at_signal),
+        delivered_at_stop=delivered_at_stop,
+        exit_status=status,
+        stop_s=round(took, 2),
     )
+    assert in_flight_at_signal > 0, "the test must stop the connector with publishes in flight"
     assert status == 0
     assert took < grace + 5
-    assert token is not None
+    assert token is not None, proc.log_tail()
     # The drain delivered exactly the events read (a prefix of the stream), and the stored token sits right
     # after them: resuming meets the first undelivered event, so a restart has neither gap nor duplicate.
     delivered_seqs = sorted(orjson.loads(m["data"])["fullDocument"]["seq"] for m in ably.messages())
@@ -196,5 +208,5 @@ def test_sigterm_mid_stream_drains_stores_the_token_and_exits_0(
     nxt = stream.try_next()
     stream.close()
     ably.configure(latency_ms=0)
-    next_seq = nxt["fullDocument"]["seq"] if nxt is not None else 3000
+    next_seq = nxt["fullDocument"]["seq"] if nxt is not None else total
     assert delivered_seqs == list(range(next_seq))
