@@ -291,8 +291,8 @@ class AblyRestClient:
         self._preferred: str | None = None
         self._preferred_until = 0.0
         self._state = _State.OPEN
-        self.last_success_at: float | None = None
-        self.last_error: AblyError | None = None
+        self._last_success_at: float | None = None
+        self._last_error: AblyError | None = None
         auth = base64.b64encode(api_key.encode()).decode()
         self._http = httpx.AsyncClient(
             headers={
@@ -310,6 +310,16 @@ class AblyRestClient:
 
     def __repr__(self) -> str:
         return f"AblyRestClient(key={self._key_name}:***, host={self._primary})"
+
+    @property
+    def last_success_at(self) -> float | None:
+        """Monotonic time (the client's clock) of the last answer from Ably that was not a failure."""
+        return self._last_success_at
+
+    @property
+    def last_error(self) -> AblyError | None:
+        """The most recent failed attempt (kept after later successes; compare with last_success_at)."""
+        return self._last_error
 
     @property
     def primary_host(self) -> str:
@@ -450,7 +460,7 @@ class AblyRestClient:
             plan.retry_after = float(_as_int(response.headers.get("retry-after")))
             raise err
         except AblyError as err:
-            self.last_error = err
+            self._last_error = err
             if isinstance(err, AblyRetryableError):
                 # Only server-side/transport failures move to another host; 429 and 4xx never do.
                 if host == self._preferred:
@@ -461,10 +471,10 @@ class AblyRestClient:
             raise
 
     def _note_success(self, host: str) -> None:
-        self.last_success_at = self._clock()
+        self._last_success_at = now = self._clock()
         if host != self._primary and host != self._preferred:
             logger.info("using Ably fallback host %s", host)
-            self._preferred, self._preferred_until = host, self.last_success_at + FALLBACK_RETENTION_S
+            self._preferred, self._preferred_until = host, now + FALLBACK_RETENTION_S
         elif host == self._primary:
             self._preferred = None
 
