@@ -1,0 +1,259 @@
+"""Aggregation pipelines over in-memory documents: mongomock's stages plus the ones it lacks or gets wrong.
+
+Used for the user pipeline of change streams (run over rendered events) and for ``aggregate`` on
+collections. Stages mongomock lacks ($unset, $replaceWith, $redact) and expressions it lacks or
+mis-evaluates ($getField, $mergeObjects, $type, $setField, ``{$not: [x]}``, ``$$REMOVE``, Timestamp
+comparisons) are handled here before anything reaches mongomock.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from bson import Timestamp
+from mongomock import aggregate as mm_aggregate
+from mongomock import filtering as mm_filtering
+
+from .errors import CommandError
+from .expressions import REMOVE, evaluate, is_expression_free
+
+Stage = Callable[[list[dict[str, Any]], Any, Any], list[dict[str, Any]]]
+
+_REMOVED = REMOVE
+
+
+def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    cur = doc
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def _unset_path(doc: dict[str, Any], path: str) -> None:
+    parts = path.split(".")
+    cur: Any = doc
+    for part in parts[:-1]:
+        cur = cur.get(part) if isinstance(cur, dict) else None
+        if cur is None:
+            return
+    if isinstance(cur, dict):
+        cur.pop(parts[-1], None)
+    elif isinstance(cur, list):
+        for item in cur:
+            if isinstance(item, dict):
+                item.pop(parts[-1], None)
+
+
+def _flatten_spec(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} in $addFields means field a.b (unless the value is an expression object)."""
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        path = prefix + key
+        if isinstance(value, dict) and value and not any(k.startswith("$") for k in value):
+            out.update(_flatten_spec(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _add_fields(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
+    if not isinstance(spec, dict):
+        raise CommandError(40272, "$addFields specification stage must be an object")
+    fields = _flatten_spec(spec)
+    out = []
+    for doc in docs:
+        new = dict(doc)
+        for path, expr in fields.items():
+            value = evaluate(expr, doc)
+            if value is _REMOVED:
+                _unset_path(new, path)
+            else:
+                _set_path(new, path, value)
+        out.append(new)
+    return out
+
+
+def _unset(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
+    paths = [spec] if isinstance(spec, str) else list(spec)
+    out = []
+    for doc in docs:
+        new = copy.deepcopy(doc)
+        for path in paths:
+            _unset_path(new, path)
+        out.append(new)
+    return out
+
+
+def _replace_with(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
+    out = []
+    for doc in docs:
+        value = evaluate(spec, doc)
+        if not isinstance(value, dict):
+            raise CommandError(40228, f"'replacement document' must evaluate to an object, but resulting value was: {value!r}")
+        out.append(value)
+    return out
+
+
+def _replace_root(docs: list[dict[str, Any]], spec: Any, db: Any) -> list[dict[str, Any]]:
+    if not isinstance(spec, dict) or "newRoot" not in spec:
+        raise CommandError(40231, "no newRoot specified for the $replaceRoot stage")
+    return _replace_with(docs, spec["newRoot"], db)
+
+
+def _redact_value(value: Any, expr: Any) -> Any:
+    if isinstance(value, dict):
+        return _redact_doc(value, expr)
+    if isinstance(value, list):
+        items = [_redact_value(item, expr) for item in value]
+        return [item for item in items if item is not _REMOVED]
+    return value
+
+
+def _redact_doc(doc: dict[str, Any], expr: Any) -> Any:
+    decision = evaluate(expr, doc)
+    if decision == "$$KEEP":
+        return doc
+    if decision == "$$PRUNE":
+        return _REMOVED
+    if decision != "$$DESCEND":
+        raise CommandError(17053, f"$redact's expression should not return anything aside from the variables "
+                           f"$$KEEP, $$DESCEND, and $$PRUNE, but returned {decision!r}")
+    out = {}
+    for key, value in doc.items():
+        new = _redact_value(value, expr) if isinstance(value, dict | list) else value
+        if new is not _REMOVED:
+            out[key] = new
+    return out
+
+
+def _redact(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
+    out = []
+    for doc in docs:
+        new = _redact_doc(doc, spec)
+        if new is not _REMOVED:
+            out.append(new)
+    return out
+
+
+def _project(docs: list[dict[str, Any]], spec: Any, db: Any) -> list[dict[str, Any]]:
+    if not isinstance(spec, dict) or not spec:
+        raise CommandError(51272, "$project specification must be a non-empty object")
+    fields = _flatten_spec(spec)
+    inclusion = [p for p, v in fields.items() if not _is_exclusion(v)]
+    exclusion = [p for p, v in fields.items() if _is_exclusion(v)]
+    if exclusion and (inclusion or any(p != "_id" for p in exclusion) and inclusion):
+        raise CommandError(31254, "Cannot do exclusion on field in inclusion projection")
+    out = []
+    for doc in docs:
+        if not inclusion:
+            new = copy.deepcopy(doc)
+            for path in exclusion:
+                _unset_path(new, path)
+            out.append(new)
+            continue
+        new = {}
+        if "_id" not in fields and "_id" in doc:
+            new["_id"] = doc["_id"]
+        for path in inclusion:
+            expr = fields[path]
+            if expr is True or (isinstance(expr, int | float) and not isinstance(expr, bool) and expr):
+                value = _get_path(doc, path)
+                if value is not _MISSING:
+                    _set_path(new, path, copy.deepcopy(value))
+            else:
+                value = evaluate(expr, doc)
+                if value is not _REMOVED:
+                    _set_path(new, path, value)
+        if "_id" in exclusion:
+            new.pop("_id", None)
+        out.append(new)
+    return out
+
+
+def _is_exclusion(value: Any) -> bool:
+    return value is False or (isinstance(value, int | float) and not isinstance(value, bool) and value == 0)
+
+
+_MISSING = object()
+
+
+def _get_path(doc: Any, path: str) -> Any:
+    cur = doc
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        else:
+            return _MISSING
+    return cur
+
+
+def _match(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
+    if not isinstance(spec, dict):
+        raise CommandError(15959, "the match filter must be an expression in an object")
+    if "$expr" in spec and len(spec) == 1:
+        return [doc for doc in docs if _truthy(evaluate(spec["$expr"], doc))]
+    filt = _encode_timestamps(spec)
+    return [doc for doc in docs if mm_filtering.filter_applies(filt, _encode_timestamps(doc))]
+
+
+def _truthy(value: Any) -> bool:
+    return value not in (None, False, 0, _REMOVED) and value is not _MISSING
+
+
+class _TsKey(int):
+    """A Timestamp as an ordered integer so mongomock's comparisons work (it raises on Timestamps)."""
+
+
+def _encode_timestamps(value: Any) -> Any:
+    if isinstance(value, Timestamp):
+        return _TsKey((value.time << 32) | value.inc)
+    if isinstance(value, dict):
+        if not any(isinstance(v, Timestamp | dict | list) for v in value.values()):
+            return value
+        return {k: _encode_timestamps(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encode_timestamps(v) for v in value]
+    return value
+
+
+STAGES: dict[str, Stage] = {
+    "$addFields": _add_fields,
+    "$set": _add_fields,
+    "$unset": _unset,
+    "$replaceWith": _replace_with,
+    "$replaceRoot": _replace_root,
+    "$redact": _redact,
+    "$project": _project,
+    "$match": _match,
+}
+
+
+def run_pipeline(docs: list[dict[str, Any]], pipeline: list[dict[str, Any]], database: Any = None) -> list[dict]:
+    """Run ``pipeline`` over ``docs`` (not modified in place)."""
+    for stage in pipeline:
+        if not isinstance(stage, dict) or len(stage) != 1:
+            raise CommandError(40323, "A pipeline stage specification object must contain exactly one field.")
+        ((name, spec),) = stage.items()
+        handler = STAGES.get(name)
+        if handler is not None:
+            docs = handler(docs, spec, database)
+            continue
+        mm_handler = mm_aggregate._PIPELINE_HANDLERS.get(name, False)
+        if mm_handler is False:
+            raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+        if mm_handler is None:
+            raise CommandError(2, f"stage {name} is not supported by the emulator")
+        try:
+            docs = list(mm_handler(docs, database, spec))
+        except NotImplementedError as exc:
+            raise CommandError(2, f"not supported by the emulator: {exc}") from exc
+    return docs
+
+__all__ = ["STAGES", "is_expression_free", "run_pipeline"]

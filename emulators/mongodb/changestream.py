@@ -1,0 +1,346 @@
+"""Change-stream cursors: an oplog position, a scope, options and the compiled user pipeline.
+
+A getMore scans the oplog forward from the cursor's position, renders the events in scope the way the
+server shapes them for these options, runs the user pipeline and stops at the batch limit. Events
+that pass untouched through an empty pipeline with default options are encoded to BSON once per oplog
+entry and shared by every cursor (the hot path of a connector tailing a busy collection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import bson
+from bson import Timestamp
+from bson.raw_bson import RawBSONDocument
+
+from .aggregation import run_pipeline
+from .errors import CommandError
+from .oplog import (
+    KIND_EVENT,
+    KIND_INVALIDATE,
+    Key,
+    Oplog,
+    OplogEntry,
+    decode_token,
+    encode_token,
+    high_water_key,
+)
+from .storage import SYSTEM_DATABASES, Storage
+from .wire import ENCODE_OPTIONS
+
+FullDocument = Literal["default", "updateLookup", "whenAvailable", "required"]
+BeforeChange = Literal["off", "whenAvailable", "required"]
+
+ALLOWED_STAGES = frozenset(
+    {"$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot", "$replaceWith", "$redact",
+     "$changeStreamSplitLargeEvent"}
+)
+KNOWN_STAGES = frozenset(
+    {"$group", "$sort", "$limit", "$skip", "$lookup", "$unwind", "$out", "$merge", "$facet", "$count",
+     "$bucket", "$sample", "$graphLookup", "$sortByCount", "$changeStream", "$geoNear", "$densify"}
+)
+_CHANGE_STREAM_OPTIONS = frozenset(
+    {"fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter", "startAtOperationTime",
+     "allChangesForCluster", "showExpandedEvents", "showSystemEvents", "showMigrationEvents",
+     "allowToRunOnConfigDB", "allowToRunOnSystemNS"}
+)
+
+# The server's batch limit: a reply holds at most 16 MiB of documents (plus envelope).
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+DEFAULT_FIRST_BATCH = 101
+# Default awaitData wait when getMore has no maxTimeMS (the server's default is 1 s).
+DEFAULT_AWAIT_S = 1.0
+
+_CRUD = frozenset({"insert", "update", "replace", "delete"})
+_UPDATE_LIKE = frozenset({"update", "replace", "delete"})
+
+
+@dataclass(slots=True)
+class Scope:
+    kind: Literal["cluster", "db", "coll"]
+    db: str
+    coll: str | None = None
+
+    @property
+    def ns(self) -> str:
+        if self.kind == "coll":
+            return f"{self.db}.{self.coll}"
+        return f"{self.db}.$cmd.aggregate"
+
+    def includes(self, entry: OplogEntry) -> bool:
+        if self.kind == "coll":
+            return entry.db == self.db and entry.coll == self.coll
+        if entry.coll is not None and entry.coll.startswith("system."):
+            return False
+        if self.kind == "db":
+            return entry.db == self.db
+        return entry.db not in SYSTEM_DATABASES
+
+    def invalidated_by(self, entry: OplogEntry) -> bool:
+        if self.kind == "coll":
+            return entry.op in ("drop", "rename") and entry.db == self.db and entry.coll == self.coll
+        return self.kind == "db" and entry.op == "dropDatabase" and entry.db == self.db
+
+
+@dataclass(slots=True)
+class Options:
+    full_document: str = "default"
+    before_change: str = "off"
+    show_expanded: bool = False
+    start_after_used: bool = False
+
+    @property
+    def default_shape(self) -> bool:
+        return self.full_document == "default" and self.before_change == "off" and not self.show_expanded
+
+
+def parse_options(spec: Any) -> tuple[Options, dict[str, Any]]:
+    if not isinstance(spec, dict):
+        raise CommandError(14, "the $changeStream stage must be an object")
+    unknown = set(spec) - _CHANGE_STREAM_OPTIONS
+    if unknown:
+        raise CommandError(40415, f"BSON field '$changeStream.{sorted(unknown)[0]}' is an unknown field.")
+    opts = Options(
+        full_document=spec.get("fullDocument", "default"),
+        before_change=spec.get("fullDocumentBeforeChange", "off"),
+        show_expanded=bool(spec.get("showExpandedEvents", False)),
+    )
+    if opts.full_document not in ("default", "updateLookup", "whenAvailable", "required"):
+        raise CommandError(2, f"unknown fullDocument mode: {opts.full_document!r}")
+    if opts.before_change not in ("off", "whenAvailable", "required"):
+        raise CommandError(2, f"unknown fullDocumentBeforeChange mode: {opts.before_change!r}")
+    starts = [k for k in ("resumeAfter", "startAfter", "startAtOperationTime") if k in spec]
+    if len(starts) > 1:
+        raise CommandError(40674, "Only one type of resume option is allowed, but multiple were found.")
+    return opts, spec
+
+
+def validate_pipeline(stages: list[Any]) -> None:
+    for n, stage in enumerate(stages):
+        if not isinstance(stage, dict) or len(stage) != 1:
+            raise CommandError(40323, "A pipeline stage specification object must contain exactly one field.")
+        name = next(iter(stage))
+        if name in ALLOWED_STAGES:
+            if name == "$changeStreamSplitLargeEvent" and n != len(stages) - 1:
+                raise CommandError(7182802, "$changeStreamSplitLargeEvent must be the last stage")
+            continue
+        if name == "$changeStream":
+            raise CommandError(40602, "$changeStream is only valid as the first stage in a pipeline.")
+        if name in KNOWN_STAGES:
+            raise CommandError(40324, f"{name} is not permitted in a $changeStream pipeline")
+        raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+
+
+@dataclass(slots=True, eq=False)
+class ChangeStreamCursor:
+    cursor_id: int
+    scope: Scope
+    options: Options
+    pipeline: list[dict[str, Any]]
+    next_seq: int
+    oplog: Oplog
+    storage: Storage
+    pending_invalidate: OplogEntry | None = None
+    exhausted: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+    busy: bool = False
+
+    @property
+    def ns(self) -> str:
+        return self.scope.ns
+
+    # -- rendering ------------------------------------------------------------------------------------
+    def _render(self, entry: OplogEntry) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "_id": encode_token(entry.key),
+            "operationType": entry.op,
+            "clusterTime": entry.ts,
+            "wallTime": entry.wall,
+        }
+        opts = self.options
+        if opts.show_expanded and entry.collection_uuid is not None:
+            event["collectionUUID"] = entry.collection_uuid
+        if entry.op in ("insert", "replace"):
+            event["fullDocument"] = entry.full_document
+        event["ns"] = {"db": entry.db, "coll": entry.coll} if entry.coll is not None else {"db": entry.db}
+        if entry.document_key is not None:
+            event["documentKey"] = entry.document_key
+        if entry.op == "update":
+            desc = dict(entry.update_description or {})
+            ambiguous = entry.extra.get("disambiguatedPaths")
+            if opts.show_expanded and ambiguous:
+                desc["disambiguatedPaths"] = ambiguous
+            event["updateDescription"] = desc
+            self._add_full_document(event, entry)
+        if entry.op in _UPDATE_LIKE and opts.before_change != "off":
+            if entry.pre_image is None and opts.before_change == "required":
+                raise CommandError(
+                    47,
+                    "Change stream was configured to require a pre-image for all update, delete and "
+                    f"replace events, but the pre-image was not found for event: {event['_id']}",
+                )
+            event["fullDocumentBeforeChange"] = entry.pre_image
+        if entry.op not in _CRUD:
+            self._add_ddl_fields(event, entry)
+        return event
+
+    def _add_full_document(self, event: dict[str, Any], entry: OplogEntry) -> None:
+        mode = self.options.full_document
+        if mode == "updateLookup":
+            assert entry.coll is not None and entry.document_key is not None
+            meta = self.storage.get_meta(entry.db, entry.coll)
+            event["fullDocument"] = (
+                self.storage.find_one_by_id(entry.db, entry.coll, entry.document_key["_id"]) if meta else None
+            )
+        elif mode in ("whenAvailable", "required"):
+            if entry.post_image is None and mode == "required":
+                raise CommandError(
+                    47,
+                    "Change stream was configured to require a post-image for all update, delete and "
+                    f"replace events, but the post-image was not found for event: {event['_id']}",
+                )
+            event["fullDocument"] = entry.post_image
+
+    def _add_ddl_fields(self, event: dict[str, Any], entry: OplogEntry) -> None:
+        if "to" in entry.extra:
+            event["to"] = entry.extra["to"]
+        if self.options.show_expanded:
+            if "operationDescription" in entry.extra:
+                event["operationDescription"] = entry.extra["operationDescription"]
+            if entry.op == "modify" and "stateBeforeChange" in entry.extra:
+                event["stateBeforeChange"] = entry.extra["stateBeforeChange"]
+            if "nsType" in entry.extra and self.storage.server_version >= (8, 1):
+                event["nsType"] = entry.extra["nsType"]
+
+    def _apply_pipeline(self, event: dict[str, Any]) -> RawBSONDocument | None:
+        if not self.pipeline:
+            return RawBSONDocument(bson.encode(event, codec_options=ENCODE_OPTIONS))
+        token = event["_id"]
+        out = run_pipeline([event], self.pipeline)
+        if not out:
+            return None
+        doc = out[0]
+        if doc.get("_id") != token:
+            raise CommandError(
+                280,
+                "Encountered an event whose _id field, which contains the resume token, was modified by "
+                "the pipeline. Modifying the _id field of an event makes it impossible to resume the "
+                "stream from that point. Only transformations that retain the unmodified _id field are "
+                "allowed.",
+                labels=["NonResumableChangeStreamError"],
+            )
+        return RawBSONDocument(bson.encode(doc, codec_options=ENCODE_OPTIONS))
+
+    def _event(self, entry: OplogEntry) -> RawBSONDocument | None:
+        if self.options.default_shape and not self.pipeline:
+            raw = entry.raw_default
+            if raw is None:
+                raw = entry.raw_default = self._apply_pipeline(self._render(entry))
+            return raw
+        return self._apply_pipeline(self._render(entry))
+
+    def _invalidate_event(self, entry: OplogEntry) -> RawBSONDocument | None:
+        event = {
+            "_id": encode_token((entry.ts.time, entry.ts.inc, KIND_INVALIDATE)),
+            "operationType": "invalidate",
+            "clusterTime": entry.ts,
+            "wallTime": entry.wall,
+        }
+        return self._apply_pipeline(event)
+
+    # -- batches --------------------------------------------------------------------------------------
+    def fill(self, max_docs: int, max_bytes: int = MAX_BATCH_BYTES) -> tuple[list[RawBSONDocument], dict]:
+        """Scan forward; return (events, postBatchResumeToken). Sets ``exhausted`` after an invalidate."""
+        oplog = self.oplog
+        if self.next_seq < oplog.first_seq:
+            raise CommandError(286, "Resume of change stream was not possible, as the resume point may no "
+                               "longer be in the oplog.")
+        docs: list[RawBSONDocument] = []
+        size = 0
+        last_token: dict[str, str] | None = None
+        scope = self.scope
+        show_expanded = self.options.show_expanded
+        end = oplog.end_seq
+        if self.pending_invalidate is not None:
+            entry, self.pending_invalidate = self.pending_invalidate, None
+            return self._finish_invalidate(entry, docs)
+        while self.next_seq < end and len(docs) < max_docs and size < max_bytes:
+            entry = oplog.get(self.next_seq)
+            self.next_seq += 1
+            if not scope.includes(entry) or (entry.expanded and not show_expanded):
+                continue
+            raw = self._event(entry)
+            if raw is not None:
+                docs.append(raw)
+                size += len(raw.raw)
+                last_token = encode_token(entry.key)
+            if scope.invalidated_by(entry):
+                if len(docs) < max_docs:
+                    return self._finish_invalidate(entry, docs)
+                self.pending_invalidate = entry
+                return docs, last_token or encode_token(entry.key)
+        if self.next_seq < end and last_token is not None:
+            return docs, last_token
+        return docs, encode_token(high_water_key(self.storage.clock.now()))
+
+    def _finish_invalidate(self, entry: OplogEntry, docs: list[RawBSONDocument]) -> tuple[list, dict]:
+        raw = self._invalidate_event(entry)
+        if raw is not None:
+            docs.append(raw)
+        self.exhausted = True
+        return docs, encode_token((entry.ts.time, entry.ts.inc, KIND_INVALIDATE))
+
+    async def next_batch(self, batch_size: int | None, max_await_s: float) -> tuple[list, dict]:
+        """getMore: return matching events at once, else wait for new ones up to ``max_await_s``."""
+        limit = batch_size if batch_size else 1 << 30
+        deadline = time.monotonic() + max_await_s
+        while True:
+            docs, pbrt = self.fill(limit)
+            if docs or self.exhausted:
+                return docs, pbrt
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return docs, pbrt
+            await self.oplog.wait_for_append(remaining)
+            await asyncio.sleep(0)
+
+
+def start_position(oplog: Oplog, storage: Storage, spec: dict[str, Any], opts: Options) -> int:
+    """The oplog sequence number a new stream starts reading at."""
+    if "resumeAfter" in spec:
+        key = decode_token(spec["resumeAfter"])
+        if key[2] == KIND_INVALIDATE:
+            raise CommandError(
+                260,
+                "Attempting to resume a change stream using 'resumeAfter' is not allowed from an "
+                "invalidate notification.",
+            )
+        return oplog.seq_after(key)
+    if "startAfter" in spec:
+        opts.start_after_used = True
+        return oplog.seq_after(decode_token(spec["startAfter"]))
+    if "startAtOperationTime" in spec:
+        ts = spec["startAtOperationTime"]
+        if not isinstance(ts, Timestamp):
+            raise CommandError(14, "startAtOperationTime must be a timestamp")
+        return oplog.seq_at_or_after(ts)
+    return oplog.end_seq
+
+
+def key_of_event(event: dict[str, Any]) -> Key:
+    return decode_token(event["_id"])
+
+
+__all__ = [
+    "KIND_EVENT",
+    "ChangeStreamCursor",
+    "Options",
+    "Scope",
+    "parse_options",
+    "start_position",
+    "validate_pipeline",
+]

@@ -1,0 +1,381 @@
+"""insert, update, delete, find, getMore, killCursors, findAndModify, count, distinct, aggregate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bson
+import mongomock
+from bson import Int64
+
+from ..aggregation import run_pipeline
+from ..changestream import (
+    DEFAULT_AWAIT_S,
+    DEFAULT_FIRST_BATCH,
+    MAX_BATCH_BYTES,
+    ChangeStreamCursor,
+    Scope,
+    parse_options,
+    start_position,
+    validate_pipeline,
+)
+from ..engine import Connection, Engine, FindCursor, command
+from ..errors import CommandError
+from ..wire import ENCODE_OPTIONS
+from .admin import MAX_BSON_OBJECT_SIZE
+
+
+def _coll_name(cmd: dict[str, Any]) -> str:
+    name = next(iter(cmd.values()))
+    if not isinstance(name, str) or not name:
+        raise CommandError(73, f"Invalid namespace specified: {name!r}")
+    return name
+
+
+def _write_error(index: int, exc: CommandError) -> dict[str, Any]:
+    return {"index": index, "code": exc.code, "codeName": exc.code_name, "errmsg": exc.message}
+
+
+def _too_large(doc: Any) -> bool:
+    return len(bson.encode(doc, codec_options=ENCODE_OPTIONS)) > MAX_BSON_OBJECT_SIZE
+
+
+@command("insert")
+async def insert(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    coll = _coll_name(cmd)
+    docs = cmd.get("documents") or []
+    ordered = cmd.get("ordered", True)
+    # Only a message bigger than the document limit can hold a too-large document.
+    check_size = conn.extra.get("last_request_size", 0) > MAX_BSON_OBJECT_SIZE
+    errors: list[dict[str, Any]] = []
+    n = 0
+    for index, doc in enumerate(docs):
+        try:
+            if check_size and _too_large(doc):
+                raise CommandError(10334, "object to insert too large")
+            engine.storage.insert(db, coll, doc)
+            n += 1
+        except CommandError as exc:
+            errors.append(_write_error(index, exc))
+            if ordered:
+                break
+    reply: dict[str, Any] = {"n": n, "ok": 1.0}
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+@command("update")
+async def update(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    coll = _coll_name(cmd)
+    ordered = cmd.get("ordered", True)
+    errors: list[dict[str, Any]] = []
+    upserted: list[dict[str, Any]] = []
+    n = modified = 0
+    for index, stmt in enumerate(cmd.get("updates") or []):
+        try:
+            result = engine.storage.update(
+                db,
+                coll,
+                stmt.get("q") or {},
+                stmt.get("u"),
+                multi=bool(stmt.get("multi")),
+                upsert=bool(stmt.get("upsert")),
+                array_filters=stmt.get("arrayFilters"),
+            )
+        except CommandError as exc:
+            errors.append(_write_error(index, exc))
+            if ordered:
+                break
+            continue
+        if result.upserted_id is not None:
+            n += 1
+            upserted.append({"index": index, "_id": result.upserted_id})
+        else:
+            n += result.matched
+            modified += result.modified
+    reply: dict[str, Any] = {"n": n, "nModified": modified, "ok": 1.0}
+    if upserted:
+        reply["upserted"] = upserted
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+@command("delete")
+async def delete(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    coll = _coll_name(cmd)
+    ordered = cmd.get("ordered", True)
+    errors: list[dict[str, Any]] = []
+    n = 0
+    for index, stmt in enumerate(cmd.get("deletes") or []):
+        try:
+            n += len(engine.storage.delete(db, coll, stmt.get("q") or {}, int(stmt.get("limit", 0))))
+        except CommandError as exc:
+            errors.append(_write_error(index, exc))
+            if ordered:
+                break
+    reply: dict[str, Any] = {"n": n, "ok": 1.0}
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+@command("findAndModify", "findandmodify")
+async def find_and_modify(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    coll = _coll_name(cmd)
+    query = cmd.get("query") or {}
+    sort = cmd.get("sort")
+    storage = engine.storage
+    fields = cmd.get("fields")
+    if cmd.get("remove"):
+        removed = storage.delete(db, coll, query, 1, sort=sort)
+        value = removed[0] if removed else None
+        return {"lastErrorObject": {"n": len(removed)}, "value": _project_one(value, fields), "ok": 1.0}
+    if "update" not in cmd:
+        raise CommandError(9, "Either an update or remove=true must be specified")
+    before = None
+    if storage.get_meta(db, coll) is not None:
+        ids = storage._matching_ids(db, coll, query, sort, 1)
+        before = storage.find_one_by_id(db, coll, ids[0]) if ids else None
+        if ids:
+            query = {"_id": ids[0]}
+    result = storage.update(db, coll, query, cmd["update"], upsert=bool(cmd.get("upsert")), sort=sort,
+                            array_filters=cmd.get("arrayFilters"))
+    last_error: dict[str, Any] = {"n": 1 if (result.matched or result.upserted_id is not None) else 0,
+                                  "updatedExisting": bool(result.matched)}
+    if result.upserted_id is not None:
+        last_error["upserted"] = result.upserted_id
+    value = result.document if cmd.get("new") else before
+    if result.upserted_id is not None and not cmd.get("new"):
+        value = None
+    return {"lastErrorObject": last_error, "value": _project_one(value, fields), "ok": 1.0}
+
+
+def _project_one(doc: dict[str, Any] | None, fields: Any) -> dict[str, Any] | None:
+    if doc is None or not fields:
+        return doc
+    return run_pipeline([doc], [{"$project": fields}])[0]
+
+
+# -- reads --------------------------------------------------------------------------------------------
+def _cursor_reply(cursor_id: int, ns: str, docs: list[Any], first: bool, pbrt: Any = None) -> dict[str, Any]:
+    cursor: dict[str, Any] = {"firstBatch" if first else "nextBatch": docs}
+    if pbrt is not None:
+        cursor["postBatchResumeToken"] = pbrt
+    cursor["id"] = Int64(cursor_id)
+    cursor["ns"] = ns
+    return {"cursor": cursor, "ok": 1.0}
+
+
+def _take_batch(cursor: FindCursor, batch_size: int | None) -> list[Any]:
+    limit = batch_size if batch_size else len(cursor.docs)
+    start = cursor.position
+    out = []
+    size = 0
+    for doc in cursor.docs[start : start + limit]:
+        out.append(doc)
+        size += len(bson.encode(doc, codec_options=ENCODE_OPTIONS)) if len(cursor.docs) > 1000 else 0
+        if size >= MAX_BATCH_BYTES:
+            break
+    cursor.position = start + len(out)
+    return out
+
+
+def _register_find_cursor(engine: Engine, ns: str, docs: list[Any], batch_size: int | None) -> dict[str, Any]:
+    cursor = FindCursor(0, ns, docs)
+    first = _take_batch(cursor, batch_size)
+    cursor_id = 0
+    if cursor.position < len(docs):
+        cursor_id = engine.new_cursor_id()
+        cursor.cursor_id = cursor_id
+        engine.cursors[cursor_id] = cursor
+    return _cursor_reply(cursor_id, ns, first, True)
+
+
+def _batch_size(spec: Any, default: int | None) -> int | None:
+    if spec is None:
+        return default
+    if not isinstance(spec, int) or isinstance(spec, bool) or spec < 0:
+        raise CommandError(2, "batchSize must be a non-negative integer")
+    return spec
+
+
+@command("find")
+async def find(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    coll = _coll_name(cmd)
+    ns = f"{db}.{coll}"
+    meta = engine.storage.get_meta(db, coll)
+    docs: list[Any] = []
+    if meta is not None and meta.is_view:
+        docs = _view_docs(engine, db, coll)
+        docs = run_pipeline(docs, [{"$match": cmd.get("filter") or {}}])
+    elif meta is not None:
+        col = engine.storage.collection(db, coll)
+        try:
+            cursor = col.find(cmd.get("filter") or {}, cmd.get("projection") or None)
+            if cmd.get("sort"):
+                cursor = cursor.sort(list(cmd["sort"].items()))
+            if cmd.get("skip"):
+                cursor = cursor.skip(int(cmd["skip"]))
+            if cmd.get("limit"):
+                cursor = cursor.limit(abs(int(cmd["limit"])))
+            docs = list(cursor)
+        except (mongomock.OperationFailure, NotImplementedError, ValueError, TypeError) as exc:
+            raise CommandError(2, str(exc)) from exc
+    batch = _batch_size(cmd.get("batchSize"), DEFAULT_FIRST_BATCH)
+    if cmd.get("singleBatch") or (cmd.get("limit") or 0) < 0:
+        return _cursor_reply(0, ns, docs[: batch or None], True)
+    return _register_find_cursor(engine, ns, docs, batch)
+
+
+def _view_docs(engine: Engine, db: str, view: str, depth: int = 0) -> list[Any]:
+    meta = engine.storage.get_meta(db, view)
+    if meta is None or depth > 20:
+        return []
+    if not meta.is_view:
+        return list(engine.storage.collection(db, view).find())
+    source = _view_docs(engine, db, meta.options["viewOn"], depth + 1)
+    return run_pipeline(source, list(meta.options.get("pipeline", [])), engine.storage.client[db])
+
+
+@command("getMore")
+async def get_more(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    cursor_id = int(cmd["getMore"])
+    cursor = engine.cursors.get(cursor_id)
+    if cursor is None:
+        raise CommandError(43, f"cursor id {cursor_id} not found")
+    batch = _batch_size(cmd.get("batchSize"), None)
+    if isinstance(cursor, ChangeStreamCursor):
+        error = engine.failpoints.get_more_after_checkout()
+        if error is not None:
+            engine.cursors.pop(cursor_id, None)
+            raise error
+        if cursor.busy:
+            raise CommandError(292, f"cursor id {cursor_id} is already in use")
+        max_time = cmd.get("maxTimeMS")
+        await_s = float(max_time) / 1000.0 if max_time else DEFAULT_AWAIT_S
+        cursor.busy = True
+        try:
+            docs, pbrt = await cursor.next_batch(batch, await_s)
+        except CommandError:
+            engine.cursors.pop(cursor_id, None)
+            raise
+        finally:
+            cursor.busy = False
+        cursor.last_used = _now()
+        if cursor.exhausted:
+            engine.cursors.pop(cursor_id, None)
+            cursor_id = 0
+        elif cursor_id not in engine.cursors:
+            cursor_id = 0
+        return _cursor_reply(cursor_id, cursor.ns, docs, False, pbrt)
+    docs = _take_batch(cursor, batch)
+    cursor.last_used = _now()
+    if cursor.position >= len(cursor.docs):
+        engine.cursors.pop(cursor_id, None)
+        cursor_id = 0
+    return _cursor_reply(cursor_id, cursor.ns, docs, False)
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+@command("killCursors")
+async def kill_cursors(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    killed, unknown = [], []
+    for cursor_id in cmd.get("cursors") or []:
+        if engine.cursors.pop(int(cursor_id), None) is not None:
+            killed.append(Int64(cursor_id))
+        else:
+            unknown.append(Int64(cursor_id))
+    return {"cursorsKilled": killed, "cursorsNotFound": unknown, "cursorsAlive": [], "cursorsUnknown": [],
+            "ok": 1.0}
+
+
+@command("count")
+async def count(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    coll = _coll_name(cmd)
+    if engine.storage.get_meta(db, coll) is None:
+        return {"n": 0, "ok": 1.0}
+    n = engine.storage.collection(db, coll).count_documents(cmd.get("query") or {})
+    n = max(0, n - int(cmd.get("skip") or 0))
+    if cmd.get("limit"):
+        n = min(n, abs(int(cmd["limit"])))
+    return {"n": n, "ok": 1.0}
+
+
+@command("distinct")
+async def distinct(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    coll = _coll_name(cmd)
+    if engine.storage.get_meta(db, coll) is None:
+        return {"values": [], "ok": 1.0}
+    values = engine.storage.collection(db, coll).distinct(cmd["key"], cmd.get("query") or {})
+    return {"values": list(values), "ok": 1.0}
+
+
+@command("aggregate")
+async def aggregate(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    target = cmd["aggregate"]
+    pipeline = cmd.get("pipeline")
+    if not isinstance(pipeline, list):
+        raise CommandError(14, "'pipeline' option must be specified as an array")
+    cursor_opts = cmd.get("cursor")
+    if not isinstance(cursor_opts, dict):
+        raise CommandError(9, "The 'cursor' option is required, except for aggregate with the explain argument")
+    batch = _batch_size(cursor_opts.get("batchSize"), DEFAULT_FIRST_BATCH)
+    if pipeline and isinstance(pipeline[0], dict) and "$changeStream" in pipeline[0]:
+        return _open_change_stream(engine, db, target, pipeline, batch)
+    if not isinstance(target, str):
+        raise CommandError(2, "collectionless aggregate is not supported by the emulator")
+    meta = engine.storage.get_meta(db, target)
+    docs = _view_docs(engine, db, target) if meta is not None else []
+    out = run_pipeline(docs, pipeline, engine.storage.client[db])
+    return _register_find_cursor(engine, f"{db}.{target}", out, batch)
+
+
+def _open_change_stream(
+    engine: Engine, db: str, target: Any, pipeline: list[Any], batch: int | None
+) -> dict[str, Any]:
+    if engine.config.standalone:
+        raise CommandError(40573, "The $changeStream stage is only supported on replica sets")
+    opts, spec = parse_options(pipeline[0]["$changeStream"])
+    user = pipeline[1:]
+    validate_pipeline(user)
+    if spec.get("allChangesForCluster"):
+        if db != "admin" or target != 1:
+            raise CommandError(
+                ErrorCodes_InvalidOptions, "A $changeStream with 'allChangesForCluster:true' may only be opened "
+                "on the 'admin' database, and with no collection name"
+            )
+        scope = Scope("cluster", db)
+    elif target == 1:
+        if db == "admin":
+            raise CommandError(ErrorCodes_InvalidOptions, "$changeStream may not be opened on the internal admin database")
+        scope = Scope("db", db)
+    elif isinstance(target, str):
+        scope = Scope("coll", db, target)
+    else:
+        raise CommandError(73, f"Invalid aggregate target {target!r}")
+    cursor = ChangeStreamCursor(
+        cursor_id=0,
+        scope=scope,
+        options=opts,
+        pipeline=list(user),
+        next_seq=start_position(engine.oplog, engine.storage, spec, opts),
+        oplog=engine.oplog,
+        storage=engine.storage,
+    )
+    docs, pbrt = cursor.fill(batch if batch is not None else DEFAULT_FIRST_BATCH)
+    cursor_id = 0
+    if not cursor.exhausted:
+        cursor_id = engine.new_cursor_id()
+        cursor.cursor_id = cursor_id
+        engine.cursors[cursor_id] = cursor
+    return _cursor_reply(cursor_id, scope.ns, docs, True, pbrt)
+
+
+ErrorCodes_InvalidOptions = 72

@@ -1,0 +1,205 @@
+"""The emulated server's state and command dispatch, independent of sockets.
+
+Dispatch order mirrors mongod's: failpoints, then primary-only checks, then the command; every reply
+gets ``$clusterTime``/``operationTime``, every state-change error the current ``topologyVersion``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import Int64
+
+from .changestream import ChangeStreamCursor
+from .errors import STATE_CHANGE_CODES, CloseConnection, CommandError
+from .failpoints import RETRYABLE_WRITE_COMMANDS, FailPoints
+from .oplog import Oplog
+from .storage import Storage
+from .topology import ClusterClock, Topology
+
+log = logging.getLogger(__name__)
+
+# Commands refused while stepped down (everything that writes).
+WRITE_COMMANDS = frozenset(
+    {"insert", "update", "delete", "findAndModify", "findandmodify", "create", "drop", "dropDatabase",
+     "renameCollection", "collMod", "createIndexes", "dropIndexes", "deleteIndexes"}
+)
+# Retryable-write replies remembered per (lsid, txnNumber); old ones age out (drivers retry once, at once).
+RETRY_CACHE_SIZE = 10_000
+# Cursors idle this long are reaped, like the server's 10-minute cursor timeout.
+CURSOR_IDLE_TIMEOUT_S = 600.0
+
+
+@dataclass(slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 0
+    replset: str = "rs0"
+    server_version: str = "7.0.0"
+    oplog_size: int = 1_000_000
+    standalone: bool = False
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self.server_version.split(".")[:3] if p.isdigit())
+
+    @property
+    def max_wire_version(self) -> int:
+        major, minor = (self.version_tuple + (0, 0))[:2]
+        table = {(6, 0): 17, (7, 0): 21, (8, 0): 25}
+        if (major, minor) in table:
+            return table[(major, minor)]
+        if major >= 8:
+            return 25 + minor
+        return 21 if major == 7 else 17
+
+
+@dataclass(slots=True, eq=False)
+class Connection:
+    """Per-socket state the commands may need."""
+
+    conn_id: int
+    peer: str
+    app_name: str | None = None
+    closed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
+class FindCursor:
+    cursor_id: int
+    ns: str
+    docs: list[Any]
+    position: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+Handler = Callable[["Engine", Connection, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+COMMANDS: dict[str, Handler] = {}
+
+
+def command(*names: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for name in names:
+            COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+class Engine:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.clock = ClusterClock()
+        self.topology = Topology()
+        self.oplog = Oplog(config.oplog_size)
+        self.storage = Storage(self.oplog, self.clock, config.version_tuple)
+        self.failpoints = FailPoints()
+        self.cursors: dict[int, ChangeStreamCursor | FindCursor] = {}
+        self.retry_cache: OrderedDict[tuple[bytes, int, str], dict[str, Any]] = OrderedDict()
+        self.started = time.monotonic()
+        # Set by the server: closes every client socket (emulatorDropConnections).
+        self.drop_connections: Callable[[], int] = lambda: 0
+        # Set by the server: the live client connections (serverStatus, emulatorDropConnections).
+        self.connections_snapshot: Callable[[], list[Connection]] = list
+        self.address = f"{config.host}:{config.port}"
+
+    # -- cursors --------------------------------------------------------------------------------------
+    def new_cursor_id(self) -> int:
+        self._reap_cursors()
+        while True:
+            cursor_id = secrets.randbits(62) + 1
+            if cursor_id not in self.cursors:
+                return cursor_id
+
+    def _reap_cursors(self) -> None:
+        cutoff = time.monotonic() - CURSOR_IDLE_TIMEOUT_S
+        for cursor_id in [c for c, cur in self.cursors.items() if cur.last_used < cutoff]:
+            del self.cursors[cursor_id]
+
+    def reset(self) -> None:
+        """emulatorReset: drop all data, the oplog, cursors and failpoints."""
+        self.storage.reset()
+        self.oplog.clear()
+        self.cursors.clear()
+        self.failpoints.clear()
+        self.retry_cache.clear()
+
+    # -- replies --------------------------------------------------------------------------------------
+    def decorate(self, reply: dict[str, Any]) -> dict[str, Any]:
+        if not self.config.standalone:
+            reply["$clusterTime"] = self.clock.gossip()
+            reply["operationTime"] = self.clock.now()
+        return reply
+
+    def error_reply(self, exc: CommandError) -> dict[str, Any]:
+        reply = exc.to_reply()
+        if exc.code in STATE_CHANGE_CODES:
+            reply["topologyVersion"] = self.topology.version()
+        return reply
+
+    # -- dispatch -------------------------------------------------------------------------------------
+    async def dispatch(self, conn: Connection, cmd: dict[str, Any], default_db: str = "admin") -> dict[str, Any]:
+        if not cmd:
+            return self.decorate(CommandError(59, "no command given").to_reply())
+        name = next(iter(cmd))
+        db = cmd.get("$db") or default_db
+        retry_key = self._retry_key(name, cmd)
+        try:
+            if retry_key is not None and retry_key in self.retry_cache:
+                return self.decorate(dict(self.retry_cache[retry_key]))
+            reply = await self._run(conn, name, db, cmd, retry_key is not None)
+            if retry_key is not None and reply.get("ok") == 1:
+                self.retry_cache[retry_key] = dict(reply)
+                while len(self.retry_cache) > RETRY_CACHE_SIZE:
+                    self.retry_cache.popitem(last=False)
+        except CommandError as exc:
+            reply = self.error_reply(exc)
+        except (CloseConnection, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("command %s failed inside the emulator", name)
+            reply = CommandError(1, f"emulator internal error in {name}: {exc!r}").to_reply()
+        return self.decorate(reply)
+
+    def _retry_key(self, name: str, cmd: dict[str, Any]) -> tuple[bytes, int, str] | None:
+        if name not in RETRYABLE_WRITE_COMMANDS or "txnNumber" not in cmd:
+            return None
+        lsid = cmd.get("lsid") or {}
+        raw_id = lsid.get("id")
+        ident = raw_id.bytes if hasattr(raw_id, "bytes") else bytes(raw_id or b"")
+        return (ident, int(cmd["txnNumber"]), name)
+
+    async def _run(self, conn: Connection, name: str, db: str, cmd: dict[str, Any], retryable: bool) -> dict:
+        action = self.failpoints.for_command(name, conn.app_name, retryable)
+        if action is not None:
+            if action.block_s:
+                await asyncio.sleep(action.block_s)
+            if action.close_connection:
+                raise CloseConnection
+            if action.error is not None:
+                raise action.error
+        handler = COMMANDS.get(name) or COMMANDS.get(name.lower())
+        if handler is None:
+            raise CommandError(59, f"no such command: '{name}'")
+        if name in WRITE_COMMANDS and self.topology.stepped_down:
+            raise CommandError(
+                10107, "not primary", labels=["RetryableWriteError"] if retryable else []
+            )
+        if "startTransaction" in cmd or "autocommit" in cmd:
+            raise CommandError(20, "Transactions are not supported by the emulator")
+        reply = await handler(self, conn, db, cmd)
+        if action is not None and action.write_concern_error is not None:
+            reply["writeConcernError"] = action.write_concern_error
+        return reply
+
+
+def int64(value: int) -> Int64:
+    return Int64(value)

@@ -1,0 +1,363 @@
+"""Aggregation expression evaluation: the operators mongomock lacks or gets wrong, then mongomock.
+
+Missing fields evaluate to ``REMOVE`` (the same as ``$$REMOVE``): a computed field that evaluates to it
+is not written, as on the server.
+"""
+
+from __future__ import annotations
+
+import datetime
+import operator
+import re
+from collections.abc import Callable
+from typing import Any
+
+from bson import Binary, Decimal128, Int64, ObjectId, Regex, Timestamp
+from mongomock import aggregate as mm_aggregate
+from mongomock import filtering as mm_filtering
+
+from .errors import CommandError
+
+
+class _Remove:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "$$REMOVE"
+
+
+REMOVE: Any = _Remove()
+
+_SYSTEM_VARIABLES = {"$$KEEP": "$$KEEP", "$$PRUNE": "$$PRUNE", "$$DESCEND": "$$DESCEND"}
+
+
+def _lookup(value: Any, parts: list[str]) -> Any:
+    cur = value
+    for n, part in enumerate(parts):
+        if isinstance(cur, dict):
+            if part not in cur:
+                return REMOVE
+            cur = cur[part]
+        elif isinstance(cur, list):
+            # Field paths through arrays collect the field from each element.
+            rest = parts[n:]
+            items = [_lookup(item, rest) for item in cur if isinstance(item, dict)]
+            return [item for item in items if item is not REMOVE]
+        else:
+            return REMOVE
+    return cur
+
+
+def _variable(name: str, doc: Any, variables: dict[str, Any]) -> Any:
+    if name in _SYSTEM_VARIABLES:
+        return _SYSTEM_VARIABLES[name]
+    head, _, rest = name[2:].partition(".")
+    if head in ("ROOT", "CURRENT"):
+        base = doc
+    elif head == "REMOVE":
+        return REMOVE
+    elif head in variables:
+        base = variables[head]
+    else:
+        raise CommandError(17276, f"Use of undefined variable: {head}")
+    return _lookup(base, rest.split(".")) if rest else base
+
+
+def _null(value: Any) -> Any:
+    return None if value is REMOVE else value
+
+
+def truthy(value: Any) -> bool:
+    return value not in (None, False, 0) and value is not REMOVE
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, Timestamp):
+        return _TsValue(value)
+    if value is REMOVE:
+        return None
+    return value
+
+
+class _TsValue(int):
+    """Timestamps compare by (time, inc); mongomock cannot order them."""
+
+    def __new__(cls, ts: Timestamp) -> _TsValue:
+        return super().__new__(cls, (ts.time << 32) | ts.inc)
+
+
+def _compare(op: Callable[[Any, Any], bool]) -> Callable[[list[Any]], Any]:
+    def run(args: list[Any]) -> Any:
+        if len(args) != 2:
+            raise CommandError(16020, "Comparison expressions take exactly 2 arguments")
+        a, b = (_comparable(v) for v in args)
+        return bool(mm_filtering.bson_compare(op, a, b))
+
+    return run
+
+
+def _cmp3(args: list[Any]) -> int:
+    a, b = (_comparable(v) for v in args)
+    if mm_filtering.bson_compare(operator.lt, a, b):
+        return -1
+    return 1 if mm_filtering.bson_compare(operator.gt, a, b) else 0
+
+
+_TYPE_NAMES: list[tuple[type | tuple[type, ...], str]] = [
+    (bool, "bool"),
+    (Int64, "long"),
+    (int, "int"),
+    (float, "double"),
+    (Decimal128, "decimal"),
+    (str, "string"),
+    (dict, "object"),
+    ((list, tuple), "array"),
+    ((bytes, Binary), "binData"),
+    (ObjectId, "objectId"),
+    (datetime.datetime, "date"),
+    ((re.Pattern, Regex), "regex"),
+    (Timestamp, "timestamp"),
+]
+
+
+def bson_type_name(value: Any) -> str:
+    if value is REMOVE:
+        return "missing"
+    if value is None:
+        return "null"
+    if isinstance(value, int) and not isinstance(value, bool | Int64):
+        return "int" if -(2**31) <= value < 2**31 else "long"
+    for kind, name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return name
+    return "object"
+
+
+def _arg_list(spec: Any) -> list[Any]:
+    return spec if isinstance(spec, list) else [spec]
+
+
+def _op_get_field(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    if isinstance(spec, dict):
+        field = evaluate(spec.get("field"), doc, variables)
+        source = evaluate(spec.get("input", "$$CURRENT"), doc, variables)
+    else:
+        field, source = evaluate(spec, doc, variables), doc
+    if not isinstance(field, str):
+        raise CommandError(5654602, "$getField requires 'field' to evaluate to type String")
+    if not isinstance(source, dict):
+        return REMOVE if source is REMOVE or source is None else None
+    return source.get(field, REMOVE)
+
+
+def _op_set_field(spec: Any, doc: Any, variables: dict[str, Any], unset: bool = False) -> Any:
+    field = evaluate(spec.get("field"), doc, variables)
+    source = evaluate(spec.get("input"), doc, variables)
+    if source is None or source is REMOVE:
+        return None
+    if not isinstance(source, dict):
+        raise CommandError(4161105, "$setField requires 'input' to evaluate to type Object")
+    out = dict(source)
+    value = REMOVE if unset else evaluate(spec.get("value"), doc, variables)
+    if value is REMOVE:
+        out.pop(field, None)
+    else:
+        out[field] = value
+    return out
+
+
+def _op_merge_objects(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    out: dict[str, Any] = {}
+    for item in _arg_list(spec):
+        value = evaluate(item, doc, variables)
+        if value is None or value is REMOVE:
+            continue
+        if not isinstance(value, dict):
+            raise CommandError(40400, f"$mergeObjects requires object inputs, but input {value!r} is of another type")
+        out.update(value)
+    return out
+
+
+def _op_cond(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    if isinstance(spec, list):
+        if_, then, else_ = spec
+    else:
+        if_, then, else_ = spec.get("if"), spec.get("then"), spec.get("else")
+    return evaluate(then if truthy(evaluate(if_, doc, variables)) else else_, doc, variables)
+
+
+def _op_if_null(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    values = [evaluate(item, doc, variables) for item in spec]
+    for value in values[:-1]:
+        if value is not None and value is not REMOVE:
+            return value
+    return _null(values[-1])
+
+
+def _op_switch(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    for branch in spec.get("branches", []):
+        if truthy(evaluate(branch.get("case"), doc, variables)):
+            return evaluate(branch.get("then"), doc, variables)
+    if "default" not in spec:
+        raise CommandError(40066, "$switch could not find a matching branch for an input, and no default was specified.")
+    return evaluate(spec["default"], doc, variables)
+
+
+def _op_let(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    scope = dict(variables)
+    for name, expr in spec.get("vars", {}).items():
+        scope[name] = evaluate(expr, doc, variables)
+    return evaluate(spec.get("in"), doc, scope)
+
+
+def _op_and(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    return all(truthy(evaluate(item, doc, variables)) for item in _arg_list(spec))
+
+
+def _op_or(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    return any(truthy(evaluate(item, doc, variables)) for item in _arg_list(spec))
+
+
+def _op_not(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    args = _arg_list(spec)
+    if len(args) != 1:
+        raise CommandError(16020, "Expression $not takes exactly 1 arguments.")
+    return not truthy(evaluate(args[0], doc, variables))
+
+
+def _op_in(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    needle, haystack = (evaluate(item, doc, variables) for item in spec)
+    if not isinstance(haystack, list):
+        raise CommandError(40081, "$in requires an array as a second argument")
+    return any(_cmp3([needle, item]) == 0 for item in haystack)
+
+
+def _op_concat(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    parts = [evaluate(item, doc, variables) for item in _arg_list(spec)]
+    if any(p is None or p is REMOVE for p in parts):
+        return None
+    if not all(isinstance(p, str) for p in parts):
+        raise CommandError(16702, "$concat only supports strings")
+    return "".join(parts)
+
+
+def _op_to_string(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    value = evaluate(spec[0] if isinstance(spec, list) else spec, doc, variables)
+    if value is None or value is REMOVE:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _op_type(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    args = _arg_list(spec)
+    return bson_type_name(evaluate(args[0], doc, variables))
+
+
+_SPECIAL: dict[str, Callable[[Any, Any, dict[str, Any]], Any]] = {
+    "$getField": _op_get_field,
+    "$setField": _op_set_field,
+    "$unsetField": lambda spec, doc, v: _op_set_field(spec, doc, v, unset=True),
+    "$mergeObjects": _op_merge_objects,
+    "$cond": _op_cond,
+    "$ifNull": _op_if_null,
+    "$switch": _op_switch,
+    "$let": _op_let,
+    "$and": _op_and,
+    "$or": _op_or,
+    "$not": _op_not,
+    "$in": _op_in,
+    "$concat": _op_concat,
+    "$toString": _op_to_string,
+    "$type": _op_type,
+    "$literal": lambda spec, doc, v: spec,
+}
+
+_COMPARISONS: dict[str, Callable[[list[Any]], Any]] = {
+    "$eq": _compare(operator.eq),
+    "$ne": _compare(operator.ne),
+    "$gt": _compare(operator.gt),
+    "$gte": _compare(operator.ge),
+    "$lt": _compare(operator.lt),
+    "$lte": _compare(operator.le),
+    "$cmp": _cmp3,
+}
+
+
+def _to_mongomock(value: Any) -> Any:
+    """Literalise already-evaluated arguments so mongomock does not re-interpret them."""
+    if isinstance(value, str) and value.startswith("$"):
+        return {"$literal": value}
+    if value is REMOVE:
+        return "$__emulator_missing_field__"
+    if isinstance(value, dict):
+        return {"$literal": value}
+    if isinstance(value, list):
+        return {"$literal": value}
+    return value
+
+
+def _op_fallback(name: str, spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    args = spec if isinstance(spec, list) else [spec]
+    if isinstance(spec, dict):
+        expr: Any = {name: spec}
+        context = doc
+    else:
+        evaluated = [_to_mongomock(evaluate(item, doc, variables)) for item in args]
+        expr = {name: evaluated if isinstance(spec, list) else evaluated[0]}
+        context = {}
+    try:
+        return mm_aggregate._parse_expression(expr, context, ignore_missing_keys=True)
+    except KeyError:
+        return REMOVE
+    except NotImplementedError as exc:
+        raise CommandError(168, f"expression {name} is not supported by the emulator: {exc}") from exc
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise CommandError(2, f"{name}: {exc}") from exc
+
+
+def evaluate(expr: Any, doc: Any, variables: dict[str, Any] | None = None) -> Any:
+    """Evaluate an aggregation expression against ``doc``."""
+    variables = variables if variables is not None else {}
+    if isinstance(expr, str):
+        if expr.startswith("$$"):
+            return _variable(expr, doc, variables)
+        if expr.startswith("$"):
+            return _lookup(doc, expr[1:].split("."))
+        return expr
+    if isinstance(expr, dict):
+        if len(expr) == 1:
+            ((name, spec),) = expr.items()
+            if name.startswith("$"):
+                special = _SPECIAL.get(name)
+                if special is not None:
+                    return special(spec, doc, variables)
+                comparison = _COMPARISONS.get(name)
+                if comparison is not None:
+                    return comparison([evaluate(item, doc, variables) for item in _arg_list(spec)])
+                return _op_fallback(name, spec, doc, variables)
+        out = {}
+        for key, value in expr.items():
+            result = evaluate(value, doc, variables)
+            if result is not REMOVE:
+                out[key] = result
+        return out
+    if isinstance(expr, list):
+        return [_null(evaluate(item, doc, variables)) for item in expr]
+    return expr
+
+
+def is_expression_free(value: Any) -> bool:
+    """True when ``value`` contains no `$` strings or operators (a plain literal)."""
+    if isinstance(value, str):
+        return not value.startswith("$")
+    if isinstance(value, dict):
+        return all(not k.startswith("$") and is_expression_free(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(is_expression_free(v) for v in value)
+    return True

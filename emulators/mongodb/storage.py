@@ -1,0 +1,419 @@
+"""Documents, collections and indexes on mongomock, with every change recorded in the oplog.
+
+mongomock does the matching, updating and index bookkeeping; this module decides *what happened*
+(pre-image, post-image, update description, implicit collection creation) and appends the change
+event. All calls are synchronous and short: they run on the emulator's event loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import mongomock
+from bson import SON, Timestamp
+from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
+
+from . import updates
+from .errors import CommandError
+from .oplog import Oplog, OplogEntry
+from .topology import ClusterClock, wall_time
+
+SYSTEM_DATABASES = frozenset({"admin", "config", "local"})
+
+
+@dataclass(slots=True)
+class CollectionMeta:
+    """What mongomock does not track: identity, creation options, views."""
+
+    uuid: uuid.UUID
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pre_post_images(self) -> bool:
+        spec = self.options.get("changeStreamPreAndPostImages")
+        return isinstance(spec, dict) and bool(spec.get("enabled"))
+
+    @property
+    def is_view(self) -> bool:
+        return "viewOn" in self.options
+
+
+@dataclass(slots=True)
+class UpdateResult:
+    matched: int = 0
+    modified: int = 0
+    upserted_id: Any = None
+    document: dict[str, Any] | None = None  # findAndModify: the chosen pre- or post-image
+
+
+def _mongomock_error(exc: Exception) -> CommandError:
+    if isinstance(exc, DuplicateKeyError):
+        return CommandError(11000, f"E11000 duplicate key error: {exc}")
+    if isinstance(exc, OperationFailure | WriteError):
+        return CommandError(exc.code or 2, str(exc))
+    if isinstance(exc, NotImplementedError):
+        return CommandError(2, f"not supported by the emulator: {exc}")
+    return CommandError(2, str(exc))
+
+
+class Storage:
+    def __init__(self, oplog: Oplog, clock: ClusterClock, server_version: tuple[int, ...] = (7, 0, 0)) -> None:
+        self.oplog = oplog
+        self.clock = clock
+        self.server_version = server_version
+        self.client: mongomock.MongoClient = mongomock.MongoClient(tz_aware=True)
+        self.meta: dict[str, dict[str, CollectionMeta]] = {}
+
+    def reset(self) -> None:
+        self.client = mongomock.MongoClient(tz_aware=True)
+        self.meta.clear()
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+    def record(self, op: str, db: str, coll: str | None, **fields: Any) -> OplogEntry:
+        ts = self.clock.tick()
+        entry = OplogEntry(ts=ts, wall=wall_time(), op=op, db=db, coll=coll, **fields)
+        self.oplog.append(entry)
+        return entry
+
+    def get_meta(self, db: str, coll: str) -> CollectionMeta | None:
+        return self.meta.get(db, {}).get(coll)
+
+    def collection(self, db: str, coll: str) -> Any:
+        return self.client[db][coll]
+
+    def ensure(self, db: str, coll: str) -> CollectionMeta:
+        """The collection's metadata, creating it implicitly (with a `create` event) on first write."""
+        meta = self.get_meta(db, coll)
+        if meta is None:
+            meta = self.create_collection(db, coll, {})
+        if meta.is_view:
+            raise CommandError(166, f"Namespace {db}.{coll} is a view, not a collection")
+        return meta
+
+    def create_collection(self, db: str, coll: str, options: dict[str, Any]) -> CollectionMeta:
+        if self.get_meta(db, coll) is not None:
+            raise CommandError(48, f"Collection {db}.{coll} already exists.")
+        meta = CollectionMeta(uuid=uuid.uuid4(), options=dict(options))
+        self.meta.setdefault(db, {})[coll] = meta
+        if not meta.is_view:
+            self.client[db].create_collection(coll)
+        description: dict[str, Any] = {}
+        if meta.is_view:
+            description = {"viewOn": options["viewOn"], "pipeline": list(options.get("pipeline", []))}
+        else:
+            description = {"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}}
+            description.update({k: v for k, v in options.items() if k != "viewOn"})
+        self.record(
+            "create",
+            db,
+            coll,
+            collection_uuid=None if meta.is_view else meta.uuid,
+            extra={"operationDescription": description, "nsType": "view" if meta.is_view else "collection"},
+            expanded=True,
+        )
+        return meta
+
+    def _images(self, meta: CollectionMeta, pre: dict[str, Any] | None, post: dict[str, Any] | None) -> dict:
+        if not meta.pre_post_images:
+            return {}
+        return {"pre_image": pre, "post_image": post}
+
+    # -- writes ---------------------------------------------------------------------------------------
+    def insert(self, db: str, coll: str, doc: dict[str, Any]) -> None:
+        meta = self.ensure(db, coll)
+        if "_id" not in doc:
+            doc = {"_id": mongomock.ObjectId(), **doc}
+        try:
+            self.collection(db, coll).insert_one(doc)
+        except Exception as exc:
+            raise _mongomock_error(exc) from exc
+        self.record(
+            "insert",
+            db,
+            coll,
+            document_key={"_id": doc["_id"]},
+            full_document=doc,
+            collection_uuid=meta.uuid,
+            **self._images(meta, None, doc),
+        )
+
+    def _matching_ids(self, db: str, coll: str, query: dict[str, Any], sort: Any, limit: int) -> list[Any]:
+        cursor = self.collection(db, coll).find(query, {"_id": 1})
+        if sort:
+            cursor = cursor.sort(list(sort.items()))
+        if limit:
+            cursor = cursor.limit(limit)
+        return [d["_id"] for d in cursor]
+
+    def find_one_by_id(self, db: str, coll: str, _id: Any) -> dict[str, Any] | None:
+        return self.collection(db, coll).find_one({"_id": _id})
+
+    def update(
+        self,
+        db: str,
+        coll: str,
+        query: dict[str, Any],
+        update: Any,
+        *,
+        multi: bool = False,
+        upsert: bool = False,
+        sort: Any = None,
+        array_filters: Any = None,
+    ) -> UpdateResult:
+        if array_filters:
+            raise CommandError(2, "arrayFilters are not supported by the emulator")
+        meta = self.ensure(db, coll)
+        replacement = not isinstance(update, list) and not updates.is_operator_update(update)
+        if replacement and multi:
+            raise CommandError(9, "multi update is not supported for replacement-style update")
+        ids = self._matching_ids(db, coll, query, sort, 0 if multi else 1)
+        result = UpdateResult(matched=len(ids))
+        if not ids:
+            if upsert:
+                self._upsert(db, coll, meta, query, update, result)
+            return result
+        col = self.collection(db, coll)
+        for _id in ids:
+            pre = col.find_one({"_id": _id})
+            try:
+                if replacement:
+                    col.replace_one({"_id": _id}, update)
+                else:
+                    col.update_one({"_id": _id}, update)
+            except Exception as exc:
+                raise _mongomock_error(exc) from exc
+            post = col.find_one({"_id": _id})
+            result.document = post
+            if pre == post:
+                continue
+            result.modified += 1
+            self._record_update(db, coll, meta, pre, post, update, replacement)
+        return result
+
+    def _upsert(
+        self, db: str, coll: str, meta: CollectionMeta, query: dict, update: Any, result: UpdateResult
+    ) -> None:
+        col = self.collection(db, coll)
+        try:
+            if isinstance(update, list) or updates.is_operator_update(update):
+                raw = col.update_one(query, update, upsert=True)
+            else:
+                raw = col.replace_one(query, update, upsert=True)
+        except Exception as exc:
+            raise _mongomock_error(exc) from exc
+        result.upserted_id = raw.upserted_id
+        post = col.find_one({"_id": raw.upserted_id})
+        result.document = post
+        self.record(
+            "insert",
+            db,
+            coll,
+            document_key={"_id": raw.upserted_id},
+            full_document=post,
+            collection_uuid=meta.uuid,
+            **self._images(meta, None, post),
+        )
+
+    def _record_update(
+        self,
+        db: str,
+        coll: str,
+        meta: CollectionMeta,
+        pre: dict[str, Any],
+        post: dict[str, Any],
+        update: Any,
+        replacement: bool,
+    ) -> None:
+        key = {"_id": post["_id"]}
+        if replacement:
+            self.record(
+                "replace",
+                db,
+                coll,
+                document_key=key,
+                full_document=post,
+                collection_uuid=meta.uuid,
+                **self._images(meta, pre, post),
+            )
+            return
+        if isinstance(update, list):
+            desc = updates.describe_diff(pre, post)
+        else:
+            desc = updates.describe_operator_update(pre, post, update)
+        ambiguous = updates.disambiguated_paths(pre, post, desc)
+        self.record(
+            "update",
+            db,
+            coll,
+            document_key=key,
+            update_description=desc,
+            collection_uuid=meta.uuid,
+            extra={"disambiguatedPaths": ambiguous},
+            # Kept privately so fullDocument: updateLookup falls back sanely after a delete.
+            **self._images(meta, pre, post),
+        )
+
+    def delete(self, db: str, coll: str, query: dict[str, Any], limit: int, sort: Any = None) -> list[dict]:
+        meta = self.get_meta(db, coll)
+        if meta is None:
+            return []
+        if meta.is_view:
+            raise CommandError(166, f"Namespace {db}.{coll} is a view, not a collection")
+        col = self.collection(db, coll)
+        removed = []
+        for _id in self._matching_ids(db, coll, query, sort, limit):
+            pre = col.find_one({"_id": _id})
+            col.delete_one({"_id": _id})
+            removed.append(pre)
+            self.record(
+                "delete",
+                db,
+                coll,
+                document_key={"_id": _id},
+                collection_uuid=meta.uuid,
+                **self._images(meta, pre, None),
+            )
+        return removed
+
+    # -- DDL ------------------------------------------------------------------------------------------
+    def drop_collection(self, db: str, coll: str) -> bool:
+        meta = self.meta.get(db, {}).pop(coll, None)
+        if meta is None:
+            return False
+        if not meta.is_view:
+            self.client[db].drop_collection(coll)
+        self.record("drop", db, coll, collection_uuid=None if meta.is_view else meta.uuid)
+        return True
+
+    def drop_database(self, db: str) -> None:
+        colls = list(self.meta.get(db, {}))
+        for coll in colls:
+            self.drop_collection(db, coll)
+        self.meta.pop(db, None)
+        self.client.drop_database(db)
+        self.record("dropDatabase", db, None)
+
+    def rename(self, db: str, coll: str, to_db: str, to_coll: str, drop_target: bool) -> None:
+        meta = self.get_meta(db, coll)
+        if meta is None:
+            raise CommandError(26, f"Source collection {db}.{coll} does not exist")
+        target = self.get_meta(to_db, to_coll)
+        if target is not None and not drop_target:
+            raise CommandError(48, f"target namespace exists: {to_db}.{to_coll}")
+        docs = list(self.collection(db, coll).find())
+        indexes = self.collection(db, coll).index_information()
+        if target is not None:
+            self.meta[to_db].pop(to_coll)
+            self.client[to_db].drop_collection(to_coll)
+        self.meta[db].pop(coll)
+        self.client[db].drop_collection(coll)
+        self.meta.setdefault(to_db, {})[to_coll] = meta
+        new = self.client[to_db][to_coll]
+        self.client[to_db].create_collection(to_coll)
+        if docs:
+            new.insert_many(docs)
+        for name, spec in indexes.items():
+            if name != "_id_":
+                new.create_index(spec["key"], name=name, unique=spec.get("unique", False))
+        description: dict[str, Any] = {"to": {"db": to_db, "coll": to_coll}}
+        if target is not None:
+            description["dropTarget"] = target.uuid
+        self.record(
+            "rename",
+            db,
+            coll,
+            collection_uuid=meta.uuid,
+            extra={"to": {"db": to_db, "coll": to_coll}, "operationDescription": description},
+        )
+
+    def create_indexes(self, db: str, coll: str, specs: list[dict[str, Any]]) -> tuple[int, int]:
+        meta = self.ensure(db, coll)
+        col = self.collection(db, coll)
+        before = len(col.index_information())
+        created = []
+        for spec in specs:
+            key = spec.get("key")
+            name = spec.get("name")
+            if not isinstance(key, dict) or not key or not name:
+                raise CommandError(9, "index specs need a non-empty 'key' document and a 'name'")
+            existing = col.index_information().get(name)
+            if existing is not None:
+                if list(existing["key"]) != list(key.items()):
+                    raise CommandError(86, f"An existing index has the same name as the requested index: {name}")
+                continue
+            options = {k: v for k, v in spec.items() if k in ("unique", "sparse", "expireAfterSeconds")}
+            try:
+                col.create_index(list(key.items()), name=name, **options)
+            except Exception as exc:
+                raise _mongomock_error(exc) from exc
+            created.append({"v": 2, "key": SON(key.items()), "name": name, **options})
+        if created:
+            self.record(
+                "createIndexes",
+                db,
+                coll,
+                collection_uuid=meta.uuid,
+                extra={"operationDescription": {"indexes": created}},
+                expanded=True,
+            )
+        return before, len(col.index_information())
+
+    def drop_indexes(self, db: str, coll: str, index: Any) -> int:
+        meta = self.get_meta(db, coll)
+        if meta is None:
+            raise CommandError(26, f"ns not found {db}.{coll}")
+        col = self.collection(db, coll)
+        info = col.index_information()
+        if index == "*":
+            names = [n for n in info if n != "_id_"]
+        elif isinstance(index, str):
+            names = [index]
+        elif isinstance(index, list):
+            names = [str(n) for n in index]
+        else:
+            names = [n for n, spec in info.items() if list(spec["key"]) == list(dict(index).items())]
+            if not names:
+                raise CommandError(27, f"can't find index with key: {index}")
+        for name in names:
+            if name == "_id_":
+                raise CommandError(72, "cannot drop _id index")
+            if name not in info:
+                raise CommandError(27, f"index not found with name [{name}]")
+        for name in names:
+            spec = info[name]
+            col.drop_index(name)
+            self.record(
+                "dropIndexes",
+                db,
+                coll,
+                collection_uuid=meta.uuid,
+                extra={"operationDescription": {"indexes": [{"v": 2, "key": SON(spec["key"]), "name": name}]}},
+                expanded=True,
+            )
+        return len(info)
+
+    def coll_mod(self, db: str, coll: str, options: dict[str, Any]) -> None:
+        meta = self.get_meta(db, coll)
+        if meta is None:
+            raise CommandError(26, f"ns does not exist: {db}.{coll}")
+        old = {k: meta.options[k] for k in options if k in meta.options}
+        meta.options.update(options)
+        description: dict[str, Any] = dict(options)
+        self.record(
+            "modify",
+            db,
+            coll,
+            collection_uuid=meta.uuid,
+            extra={"operationDescription": description, "stateBeforeChange": {"collectionOptions": old}},
+            expanded=True,
+        )
+
+    # -- reads ----------------------------------------------------------------------------------------
+    def snapshot(self, doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        return copy.deepcopy(doc) if doc is not None else None
+
+    def last_ts(self) -> Timestamp:
+        return self.clock.last_write

@@ -1,0 +1,175 @@
+"""Smoke tests of the MongoDB emulator with the three drivers the project uses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from bson import Timestamp
+from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import AsyncMongoClient, MongoClient
+from pymongo.errors import NotPrimaryError, OperationFailure
+
+from emulators.mongodb import MongoEmulator, run_in_thread
+
+# Short waits keep idle getMores quick; the emulator honours maxTimeMS exactly like the server.
+AWAIT_MS = 100
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[MongoEmulator]:
+    async with MongoEmulator(port=0, oplog_size=50) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def client(server: MongoEmulator) -> AsyncIterator[AsyncMongoClient]:
+    c: AsyncMongoClient = AsyncMongoClient(server.uri, serverSelectionTimeoutMS=5000)
+    yield c
+    await c.close()
+
+
+async def test_crud_round_trip(client: AsyncMongoClient) -> None:
+    coll = client.db.items
+    await coll.insert_many([{"_id": i, "v": i % 3} for i in range(10)])
+    await coll.update_many({"v": 0}, {"$inc": {"v": 10}})
+    await coll.delete_one({"_id": 1})
+    docs = await coll.find({"v": {"$gte": 2}}, {"_id": 1}).sort("_id", -1).to_list()
+    assert [d["_id"] for d in docs] == [9, 8, 6, 5, 3, 2, 0]
+    assert await coll.count_documents({}) == 9
+    found = await coll.find_one_and_update({"_id": 2}, {"$set": {"x": 1}}, return_document=True)
+    assert found == {"_id": 2, "v": 2, "x": 1}
+
+
+async def test_find_batches_through_get_more(client: AsyncMongoClient) -> None:
+    await client.db.many.insert_many([{"_id": i} for i in range(250)])
+    ids = [d["_id"] async for d in client.db.many.find(batch_size=40)]
+    assert ids == list(range(250))
+
+
+async def test_watch_reports_crud_events_in_order(client: AsyncMongoClient) -> None:
+    coll = client.db.watched
+    await coll.insert_one({"_id": 1, "a": 1})
+    async with await coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        await coll.insert_one({"_id": 2})
+        await coll.update_one({"_id": 1}, {"$set": {"b": 2}, "$unset": {"a": ""}})
+        await coll.replace_one({"_id": 2}, {"x": 1})
+        await coll.delete_one({"_id": 2})
+        events = [await stream.next() for _ in range(4)]
+    assert [e["operationType"] for e in events] == ["insert", "update", "replace", "delete"]
+    assert events[1]["updateDescription"] == {"updatedFields": {"b": 2}, "removedFields": ["a"], "truncatedArrays": []}
+    assert events[2]["fullDocument"] == {"_id": 2, "x": 1}
+    tokens = [e["_id"]["_data"] for e in events]
+    assert tokens == sorted(tokens)
+    assert all(isinstance(e["clusterTime"], Timestamp) for e in events)
+
+
+async def test_resume_after_and_start_at_operation_time(client: AsyncMongoClient) -> None:
+    coll = client.db.resumed
+    async with await coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        await coll.insert_many([{"_id": i} for i in range(3)])
+        first = await stream.next()
+    async with await coll.watch(resume_after=first["_id"], max_await_time_ms=AWAIT_MS) as stream:
+        rest = [(await stream.next())["documentKey"]["_id"] for _ in range(2)]
+    assert rest == [1, 2]
+    async with await coll.watch(start_at_operation_time=first["clusterTime"], max_await_time_ms=AWAIT_MS) as s:
+        assert (await s.next())["documentKey"]["_id"] == 0
+
+
+async def test_idle_stream_resume_token_advances(client: AsyncMongoClient) -> None:
+    coll = client.db.idle
+    await coll.insert_one({"_id": 0})
+    async with await coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        await stream.try_next()
+        before = stream.resume_token
+        await client.db.other.insert_one({"_id": 1})  # moves the cluster time
+        assert await stream.try_next() is None
+        after = stream.resume_token
+    assert before is not None and after is not None
+    assert after["_data"] > before["_data"]
+
+
+async def test_history_lost_when_token_falls_off_the_oplog(client: AsyncMongoClient) -> None:
+    coll = client.db.bounded
+    async with await coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        await coll.insert_one({"_id": "first"})
+        token = (await stream.next())["_id"]
+    await coll.insert_many([{"_id": i} for i in range(60)])  # oplog holds 50 events
+    with pytest.raises(OperationFailure) as info:
+        async with await coll.watch(resume_after=token) as stream:
+            await stream.try_next()
+    assert info.value.code == 286
+
+
+async def test_invalid_stage_and_id_projection_errors(client: AsyncMongoClient) -> None:
+    coll = client.db.errs
+    with pytest.raises(OperationFailure) as info:
+        await coll.watch([{"$group": {"_id": None}}])
+    assert info.value.code == 40324
+    async with await coll.watch([{"$project": {"_id": 0}}], max_await_time_ms=AWAIT_MS) as stream:
+        await coll.insert_one({"x": 1})
+        with pytest.raises(OperationFailure) as info:
+            await stream.next()
+    assert info.value.code == 280
+    assert info.value.has_error_label("NonResumableChangeStreamError")
+
+
+async def test_step_down_refuses_writes_with_topology_version(server: MongoEmulator, client: AsyncMongoClient) -> None:
+    await client.db.sd.insert_one({"_id": 0})
+    server.step_down(30)
+    with pytest.raises(NotPrimaryError):
+        await client.db.sd.insert_one({"_id": 1})
+    server.step_down(0)
+    await client.db.sd.insert_one({"_id": 2})
+
+
+async def test_motor_watch() -> None:
+    # Motor's close() is synchronous (it sends endSessions and waits), so the emulator must not share
+    # the test's event loop with it: run it in its own thread.
+    with run_in_thread(port=0) as server:
+        motor: AsyncIOMotorClient = AsyncIOMotorClient(server.uri, serverSelectionTimeoutMS=5000)
+        try:
+            coll = motor.db.motor
+            async with coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+                await coll.insert_one({"_id": "m"})
+                event = await stream.next()
+            assert event["documentKey"] == {"_id": "m"}
+        finally:
+            motor.close()
+
+
+def test_sync_client_against_threaded_emulator() -> None:
+    with run_in_thread(port=0) as server:
+        client: MongoClient = MongoClient(server.uri, serverSelectionTimeoutMS=5000)
+        try:
+            coll = client.db.sync
+            with coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+                coll.insert_one({"_id": 1})
+                assert stream.next()["fullDocument"] == {"_id": 1}
+            assert client.admin.command({"emulatorReset": 1})["ok"] == 1.0
+            assert client.db.sync.count_documents({}) == 0
+            assert server.call(lambda: 6 * 7) == 42
+        finally:
+            client.close()
+
+
+def test_cli_prints_uri_and_stops_on_sigterm() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulators.mongodb", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line.startswith("mongodb://127.0.0.1:") and line.endswith("/?replicaSet=rs0")
+        with MongoClient(line, serverSelectionTimeoutMS=5000) as client:
+            assert client.admin.command("ping")["ok"] == 1.0
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == 0
