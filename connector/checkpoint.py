@@ -166,6 +166,11 @@ class Checkpointer:
         """Tell the checkpointer where the stream starts (nothing before it needs storing)."""
         self._stored_token = token
 
+    @property
+    def has_position(self) -> bool:
+        """False until a position is stored (or the stream resumed from a stored one)."""
+        return self._stored_token is not None
+
     def note_stream_mark(self, mark: StreamMark) -> None:
         self._mark = mark
 
@@ -180,7 +185,7 @@ class Checkpointer:
         # The mark is the newest safe position only when every event read before it has completed and
         # nothing read after it has (then the ledger's token would be newer).
         if mark is not None and mark.last_read_seq == safe_seq and mark.token != self._stored_token:
-            if safe_seq > self._stored_seq or mark.invalidated:
+            if safe_seq > self._stored_seq or mark.invalidated or self._stored_token is None:
                 return mark.token, safe_seq, mark.invalidated, False
             if self._clock() - self._last_store_at >= self._idle_interval:
                 return mark.token, safe_seq, False, True

@@ -104,6 +104,7 @@ class Reader:
             log.info("change stream open (%s)", self.position.describe(), extra={"code": 0})
             self.stats.stream_open = True
             try:
+                await self._store_first_position(stream)
                 await self._pump(stream, stop)
             except HistoryLostError as exc:
                 await self._history_lost(exc)
@@ -113,6 +114,18 @@ class Reader:
                 self.stats.stream_open = False
                 with contextlib.suppress(PyMongoError):
                     await stream.close()
+
+    async def _store_first_position(self, stream: ChangeStreamLike) -> None:
+        """On a first start (nothing stored), store where the stream opened before reading anything.
+
+        Otherwise a crash before the first checkpoint would restart from "now" again and silently skip
+        every event committed in between.
+        """
+        token = stream.resume_token
+        if token is None or self._checkpointer.has_position:
+            return
+        self._checkpointer.note_stream_mark(StreamMark(token, self._seq))
+        await self._checkpointer.checkpoint()
 
     async def _pump(self, stream: ChangeStreamLike, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -46,15 +46,15 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     rng = random.Random(20261122)
     writer = Writer(sync_db.events, total, channels, rate=1500)
     log = tmp_path / "connector.log"
-    ConnectorProcess(e2e_env, log).start().wait_ready()  # creates the position; killed below
+    first = ConnectorProcess(e2e_env, log).start()
+    first.wait_ready()  # the stream is open before the first write, so the stream sees every event
     writer.start()
-    proc = None
-    for _ in range(kills):
-        proc = ConnectorProcess(e2e_env, log).start() if proc is None else proc
+    for run in range(kills):
+        proc = first if run == 0 else ConnectorProcess(e2e_env, log).start()
         time.sleep(rng.uniform(0.5, 2.0))
         proc.kill()
-        proc = None
     final = ConnectorProcess(e2e_env, log).start()
+    final.wait_ready()
     writer.join(120)
     assert writer.error is None and writer.written == total
     messages = wait_for_all(ably, total)

@@ -114,6 +114,7 @@ async def test_post_batch_token_stored_once_everything_read_before_it_completed(
 
 async def test_older_mark_never_overrides_a_newer_acknowledged_event(collection: Any) -> None:
     cp, ledger, _ = await make(collection)
+    cp.reset_position(tok(0))
     cp.note_stream_mark(StreamMark(tok(1), last_read_seq=-1))
     for n in (2, 3):
         await ledger.reserve(n, tok(n))
@@ -122,9 +123,20 @@ async def test_older_mark_never_overrides_a_newer_acknowledged_event(collection:
     assert await stored(collection) == tok(3)
 
 
+async def test_first_position_is_stored_at_once(collection: Any) -> None:
+    """A fresh start stores where the stream opened, so a crash before any event cannot skip events."""
+    cp, _, _ = await make(collection, idle=60.0)
+    assert cp.has_position is False
+    cp.note_stream_mark(StreamMark(tok(1), last_read_seq=-1))
+    assert await cp.checkpoint() is True
+    assert await stored(collection) == tok(1)
+    assert cp.has_position is True
+
+
 async def test_idle_stream_token_refreshed_at_most_every_idle_interval(collection: Any) -> None:
     """Invariant 4: a quiet stream's position stays fresh, but an idle connector doesn't write constantly."""
     cp, _, clock = await make(collection, idle=60.0)
+    cp.reset_position(tok(0))  # resumed from a stored token
     cp.note_stream_mark(StreamMark(tok(1), last_read_seq=-1))
     assert await cp.checkpoint() is False  # nothing advanced and the idle interval has not passed
     clock.now += 61

@@ -37,9 +37,11 @@ def ev(n: int, op: str = "insert", channel: str | None = "ch") -> dict[str, Any]
 class FakeStream:
     """Yields scripted items: an event dict, None (an empty poll), or an exception to raise."""
 
-    def __init__(self, script: list[Any], on_exhausted: asyncio.Event) -> None:
+    def __init__(
+        self, script: list[Any], on_exhausted: asyncio.Event, token: Mapping[str, Any] | None = None
+    ) -> None:
         self._script = list(script)
-        self._token: Mapping[str, Any] | None = None
+        self._token: Mapping[str, Any] | None = token  # the post-batch token of the opening aggregate
         self._alive = True
         self._exhausted = on_exhausted
         self.closed = False
@@ -74,8 +76,11 @@ class FakeStream:
 
 
 class FakeMongo:
-    def __init__(self, scripts: list[list[Any] | BaseException]) -> None:
+    def __init__(
+        self, scripts: list[list[Any] | BaseException], open_token: Mapping[str, Any] | None = None
+    ) -> None:
         self.scripts = scripts
+        self.open_token = open_token
         self.opened: list[dict[str, Any]] = []
         self.exhausted = asyncio.Event()
 
@@ -84,7 +89,7 @@ class FakeMongo:
         script = self.scripts.pop(0) if self.scripts else []
         if isinstance(script, BaseException):
             raise script
-        return FakeStream(script, self.exhausted if not self.scripts else asyncio.Event())
+        return FakeStream(script, self.exhausted if not self.scripts else asyncio.Event(), self.open_token)
 
 
 class CollectingPublisher:
@@ -241,3 +246,17 @@ async def test_history_lost_under_restart_starts_from_now() -> None:
     assert mongo.opened[0]["resume_after"] == ev(1)["_id"]
     assert "resume_after" not in mongo.opened[1] and "start_after" not in mongo.opened[1]
     assert len(publisher.sent) == 1
+
+
+async def test_first_start_stores_the_opening_position_before_reading() -> None:
+    """A crash right after a first start must not restart from "now" and skip what was committed since."""
+    opening = {"_data": "8200000000000000AA"}
+    mongo = FakeMongo([[OperationFailure("stop here", code=8)]], open_token=opening)
+    reader, _, _, db = build(mongo)
+    stop = asyncio.Event()
+    task = asyncio.create_task(reader.run(StartPosition(), stop))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    doc = await db["ably"].find_one({"_id": "c"})
+    assert doc is not None and doc["resumeToken"] == opening
