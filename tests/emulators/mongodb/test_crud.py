@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from bson import Int64
 from pymongo import ASCENDING, ReturnDocument
-from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure
+from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure, WriteError
 
 #: MongoDB's BSON document limit; hello must report it and the server must enforce it.
 MAX_BSON_SIZE = 16 * 1024 * 1024
@@ -17,6 +17,7 @@ MAX_BSON_SIZE = 16 * 1024 * 1024
 DUPLICATE_KEY = 11000
 COMMAND_NOT_FOUND = 59
 NAMESPACE_EXISTS = 48
+BSON_OBJECT_TOO_LARGE = 10334
 
 
 def test_update_operators(sync_db: Any) -> None:
@@ -188,14 +189,19 @@ def test_hello_reports_limits(sync_client: Any) -> None:
 
 def test_documents_over_16_mib_are_rejected(sync_db: Any) -> None:
     coll = sync_db["c"]
+    # Far over the limit: PyMongo refuses before sending.
     with pytest.raises(DocumentTooLarge):
+        coll.insert_one({"blob": "x" * (MAX_BSON_SIZE + 64 * 1024)})
+    # Just over it: PyMongo leaves ~16 KiB of headroom for command overhead, so only the server can refuse.
+    with pytest.raises(WriteError) as too_large:
         coll.insert_one({"blob": "x" * MAX_BSON_SIZE})
+    assert too_large.value.code == BSON_OBJECT_TOO_LARGE
     coll.insert_one({"_id": 1, "a": "a" * (9 * 1024 * 1024)})
     # Growing a document past the limit can only be caught by the server.
     with pytest.raises(OperationFailure):
         coll.update_one({"_id": 1}, {"$set": {"b": "b" * (9 * 1024 * 1024)}})
-    stored = coll.find_one({"_id": 1}, {"b": 1})
-    assert stored == {"_id": 1}
+    assert coll.find_one({"_id": 1}, {"b": 1}) == {"_id": 1}
+    assert coll.count_documents({}) == 1
 
 
 def test_unknown_command_is_59(sync_db: Any) -> None:

@@ -19,6 +19,9 @@ from pymongo.errors import AutoReconnect, NotPrimaryError
 #: Bound on collecting the expected events (each idle getMore returns within MAX_AWAIT_MS).
 EVENT_WAIT_S = 20.0
 MAX_AWAIT_MS = 300
+#: For the connection-drop test: the getMore must still be parked in awaitData when connections drop.
+PARKED_AWAIT_MS = 3000
+PARK_S = 0.5
 SERVER_SELECTION_TIMEOUT_MS = 10_000
 NOT_WRITABLE_PRIMARY = 10107
 
@@ -96,20 +99,29 @@ async def test_resume_after_close_connection_fail_point(
 async def test_resume_after_all_connections_dropped(
     emulator_only: None, emulator_uri: str, async_client: Any, database_name: str
 ) -> None:
+    """Connections are dropped while a getMore waits in awaitData: the driver must resume, losing nothing."""
     client, counter = observed_client(emulator_uri)
     writer = async_client[database_name]["c"]
     try:
-        async with await client[database_name]["c"].watch(max_await_time_ms=MAX_AWAIT_MS) as stream:
-            await writer.insert_many([{"_id": i} for i in range(4)])
+        async with await client[database_name]["c"].watch(max_await_time_ms=PARKED_AWAIT_MS) as stream:
+            await writer.insert_many([{"_id": i} for i in range(2)])
             first = await collect_ids(stream, 2)
-            # The hook closes every connection, possibly the one it arrived on: no reply is a valid outcome.
-            with contextlib.suppress(AutoReconnect):
-                await async_client.admin.command({"emulatorDropConnections": 1})
-            await writer.insert_many([{"_id": i} for i in range(4, 6)])
-            rest = await collect_ids(stream, 4)
+            parked = asyncio.ensure_future(stream.try_next())
+            try:
+                await asyncio.sleep(PARK_S)  # the getMore is now parked on the server
+                # The hook closes every connection, possibly the one it arrived on: no reply is fine.
+                with contextlib.suppress(AutoReconnect):
+                    await async_client.admin.command({"emulatorDropConnections": 1})
+                async with asyncio.timeout(EVENT_WAIT_S):
+                    early = await parked
+            finally:
+                parked.cancel()
+            await writer.insert_many([{"_id": i} for i in range(2, 5)])
+            rest = [] if early is None else [early["documentKey"]["_id"]]
+            rest += await collect_ids(stream, 3 - len(rest))
     finally:
         await client.close()
-    assert first + rest == list(range(6))
+    assert first + rest == list(range(5))
     assert counter.aggregates >= 2
 
 
