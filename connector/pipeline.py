@@ -97,29 +97,80 @@ def _stage_problem(stage: Any, *, is_last: bool) -> str | None:
 
 def _argument_problem(name: str, arg: Any, *, is_last: bool) -> str | None:
     if name in _FIELD_STAGES or name == "$match":
-        if not isinstance(arg, dict):
-            return f"{name} takes a document (got {_kind(arg)})"
-        if name == "$project" and arg.get("_id", 1) in (0, False):
-            return "$project must not exclude _id (the resume token)"
-        if name != "$match" and name != "$project" and "_id" in arg:
-            return f"{name} must not modify _id (the resume token)"
-        return None
+        return _fields_problem(name, arg)
     if name == "$unset":
         fields = [arg] if isinstance(arg, str) else arg
         if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
             return "$unset takes a field name or a non-empty array of field names"
-        if "_id" in fields:
+        if any(_is_id_path(f) for f in fields):
             return "$unset must not remove _id (the resume token)"
         return None
     if name == "$replaceRoot":
         if not isinstance(arg, dict) or set(arg) != {"newRoot"}:
             return "$replaceRoot takes a document with exactly one key, newRoot"
-        return None
+        return _new_root_problem(name, arg["newRoot"])
+    if name == "$replaceWith":
+        return _new_root_problem(name, arg)
     if name == "$changeStreamSplitLargeEvent":
         if arg != {}:
             return "$changeStreamSplitLargeEvent takes an empty document {}"
         if not is_last:
             return "$changeStreamSplitLargeEvent must be the last stage"
+    return None
+
+
+def _is_id_path(path: str) -> bool:
+    return path == "_id" or path.startswith("_id.")
+
+
+def _fields_problem(name: str, arg: Any) -> str | None:
+    if not isinstance(arg, dict):
+        return f"{name} takes a document (got {_kind(arg)})"
+    if name == "$match":
+        return None
+    for key, value in arg.items():
+        if not _is_id_path(key):
+            continue
+        if name != "$project":
+            return f"{name} must not modify _id (the resume token)"
+        if value in (0, False):
+            return "$project must not exclude _id (the resume token)"
+        if value not in (1, True):
+            return "$project must not modify _id (the resume token)"
+    return None
+
+
+#: Event fields that hold a document with its own `_id`; merged over the root, they replace the token.
+_ID_CARRIERS = frozenset({"$fullDocument", "$fullDocumentBeforeChange", "$documentKey"})
+
+
+def _new_root_problem(name: str, root: Any) -> str | None:
+    """Catch the certain ways a new root loses the resume token (the stream fails on the first event).
+
+    Only clear cases are errors: an expression other than `$$ROOT` as the whole root, a literal
+    document without `_id`, or a `$mergeObjects` that has no `$$ROOT`/`_id` part or merges a
+    document-bearing field (`$fullDocument` ...) after it. Anything subtler is left to the server.
+    """
+    keep = 'keep _id, e.g. {"$mergeObjects": ["$$ROOT", {...}]}'
+    if isinstance(root, str):
+        return None if root == "$$ROOT" else f"{name} with {root!r} drops _id (the resume token); {keep}"
+    if not isinstance(root, dict):
+        return f"{name} takes a document or an expression (got {_kind(root)})"
+    parts = root.get("$mergeObjects")
+    if parts is None:
+        if "_id" in root or any(key.startswith("$") for key in root):
+            return None
+        return f"{name} document has no _id (the resume token); {keep}"
+    if not isinstance(parts, list):
+        return None
+    keeps = [
+        i for i, part in enumerate(parts) if part == "$$ROOT" or (isinstance(part, dict) and "_id" in part)
+    ]
+    if not keeps:
+        return f"{name} $mergeObjects has no $$ROOT or _id part, so _id (the resume token) is lost; {keep}"
+    later = [part for part in parts[keeps[-1] + 1 :] if isinstance(part, str) and part in _ID_CARRIERS]
+    if later:
+        return f"{name} merges {later[0]} after the root, replacing _id (the resume token); merge it first"
     return None
 
 

@@ -135,6 +135,58 @@ def test_each_rule_one_line(text: str, message: str) -> None:
     assert problems_of(text) == [message]
 
 
+KEEP = 'keep _id, e.g. {"$mergeObjects": ["$$ROOT", {...}]}'
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        ('{"$set": {"_id._data": "x"}}', "$set must not modify _id (the resume token)"),
+        ('{"$unset": "_id._data"}', "$unset must not remove _id (the resume token)"),
+        ('{"$project": {"_id": "$documentKey"}}', "$project must not modify _id (the resume token)"),
+        (
+            '{"$replaceRoot": {"newRoot": "$fullDocument"}}',
+            f"$replaceRoot with '$fullDocument' drops _id (the resume token); {KEEP}",
+        ),
+        (
+            '{"$replaceWith": "$fullDocument"}',
+            f"$replaceWith with '$fullDocument' drops _id (the resume token); {KEEP}",
+        ),
+        ('{"$replaceWith": 5}', "$replaceWith takes a document or an expression (got number)"),
+        (
+            '{"$replaceWith": {"_ablyChannel": "c", "doc": "$fullDocument"}}',
+            f"$replaceWith document has no _id (the resume token); {KEEP}",
+        ),
+        (
+            '{"$replaceWith": {"$mergeObjects": ["$fullDocument", {"_ablyChannel": "c"}]}}',
+            "$replaceWith $mergeObjects has no $$ROOT or _id part, so _id (the resume token) is lost; "
+            + KEEP,
+        ),
+        (
+            '{"$replaceWith": {"$mergeObjects": ["$$ROOT", "$fullDocument"]}}',
+            "$replaceWith merges $fullDocument after the root, replacing _id (the resume token); "
+            "merge it first",
+        ),
+    ],
+)
+def test_rules_protecting_the_resume_token(stage: str, message: str) -> None:
+    assert problems_of(f"[{stage}]") == [f"PIPELINE: stage 0: {message}"]
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"$project": {"_id": 1, "ns": 1}},
+        {"$replaceWith": {"_id": "$_id", "_ablyChannel": "c", "doc": "$fullDocument"}},
+        {"$replaceWith": {"$mergeObjects": ["$fullDocument", "$$ROOT", {"_ablyChannel": "c"}]}},
+        {"$replaceWith": {"$mergeObjects": [{"_id": "$_id"}, {"_ablyChannel": "c"}]}},
+        {"$replaceRoot": {"newRoot": {"$cond": [True, "$$ROOT", "$$ROOT"]}}},
+    ],
+)
+def test_new_roots_that_keep_the_token_are_accepted(stage: dict[str, Any]) -> None:
+    assert validate_stages([stage]) == [stage]
+
+
 def test_every_bad_stage_reported_with_its_index_and_source() -> None:
     lines = problems_of('[{"$group": {}}, {"$match": {}}, {"$set": {"_id": 1}}]', source="PIPELINE_FILE")
     assert [line.split(":", 2)[1].strip() for line in lines] == ["stage 0", "stage 2"]
