@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from pymongo.errors import AutoReconnect, BulkWriteError, NotPrimaryError
+
+WRITE_RETRY_S = 30.0
 
 
 class Writer(threading.Thread):
@@ -32,13 +35,33 @@ class Writer(threading.Thread):
                     {"_id": i, "seq": i, "ch": f"ch{i % self.channels}"}
                     for i in range(start, min(start + self.batch, self.total))
                 ]
-                self.collection.insert_many(docs, ordered=True)
+                self._insert(docs)
                 self.written += len(docs)
                 ahead = self.written / self.rate - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
         except BaseException as exc:  # surfaced by the test through `.error`
             self.error = exc
+
+    def _insert(self, docs: list[dict[str, Any]]) -> None:
+        """Insert like an application would: retry while the primary is away (step-down, dropped sockets)."""
+        deadline = time.monotonic() + WRITE_RETRY_S
+        while True:
+            try:
+                self.collection.insert_many(docs, ordered=True)
+                return
+            except BulkWriteError as exc:
+                # A retried batch whose first attempt was applied in part: keep what is not there yet.
+                if any(err.get("code") != 11000 for err in exc.details.get("writeErrors", [])):
+                    raise
+                done = {err["op"]["_id"] for err in exc.details["writeErrors"]}
+                docs = [d for d in docs[exc.details.get("nInserted", 0) :] if d["_id"] not in done]
+                if not docs:
+                    return
+            except (AutoReconnect, NotPrimaryError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
 @dataclass
