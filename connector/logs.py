@@ -26,6 +26,7 @@ from typing import IO, Any, Literal
 from pythonjsonlogger.json import JsonFormatter
 
 __all__ = [
+    "CHATTY_LOGGERS",
     "MASK",
     "JsonLogFormatter",
     "SecretMaskFilter",
@@ -40,6 +41,9 @@ MASK = "***"
 MIN_SECRET_LENGTH = 4
 #: `scheme://user:password@` anywhere in a text; the password stops at '@' or whitespace.
 _URI_PASSWORD_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s@]+)@")
+#: Libraries that log one INFO line per HTTP request (every publish, every health probe): at INFO the
+#: connector's own lifecycle lines would drown. They speak again at DEBUG.
+CHATTY_LOGGERS: tuple[str, ...] = ("httpx", "httpcore", "aiohttp.access", "hpack")
 #: Attributes every LogRecord has; anything else came in through `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -150,7 +154,8 @@ def configure_logging(
 ) -> logging.Handler:
     """Send all logging to `stream` (default stderr) at `level`, formatted as `fmt`, secrets masked.
 
-    Replaces handlers installed by an earlier call (idempotent), and returns the new handler.
+    Replaces handlers installed by an earlier call (idempotent), and returns the new handler. Below
+    DEBUG, per-request INFO lines of `CHATTY_LOGGERS` are silenced.
     """
     for secret in secrets:
         register_secret(secret)
@@ -164,4 +169,6 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
     return handler

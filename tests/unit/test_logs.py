@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from connector.config import load_settings
-from connector.logs import MASK, configure_logging, mask_secrets, register_secret
+from connector.logs import CHATTY_LOGGERS, MASK, configure_logging, mask_secrets, register_secret
 
 SECRET = "Zx9-very-secret-part"
 API_KEY = f"app1.key1:{SECRET}"
@@ -161,3 +161,18 @@ def test_settings_secrets_feed_the_filter(capture: Capture) -> None:
         logging.getLogger().removeHandler(handler)
     text = buffer.getvalue()
     assert "Settings-Secret-42" not in text and "Pw/settings" not in text and "Pw%2Fsettings" not in text
+
+
+def test_per_request_library_lines_silenced_below_debug(capture: Capture) -> None:
+    out = io.StringIO()
+    handler = configure_logging("INFO", "text", stream=out)
+    try:
+        logging.getLogger("httpx").info('HTTP Request: POST https://x/messages "HTTP/1.1 201 Created"')
+        logging.getLogger("httpx").warning("retrying")
+        handler = configure_logging("DEBUG", "text", stream=out)
+        logging.getLogger("httpx").info("now visible")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    assert [line.rsplit(": ", 1)[1] for line in lines(out)] == ["retrying", "now visible"]
