@@ -305,7 +305,7 @@ binaries = st.one_of(
     st.builds(Binary, st.binary(max_size=20), st.sampled_from([0, 1, 2, 3, 5, 6, 7, 8, 0x80])),
     st.builds(Binary, st.binary(min_size=16, max_size=16), st.just(4)),
 )
-NO_NUL = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+NO_NUL = st.characters(exclude_characters="\x00", exclude_categories=["Cs"])
 keys = st.text(NO_NUL, max_size=8)
 scalars = st.one_of(
     st.none(),
@@ -344,7 +344,9 @@ def test_fast_encoder_equals_json_util(doc: dict[str, Any], mode: str) -> None:
 @given(documents)
 def test_fast_encoder_equals_json_util_after_bson_round_trip(doc: dict[str, Any]) -> None:
     """What the driver actually hands us: values as decoded from BSON."""
-    options = bson.CodecOptions(uuid_representation=bson.binary.UuidRepresentation.STANDARD)
+    options: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(
+        uuid_representation=bson.binary.UuidRepresentation.STANDARD
+    )
     decoded = bson.decode(bson.encode(doc, codec_options=options), codec_options=options)
     for mode, json_options in (("relaxed", RELAXED_JSON_OPTIONS), ("canonical", CANONICAL_JSON_OPTIONS)):
         reference = bson.json_util.dumps(
