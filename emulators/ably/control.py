@@ -109,7 +109,7 @@ class ControlApi:
         return json_response({"cleared": True})
 
     async def reset(self, request: web.Request) -> web.Response:
-        """Forget messages, dedupe state, counters and faults; settings stay."""
+        """Forget messages, dedupe state, counters and faults; restore the startup settings."""
         self._emulator.reset()
         return json_response({"reset": True})
 

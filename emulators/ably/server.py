@@ -68,6 +68,8 @@ class AblyEmulator:
             channel_rate_limit=channel_rate_limit,
             dedupe_window_s=dedupe_window_s,
         )
+        # reset() returns to these, so a session-wide emulator shared by tests starts each test the same.
+        self._initial_settings = self.config.public()
         self.store = Store(self.config)
         self.faults = FaultBook()
         self.stopping = False
@@ -279,8 +281,9 @@ class AblyEmulator:
         self._in_loop(self._end_refusal)
 
     def reset(self) -> None:
-        """Forget messages, dedupe state, counters and faults (settings stay)."""
+        """Forget messages, dedupe state, counters and faults; restore the settings given at construction."""
         self.clear_faults()
+        self.config.update(self._initial_settings)
         self.store.reset()
 
     def configure(self, **changes: Any) -> dict[str, Any]:

@@ -153,3 +153,15 @@ async def test_port_in_use_raises_oserror(ably: AblyEmulator) -> None:
     with pytest.raises(OSError):
         async with AblyEmulator(port=ably.port):
             pass
+
+
+async def test_reset_restores_startup_settings_for_shared_emulators() -> None:
+    async with AblyEmulator(latency_ms=1, max_message_size=100) as ably:
+        ably.configure(latency_ms=0, max_message_size=5, channel_rate_limit=7)
+        ably.reset()
+        settings = ably.config.public()
+        assert (settings["latency_ms"], settings["max_message_size"], settings["channel_rate_limit"]) == (
+            1,
+            100,
+            0,
+        )
