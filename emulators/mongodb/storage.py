@@ -12,14 +12,21 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import mongomock
-from bson import SON, Timestamp
+from bson import SON, ObjectId, Timestamp
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
 from . import updates
 from .errors import CommandError
 from .oplog import Oplog, OplogEntry
 from .topology import ClusterClock, wall_time
+from .update_ops import UpdateContext, apply_update
+from .update_ops import upsert_seed as updates_seed
+from .wire import ENCODE_OPTIONS
+
+# The server's document size limit (maxBsonObjectSize).
+MAX_DOCUMENT_SIZE = 16 * 1024 * 1024
 
 SYSTEM_DATABASES = frozenset({"admin", "config", "local"})
 
@@ -163,55 +170,96 @@ class Storage:
         sort: Any = None,
         array_filters: Any = None,
     ) -> UpdateResult:
-        if array_filters:
-            raise CommandError(2, "arrayFilters are not supported by the emulator")
         meta = self.ensure(db, coll)
         replacement = not isinstance(update, list) and not updates.is_operator_update(update)
+        if replacement and not isinstance(update, dict):
+            raise CommandError(9, "the update must be a document or a pipeline")
         if replacement and multi:
             raise CommandError(9, "multi update is not supported for replacement-style update")
-        ids = self._matching_ids(db, coll, query, sort, 0 if multi else 1)
+        try:
+            ids = self._matching_ids(db, coll, query, sort, 0 if multi else 1)
+        except Exception as exc:
+            raise _mongomock_error(exc) from exc
         result = UpdateResult(matched=len(ids))
         if not ids:
             if upsert:
-                self._upsert(db, coll, meta, query, update, result)
+                self._upsert(db, coll, meta, query, update, array_filters, result)
             return result
         col = self.collection(db, coll)
+        ctx = UpdateContext(query, array_filters, self.clock.tick)
         for _id in ids:
             pre = col.find_one({"_id": _id})
-            try:
-                if replacement:
-                    col.replace_one({"_id": _id}, update)
-                else:
-                    col.update_one({"_id": _id}, update)
-            except Exception as exc:
-                raise _mongomock_error(exc) from exc
-            post = col.find_one({"_id": _id})
+            post = self._new_version(pre, update, ctx, replacement)
             result.document = post
-            if pre == post:
+            if post == pre and list(post) == list(pre):
                 continue
+            self._store(col, post, replace_id=_id)
             result.modified += 1
             self._record_update(db, coll, meta, pre, post, update, replacement)
         return result
 
-    def _upsert(
-        self, db: str, coll: str, meta: CollectionMeta, query: dict, update: Any, result: UpdateResult
-    ) -> None:
-        col = self.collection(db, coll)
+    def _new_version(self, pre: dict[str, Any], update: Any, ctx: UpdateContext, replacement: bool) -> dict:
+        if replacement:
+            if "_id" in update and update["_id"] != pre["_id"]:
+                raise CommandError(66, "After applying the update, the (immutable) field '_id' was found to "
+                                   "have been altered")
+            return {"_id": pre["_id"], **{k: v for k, v in update.items() if k != "_id"}}
+        if isinstance(update, list):
+            from .aggregation import run_pipeline
+
+            out = run_pipeline([pre], update)
+            if len(out) != 1:
+                raise CommandError(2, "an update pipeline must produce exactly one document")
+            post = out[0]
+            if post.get("_id") != pre["_id"]:
+                raise CommandError(66, "Performing an update on the path '_id' would modify the immutable field")
+            return post
+        return apply_update(pre, update, ctx)
+
+    def _store(self, col: Any, doc: dict[str, Any], replace_id: Any = None) -> None:
+        if len(bson.encode(doc, codec_options=ENCODE_OPTIONS)) > MAX_DOCUMENT_SIZE:
+            raise CommandError(17419, f"Resulting document after update is larger than {MAX_DOCUMENT_SIZE}")
         try:
-            if isinstance(update, list) or updates.is_operator_update(update):
-                raw = col.update_one(query, update, upsert=True)
+            if replace_id is None:
+                col.insert_one(doc)
             else:
-                raw = col.replace_one(query, update, upsert=True)
+                col.replace_one({"_id": replace_id}, doc)
         except Exception as exc:
             raise _mongomock_error(exc) from exc
-        result.upserted_id = raw.upserted_id
-        post = col.find_one({"_id": raw.upserted_id})
+
+    def _upsert(
+        self,
+        db: str,
+        coll: str,
+        meta: CollectionMeta,
+        query: dict,
+        update: Any,
+        array_filters: Any,
+        result: UpdateResult,
+    ) -> None:
+        seed = updates_seed(query)
+        if isinstance(update, list) or updates.is_operator_update(update):
+            ctx = UpdateContext(query, array_filters, self.clock.tick, is_insert=True)
+            if isinstance(update, list):
+                from .aggregation import run_pipeline
+
+                post = run_pipeline([seed], update)[0]
+            else:
+                post = apply_update(seed, update, ctx)
+        else:
+            post = {k: v for k, v in update.items()}
+            if "_id" in seed and "_id" not in post:
+                post = {"_id": seed["_id"], **post}
+        if "_id" not in post:
+            post = {"_id": ObjectId(), **post}
+        self._store(self.collection(db, coll), post)
+        result.upserted_id = post["_id"]
         result.document = post
         self.record(
             "insert",
             db,
             coll,
-            document_key={"_id": raw.upserted_id},
+            document_key={"_id": post["_id"]},
             full_document=post,
             collection_uuid=meta.uuid,
             **self._images(meta, None, post),
