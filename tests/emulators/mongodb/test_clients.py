@@ -68,7 +68,7 @@ async def test_pymongo_async_crud_and_watch(async_client: Any, database_name: st
         await coll.update_many({}, {"$inc": {"n": 10}})
         await coll.delete_many({"n": {"$lt": 12}})
         assert await coll.distinct("n") == [12]
-        events = []
+        events: list[dict[str, Any]] = []
         async with asyncio.timeout(EVENT_WAIT_S):
             while len(events) < 8:
                 event = await stream.try_next()
@@ -97,7 +97,7 @@ async def test_motor_crud_and_watch(emulator_uri: str, database_name: str) -> No
             await coll.update_one({"_id": "a"}, {"$inc": {"qty": 4}})
             assert await coll.find_one({"_id": "a"}) == {"_id": "a", "qty": 5}
             await coll.delete_one({"_id": "a"})
-            events = []
+            events: list[dict[str, Any]] = []
             async with asyncio.timeout(EVENT_WAIT_S):
                 while len(events) < 3:
                     event = await stream.try_next()
