@@ -18,7 +18,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--replset", default="rs0")
     parser.add_argument("--server-version", default="7.0.0")
     parser.add_argument("--oplog-size", type=int, default=1_000_000, help="events kept for resuming")
-    parser.add_argument("--standalone", action="store_true", help="behave as a standalone (no change streams)")
+    parser.add_argument(
+        "--standalone", action="store_true", help="behave as a standalone (no change streams)"
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -42,8 +44,11 @@ async def _main(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     try:
         asyncio.run(_main(args))
     except OSError as exc:

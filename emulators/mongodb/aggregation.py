@@ -96,7 +96,10 @@ def _replace_with(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[
     for doc in docs:
         value = evaluate(spec, doc)
         if not isinstance(value, dict):
-            raise CommandError(40228, f"'replacement document' must evaluate to an object, but resulting value was: {value!r}")
+            raise CommandError(
+                40228,
+                f"'replacement document' must evaluate to an object, but resulting value was: {value!r}",
+            )
         out.append(value)
     return out
 
@@ -123,8 +126,11 @@ def _redact_doc(doc: dict[str, Any], expr: Any) -> Any:
     if decision == "$$PRUNE":
         return _REMOVED
     if decision != "$$DESCEND":
-        raise CommandError(17053, f"$redact's expression should not return anything aside from the variables "
-                           f"$$KEEP, $$DESCEND, and $$PRUNE, but returned {decision!r}")
+        raise CommandError(
+            17053,
+            f"$redact's expression should not return anything aside from the variables "
+            f"$$KEEP, $$DESCEND, and $$PRUNE, but returned {decision!r}",
+        )
     out = {}
     for key, value in doc.items():
         new = _redact_value(value, expr) if isinstance(value, dict | list) else value
@@ -148,7 +154,7 @@ def _project(docs: list[dict[str, Any]], spec: Any, db: Any) -> list[dict[str, A
     fields = _flatten_spec(spec)
     inclusion = [p for p, v in fields.items() if not _is_exclusion(v)]
     exclusion = [p for p, v in fields.items() if _is_exclusion(v)]
-    if exclusion and (inclusion or any(p != "_id" for p in exclusion) and inclusion):
+    if exclusion and (inclusion or (any(p != "_id" for p in exclusion) and inclusion)):
         raise CommandError(31254, "Cannot do exclusion on field in inclusion projection")
     out = []
     for doc in docs:
@@ -235,7 +241,9 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def run_pipeline(docs: list[dict[str, Any]], pipeline: list[dict[str, Any]], database: Any = None) -> list[dict]:
+def run_pipeline(
+    docs: list[dict[str, Any]], pipeline: list[dict[str, Any]], database: Any = None
+) -> list[dict]:
     """Run ``pipeline`` over ``docs`` (not modified in place)."""
     for stage in pipeline:
         if not isinstance(stage, dict) or len(stage) != 1:
@@ -245,9 +253,9 @@ def run_pipeline(docs: list[dict[str, Any]], pipeline: list[dict[str, Any]], dat
         if handler is not None:
             docs = handler(docs, spec, database)
             continue
-        mm_handler = mm_aggregate._PIPELINE_HANDLERS.get(name, False)
-        if mm_handler is False:
+        if name not in mm_aggregate._PIPELINE_HANDLERS:
             raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+        mm_handler = mm_aggregate._PIPELINE_HANDLERS[name]
         if mm_handler is None:
             raise CommandError(2, f"stage {name} is not supported by the emulator")
         try:
@@ -255,5 +263,6 @@ def run_pipeline(docs: list[dict[str, Any]], pipeline: list[dict[str, Any]], dat
         except NotImplementedError as exc:
             raise CommandError(2, f"not supported by the emulator: {exc}") from exc
     return docs
+
 
 __all__ = ["STAGES", "is_expression_free", "run_pipeline"]

@@ -36,17 +36,53 @@ FullDocument = Literal["default", "updateLookup", "whenAvailable", "required"]
 BeforeChange = Literal["off", "whenAvailable", "required"]
 
 ALLOWED_STAGES = frozenset(
-    {"$match", "$project", "$addFields", "$set", "$unset", "$replaceRoot", "$replaceWith", "$redact",
-     "$changeStreamSplitLargeEvent"}
+    {
+        "$match",
+        "$project",
+        "$addFields",
+        "$set",
+        "$unset",
+        "$replaceRoot",
+        "$replaceWith",
+        "$redact",
+        "$changeStreamSplitLargeEvent",
+    }
 )
 KNOWN_STAGES = frozenset(
-    {"$group", "$sort", "$limit", "$skip", "$lookup", "$unwind", "$out", "$merge", "$facet", "$count",
-     "$bucket", "$sample", "$graphLookup", "$sortByCount", "$changeStream", "$geoNear", "$densify"}
+    {
+        "$group",
+        "$sort",
+        "$limit",
+        "$skip",
+        "$lookup",
+        "$unwind",
+        "$out",
+        "$merge",
+        "$facet",
+        "$count",
+        "$bucket",
+        "$sample",
+        "$graphLookup",
+        "$sortByCount",
+        "$changeStream",
+        "$geoNear",
+        "$densify",
+    }
 )
 _CHANGE_STREAM_OPTIONS = frozenset(
-    {"fullDocument", "fullDocumentBeforeChange", "resumeAfter", "startAfter", "startAtOperationTime",
-     "allChangesForCluster", "showExpandedEvents", "showSystemEvents", "showMigrationEvents",
-     "allowToRunOnConfigDB", "allowToRunOnSystemNS"}
+    {
+        "fullDocument",
+        "fullDocumentBeforeChange",
+        "resumeAfter",
+        "startAfter",
+        "startAtOperationTime",
+        "allChangesForCluster",
+        "showExpandedEvents",
+        "showSystemEvents",
+        "showMigrationEvents",
+        "allowToRunOnConfigDB",
+        "allowToRunOnSystemNS",
+    }
 )
 
 # The server's batch limit: a reply holds at most 16 MiB of documents (plus envelope).
@@ -257,8 +293,11 @@ class ChangeStreamCursor:
         """Scan forward; return (events, postBatchResumeToken). Sets ``exhausted`` after an invalidate."""
         oplog = self.oplog
         if self.next_seq < oplog.first_seq:
-            raise CommandError(286, "Resume of change stream was not possible, as the resume point may no "
-                               "longer be in the oplog.")
+            raise CommandError(
+                286,
+                "Resume of change stream was not possible, as the resume point may no "
+                "longer be in the oplog.",
+            )
         docs: list[RawBSONDocument] = []
         size = 0
         last_token: dict[str, str] | None = None

@@ -28,8 +28,21 @@ log = logging.getLogger(__name__)
 
 # Commands refused while stepped down (everything that writes).
 WRITE_COMMANDS = frozenset(
-    {"insert", "update", "delete", "findAndModify", "findandmodify", "create", "drop", "dropDatabase",
-     "renameCollection", "collMod", "createIndexes", "dropIndexes", "deleteIndexes"}
+    {
+        "insert",
+        "update",
+        "delete",
+        "findAndModify",
+        "findandmodify",
+        "create",
+        "drop",
+        "dropDatabase",
+        "renameCollection",
+        "collMod",
+        "createIndexes",
+        "dropIndexes",
+        "deleteIndexes",
+    }
 )
 # Retryable-write replies remembered per (lsid, txnNumber); old ones age out (drivers retry once, at once).
 RETRY_CACHE_SIZE = 10_000
@@ -52,7 +65,7 @@ class Config:
 
     @property
     def max_wire_version(self) -> int:
-        major, minor = (self.version_tuple + (0, 0))[:2]
+        major, minor = (*self.version_tuple, 0, 0)[:2]
         table = {(6, 0): 17, (7, 0): 21, (8, 0): 25}
         if (major, minor) in table:
             return table[(major, minor)]
@@ -146,7 +159,9 @@ class Engine:
         return reply
 
     # -- dispatch -------------------------------------------------------------------------------------
-    async def dispatch(self, conn: Connection, cmd: dict[str, Any], default_db: str = "admin") -> dict[str, Any]:
+    async def dispatch(
+        self, conn: Connection, cmd: dict[str, Any], default_db: str = "admin"
+    ) -> dict[str, Any]:
         if not cmd:
             return self.decorate(CommandError(59, "no command given").to_reply())
         name = next(iter(cmd))
@@ -173,7 +188,7 @@ class Engine:
         if name not in RETRYABLE_WRITE_COMMANDS or "txnNumber" not in cmd:
             return None
         lsid = cmd.get("lsid") or {}
-        raw_id = lsid.get("id")
+        raw_id: Any = lsid.get("id")
         ident = raw_id.bytes if hasattr(raw_id, "bytes") else bytes(raw_id or b"")
         return (ident, int(cmd["txnNumber"]), name)
 
@@ -190,9 +205,7 @@ class Engine:
         if handler is None:
             raise CommandError(59, f"no such command: '{name}'")
         if name in WRITE_COMMANDS and self.topology.stepped_down:
-            raise CommandError(
-                10107, "not primary", labels=["RetryableWriteError"] if retryable else []
-            )
+            raise CommandError(10107, "not primary", labels=["RetryableWriteError"] if retryable else [])
         if "startTransaction" in cmd or "autocommit" in cmd:
             raise CommandError(20, "Transactions are not supported by the emulator")
         reply = await handler(self, conn, db, cmd)

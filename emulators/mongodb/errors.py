@@ -94,7 +94,12 @@ class CommandError(Exception):
         return CODE_NAMES.get(self.code, "UnknownError")
 
     def to_reply(self) -> dict[str, Any]:
-        reply: dict[str, Any] = {"ok": 0.0, "errmsg": self.message, "code": self.code, "codeName": self.code_name}
+        reply: dict[str, Any] = {
+            "ok": 0.0,
+            "errmsg": self.message,
+            "code": self.code,
+            "codeName": self.code_name,
+        }
         if self.labels:
             reply["errorLabels"] = self.labels
         reply.update(self.extra)

@@ -173,7 +173,9 @@ def _op_merge_objects(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
         if value is None or value is REMOVE:
             continue
         if not isinstance(value, dict):
-            raise CommandError(40400, f"$mergeObjects requires object inputs, but input {value!r} is of another type")
+            raise CommandError(
+                40400, f"$mergeObjects requires object inputs, but input {value!r} is of another type"
+            )
         out.update(value)
     return out
 
@@ -199,7 +201,9 @@ def _op_switch(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
         if truthy(evaluate(branch.get("case"), doc, variables)):
             return evaluate(branch.get("then"), doc, variables)
     if "default" not in spec:
-        raise CommandError(40066, "$switch could not find a matching branch for an input, and no default was specified.")
+        raise CommandError(
+            40066, "$switch could not find a matching branch for an input, and no default was specified."
+        )
     return evaluate(spec["default"], doc, variables)
 
 

@@ -57,7 +57,9 @@ class FailPoints:
     def configure(self, cmd: dict[str, Any]) -> dict[str, Any]:
         name = cmd.get("configureFailPoint")
         if name not in SUPPORTED:
-            raise CommandError(2, f"Cannot find failpoint named: {name!r} (the emulator supports {sorted(SUPPORTED)})")
+            raise CommandError(
+                2, f"Cannot find failpoint named: {name!r} (the emulator supports {sorted(SUPPORTED)})"
+            )
         mode = cmd.get("mode")
         previous = self._active.pop(name, None)
         count = previous.hits if previous else 0
@@ -117,4 +119,6 @@ class FailPoints:
             return None
         code = int(point.data.get("errorCode", 1))
         labels = ["ResumableChangeStreamError"] if code in RESUMABLE_CHANGE_STREAM_CODES else []
-        return CommandError(code, "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint", labels=labels)
+        return CommandError(
+            code, "Failing getMore via 'failGetMoreAfterCursorCheckout' failpoint", labels=labels
+        )

@@ -32,6 +32,10 @@ MIN_COMPACT_SLACK = 1024
 
 Key = tuple[int, int, int]
 
+HISTORY_LOST_MESSAGE = (
+    "Resume of change stream was not possible, as the resume point may no longer be in the oplog."
+)
+
 
 def encode_token(key: Key) -> dict[str, str]:
     t, i, kind = key
@@ -111,20 +115,14 @@ class Oplog:
     def seq_after(self, key: Key) -> int:
         """The sequence number of the first entry strictly after ``key``; 286 if history was lost."""
         if self._evicted_key is not None and key < self._evicted_key:
-            raise CommandError(
-                286,
-                "Resume of change stream was not possible, as the resume point may no longer be in the oplog.",
-            )
+            raise CommandError(286, HISTORY_LOST_MESSAGE)
         return self._base_seq + bisect.bisect_right(self._keys, key, lo=self._head)
 
     def seq_at_or_after(self, ts: Timestamp) -> int:
         """First entry at or after operation time ``ts`` (startAtOperationTime); 286 if lost."""
         key = (ts.time, ts.inc, KIND_EVENT)
         if self._evicted_key is not None and key <= self._evicted_key:
-            raise CommandError(
-                286,
-                "Resume of change stream was not possible, as the resume point may no longer be in the oplog.",
-            )
+            raise CommandError(286, HISTORY_LOST_MESSAGE)
         return self._base_seq + bisect.bisect_left(self._keys, key, lo=self._head)
 
     # -- writing --------------------------------------------------------------------------------------

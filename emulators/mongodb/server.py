@@ -71,7 +71,7 @@ class MongoEmulator:
         self._connections: dict[Connection, asyncio.StreamWriter] = {}
         self._conn_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
-        self.engine.connections_snapshot = lambda: list(self._connections)  # type: ignore[method-assign]
+        self.engine.connections_snapshot = lambda: list(self._connections)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @property
@@ -92,7 +92,9 @@ class MongoEmulator:
     async def start(self) -> None:
         if self._state is not State.UNOPENED:
             raise RuntimeError(f"cannot start an emulator that is {self._state.value}")
-        self._server = await asyncio.start_server(self._serve, self.config.host, self.config.port, limit=1 << 20)
+        self._server = await asyncio.start_server(
+            self._serve, self.config.host, self.config.port, limit=1 << 20
+        )
         sock = self._server.sockets[0]
         self.config.port = sock.getsockname()[1]
         self.engine.address = f"{self.config.host}:{self.config.port}"
@@ -171,7 +173,9 @@ class MongoEmulator:
         else:
             log.error("connection %s failed: %r", conn.conn_id, exc, exc_info=exc)
 
-    async def _loop(self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _loop(
+        self, conn: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         while not conn.closed:
             header = await reader.readexactly(HEADER_SIZE)
             length, request_id, _, op_code = parse_header(header)
@@ -250,7 +254,7 @@ class ThreadedEmulator:
             raise
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` on the emulator's loop (awaiting it if it is a coroutine) and return the result."""
+        """Run ``fn(*args)`` on the emulator's loop (awaiting a coroutine result); thread-safe."""
         assert self._loop is not None
 
         async def invoke() -> Any:

@@ -67,7 +67,9 @@ def _mongomock_error(exc: Exception) -> CommandError:
 
 
 class Storage:
-    def __init__(self, oplog: Oplog, clock: ClusterClock, server_version: tuple[int, ...] = (7, 0, 0)) -> None:
+    def __init__(
+        self, oplog: Oplog, clock: ClusterClock, server_version: tuple[int, ...] = (7, 0, 0)
+    ) -> None:
         self.oplog = oplog
         self.clock = clock
         self.server_version = server_version
@@ -201,8 +203,10 @@ class Storage:
     def _new_version(self, pre: dict[str, Any], update: Any, ctx: UpdateContext, replacement: bool) -> dict:
         if replacement:
             if "_id" in update and update["_id"] != pre["_id"]:
-                raise CommandError(66, "After applying the update, the (immutable) field '_id' was found to "
-                                   "have been altered")
+                raise CommandError(
+                    66,
+                    "After applying the update, the (immutable) field '_id' was found to have been altered",
+                )
             return {"_id": pre["_id"], **{k: v for k, v in update.items() if k != "_id"}}
         if isinstance(update, list):
             from .aggregation import run_pipeline
@@ -212,7 +216,9 @@ class Storage:
                 raise CommandError(2, "an update pipeline must produce exactly one document")
             post = out[0]
             if post.get("_id") != pre["_id"]:
-                raise CommandError(66, "Performing an update on the path '_id' would modify the immutable field")
+                raise CommandError(
+                    66, "Performing an update on the path '_id' would modify the immutable field"
+                )
             return post
         return apply_update(pre, update, ctx)
 
@@ -390,7 +396,9 @@ class Storage:
             existing = col.index_information().get(name)
             if existing is not None:
                 if list(existing["key"]) != list(key.items()):
-                    raise CommandError(86, f"An existing index has the same name as the requested index: {name}")
+                    raise CommandError(
+                        86, f"An existing index has the same name as the requested index: {name}"
+                    )
                 continue
             options = {k: v for k, v in spec.items() if k in ("unique", "sparse", "expireAfterSeconds")}
             try:
@@ -438,7 +446,9 @@ class Storage:
                 db,
                 coll,
                 collection_uuid=meta.uuid,
-                extra={"operationDescription": {"indexes": [{"v": 2, "key": SON(spec["key"]), "name": name}]}},
+                extra={
+                    "operationDescription": {"indexes": [{"v": 2, "key": SON(spec["key"]), "name": name}]}
+                },
                 expanded=True,
             )
         return len(info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import time
 from typing import Any
@@ -94,8 +95,6 @@ class Topology:
         if self._stepdown_until:
             timeout = min(timeout, max(0.0, self._stepdown_until - time.monotonic()) + 0.01)
         event = self._changed
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
         self.refresh()

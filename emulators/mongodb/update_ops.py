@@ -113,7 +113,9 @@ def _targets(doc: Any, parts: list[str], ctx: UpdateContext, create: bool, prefi
         return [(cur, int(last))]
     if not isinstance(cur, dict):
         if create:
-            raise CommandError(28, f"Cannot create field '{last}' in element {{{prefix.rstrip('.')}: {cur!r}}}")
+            raise CommandError(
+                28, f"Cannot create field '{last}' in element {{{prefix.rstrip('.')}: {cur!r}}}"
+            )
         return []
     return [(cur, last)]
 
@@ -162,7 +164,7 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[..., None]:
     def apply(container: Any, key: Any, arg: Any, ctx: UpdateContext, path: str) -> None:
         _number(arg, op, path)
         current = _get(container, key)
-        if current is _MISSING or current is None and op == "$mul":
+        if current is _MISSING or (current is None and op == "$mul"):
             _put(container, key, fn(0, arg) if op == "$mul" else arg)
             return
         _put(container, key, fn(_number(current, op, path), arg))
@@ -264,9 +266,12 @@ def _op_add_to_set(container: Any, key: Any, arg: Any, ctx: UpdateContext, path:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return type(a) is type(b) and a == b or (
-        isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool)
-        and not isinstance(b, bool) and a == b
+    return (type(a) is type(b) and a == b) or (
+        isinstance(a, int | float)
+        and isinstance(b, int | float)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and a == b
     )
 
 
@@ -357,9 +362,13 @@ def apply_update(doc: dict[str, Any], update: dict[str, Any], ctx: UpdateContext
     paths: list[str] = []
     for op, spec in update.items():
         if op not in OPERATORS and op != "$rename":
-            raise CommandError(9, f"Unknown modifier: {op}. Expected a valid update modifier or pipeline-style update")
+            raise CommandError(
+                9, f"Unknown modifier: {op}. Expected a valid update modifier or pipeline-style update"
+            )
         if not isinstance(spec, dict):
-            raise CommandError(9, f"Modifiers operate on fields but we found type {type(spec).__name__} instead.")
+            raise CommandError(
+                9, f"Modifiers operate on fields but we found type {type(spec).__name__} instead."
+            )
         paths.extend(spec)
         if op == "$rename":
             paths.extend(str(v) for v in spec.values())
@@ -377,7 +386,9 @@ def apply_update(doc: dict[str, Any], update: dict[str, Any], ctx: UpdateContext
             for container, key in _targets(new, path.split("."), ctx, create=op not in _NON_CREATING):
                 fn(container, key, arg, ctx, path)
     if "_id" in doc and new.get("_id", _MISSING) != doc["_id"]:
-        raise CommandError(66, "Performing an update on the path '_id' would modify the immutable field '_id'")
+        raise CommandError(
+            66, "Performing an update on the path '_id' would modify the immutable field '_id'"
+        )
     return new
 
 

@@ -86,7 +86,7 @@ def describe_operator_update(
             if before is not _MISSING and after is _MISSING:
                 removed.append(".".join(parts))
             continue
-        if after is _MISSING or before == after and type(before) is type(after):
+        if after is _MISSING or (before == after and type(before) is type(after)):
             continue
         if (
             op in _ARRAY_OPERATORS
@@ -119,7 +119,7 @@ def _diff_value(before: Any, after: Any, path: str, desc: dict[str, Any]) -> Non
 
 
 def _diff_doc(before: dict[str, Any], after: dict[str, Any], prefix: str, desc: dict[str, Any]) -> None:
-    for name, value in before.items():
+    for name in before:
         if name not in after:
             desc["removedFields"].append(prefix + name)
     for name, value in after.items():

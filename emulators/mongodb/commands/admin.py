@@ -72,7 +72,10 @@ async def hello(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) 
     max_await = cmd.get("maxAwaitTimeMS")
     if isinstance(version, dict) and max_await is not None:
         current = engine.topology.version()
-        if version.get("processId") == current["processId"] and int(version.get("counter", -1)) == current["counter"]:
+        if (
+            version.get("processId") == current["processId"]
+            and int(version.get("counter", -1)) == current["counter"]
+        ):
             await engine.topology.wait_for_change(float(max_await) / 1000.0)
     return _hello_reply(engine, conn, legacy=next(iter(cmd)) != "hello")
 
@@ -128,7 +131,9 @@ async def server_status(engine: Engine, conn: Connection, db: str, cmd: dict[str
         "uptime": float(time.monotonic() - engine.started),
         "localTime": datetime.datetime.now(datetime.UTC),
         "connections": {"current": len(engine.connections_snapshot())},
-        "repl": {"setName": engine.config.replset, "isWritablePrimary": True} if not engine.config.standalone else {},
+        "repl": {"setName": engine.config.replset, "isWritablePrimary": True}
+        if not engine.config.standalone
+        else {},
         "storageEngine": {"name": "emulator"},
         "ok": 1.0,
     }
@@ -141,15 +146,28 @@ async def repl_status(engine: Engine, conn: Connection, db: str, cmd: dict[str, 
     return {
         "set": engine.config.replset,
         "myState": 1,
-        "members": [{"_id": 0, "name": engine.address, "health": 1.0, "state": 1, "stateStr": "PRIMARY",
-                     "self": True, "optime": {"ts": engine.clock.last_write, "t": Int64(1)}}],
+        "members": [
+            {
+                "_id": 0,
+                "name": engine.address,
+                "health": 1.0,
+                "state": 1,
+                "stateStr": "PRIMARY",
+                "self": True,
+                "optime": {"ts": engine.clock.last_write, "t": Int64(1)},
+            }
+        ],
         "ok": 1.0,
     }
 
 
 @command("getCmdLineOpts")
 async def cmd_line_opts(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
-    return {"argv": ["mongod-emulator"], "parsed": {"replication": {"replSet": engine.config.replset}}, "ok": 1.0}
+    return {
+        "argv": ["mongod-emulator"],
+        "parsed": {"replication": {"replSet": engine.config.replset}},
+        "ok": 1.0,
+    }
 
 
 @command("connectionStatus")
@@ -168,7 +186,9 @@ async def host_info(engine: Engine, conn: Connection, db: str, cmd: dict[str, An
 
 
 @command("configureFailPoint")
-async def configure_fail_point(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+async def configure_fail_point(
+    engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]
+) -> dict[str, Any]:
     if db != "admin":
         raise CommandError(13, "configureFailPoint may only be run against the admin database.")
     return {**engine.failpoints.configure(cmd), "ok": 1.0}
@@ -209,5 +229,7 @@ async def legacy_noop(engine: Engine, conn: Connection, db: str, cmd: dict[str, 
 @command("dbStats")
 async def db_stats(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
     colls = engine.storage.meta.get(db, {})
-    objects = sum(engine.storage.collection(db, c).count_documents({}) for c, m in colls.items() if not m.is_view)
+    objects = sum(
+        engine.storage.collection(db, c).count_documents({}) for c, m in colls.items() if not m.is_view
+    )
     return {"db": db, "collections": len(colls), "objects": objects, "ok": 1.0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import bson
@@ -23,6 +24,8 @@ from ..engine import Connection, Engine, FindCursor, command
 from ..errors import CommandError
 from ..wire import ENCODE_OPTIONS
 from .admin import MAX_BSON_OBJECT_SIZE
+
+INVALID_OPTIONS = 72
 
 
 def _coll_name(cmd: dict[str, Any]) -> str:
@@ -140,10 +143,19 @@ async def find_and_modify(engine: Engine, conn: Connection, db: str, cmd: dict[s
         before = storage.find_one_by_id(db, coll, ids[0]) if ids else None
         if ids:
             query = {"_id": ids[0]}
-    result = storage.update(db, coll, query, cmd["update"], upsert=bool(cmd.get("upsert")), sort=sort,
-                            array_filters=cmd.get("arrayFilters"))
-    last_error: dict[str, Any] = {"n": 1 if (result.matched or result.upserted_id is not None) else 0,
-                                  "updatedExisting": bool(result.matched)}
+    result = storage.update(
+        db,
+        coll,
+        query,
+        cmd["update"],
+        upsert=bool(cmd.get("upsert")),
+        sort=sort,
+        array_filters=cmd.get("arrayFilters"),
+    )
+    last_error: dict[str, Any] = {
+        "n": 1 if (result.matched or result.upserted_id is not None) else 0,
+        "updatedExisting": bool(result.matched),
+    }
     if result.upserted_id is not None:
         last_error["upserted"] = result.upserted_id
     value = result.document if cmd.get("new") else before
@@ -263,7 +275,7 @@ async def get_more(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any
             raise
         finally:
             cursor.busy = False
-        cursor.last_used = _now()
+        cursor.last_used = time.monotonic()
         if cursor.exhausted:
             engine.cursors.pop(cursor_id, None)
             cursor_id = 0
@@ -271,17 +283,11 @@ async def get_more(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any
             cursor_id = 0
         return _cursor_reply(cursor_id, cursor.ns, docs, False, pbrt)
     docs = _take_batch(cursor, batch)
-    cursor.last_used = _now()
+    cursor.last_used = time.monotonic()
     if cursor.position >= len(cursor.docs):
         engine.cursors.pop(cursor_id, None)
         cursor_id = 0
     return _cursor_reply(cursor_id, cursor.ns, docs, False)
-
-
-def _now() -> float:
-    import time
-
-    return time.monotonic()
 
 
 @command("killCursors")
@@ -292,8 +298,13 @@ async def kill_cursors(engine: Engine, conn: Connection, db: str, cmd: dict[str,
             killed.append(Int64(cursor_id))
         else:
             unknown.append(Int64(cursor_id))
-    return {"cursorsKilled": killed, "cursorsNotFound": unknown, "cursorsAlive": [], "cursorsUnknown": [],
-            "ok": 1.0}
+    return {
+        "cursorsKilled": killed,
+        "cursorsNotFound": unknown,
+        "cursorsAlive": [],
+        "cursorsUnknown": [],
+        "ok": 1.0,
+    }
 
 
 @command("count")
@@ -325,7 +336,9 @@ async def aggregate(engine: Engine, conn: Connection, db: str, cmd: dict[str, An
         raise CommandError(14, "'pipeline' option must be specified as an array")
     cursor_opts = cmd.get("cursor")
     if not isinstance(cursor_opts, dict):
-        raise CommandError(9, "The 'cursor' option is required, except for aggregate with the explain argument")
+        raise CommandError(
+            9, "The 'cursor' option is required, except for aggregate with the explain argument"
+        )
     batch = _batch_size(cursor_opts.get("batchSize"), DEFAULT_FIRST_BATCH)
     if pipeline and isinstance(pipeline[0], dict) and "$changeStream" in pipeline[0]:
         return _open_change_stream(engine, db, target, pipeline, batch)
@@ -348,13 +361,16 @@ def _open_change_stream(
     if spec.get("allChangesForCluster"):
         if db != "admin" or target != 1:
             raise CommandError(
-                ErrorCodes_InvalidOptions, "A $changeStream with 'allChangesForCluster:true' may only be opened "
-                "on the 'admin' database, and with no collection name"
+                INVALID_OPTIONS,
+                "A $changeStream with 'allChangesForCluster:true' may only be opened "
+                "on the 'admin' database, and with no collection name",
             )
         scope = Scope("cluster", db)
     elif target == 1:
         if db == "admin":
-            raise CommandError(ErrorCodes_InvalidOptions, "$changeStream may not be opened on the internal admin database")
+            raise CommandError(
+                INVALID_OPTIONS, "$changeStream may not be opened on the internal admin database"
+            )
         scope = Scope("db", db)
     elif isinstance(target, str):
         scope = Scope("coll", db, target)
@@ -376,6 +392,3 @@ def _open_change_stream(
         cursor.cursor_id = cursor_id
         engine.cursors[cursor_id] = cursor
     return _cursor_reply(cursor_id, scope.ns, docs, True, pbrt)
-
-
-ErrorCodes_InvalidOptions = 72

@@ -12,8 +12,21 @@ from .crud import _coll_name, _cursor_reply
 
 # Options a create command may carry that the emulator records (and reports in create events).
 _CREATE_OPTIONS = frozenset(
-    {"capped", "size", "max", "validator", "validationLevel", "validationAction", "viewOn", "pipeline",
-     "collation", "changeStreamPreAndPostImages", "timeseries", "expireAfterSeconds", "clusteredIndex"}
+    {
+        "capped",
+        "size",
+        "max",
+        "validator",
+        "validationLevel",
+        "validationAction",
+        "viewOn",
+        "pipeline",
+        "collation",
+        "changeStreamPreAndPostImages",
+        "timeseries",
+        "expireAfterSeconds",
+        "clusteredIndex",
+    }
 )
 
 
@@ -64,8 +77,13 @@ async def rename_collection(engine: Engine, conn: Connection, db: str, cmd: dict
 @command("collMod")
 async def coll_mod(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
     coll = _coll_name(cmd)
-    options = {k: v for k, v in cmd.items() if k != "collMod" and not k.startswith("$") and k not in (
-        "lsid", "writeConcern", "comment", "txnNumber", "maxTimeMS")}
+    options = {
+        k: v
+        for k, v in cmd.items()
+        if k != "collMod"
+        and not k.startswith("$")
+        and k not in ("lsid", "writeConcern", "comment", "txnNumber", "maxTimeMS")
+    }
     engine.storage.coll_mod(db, coll, options)
     return {"ok": 1.0}
 

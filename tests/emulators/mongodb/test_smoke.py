@@ -59,7 +59,11 @@ async def test_watch_reports_crud_events_in_order(client: AsyncMongoClient) -> N
         await coll.delete_one({"_id": 2})
         events = [await stream.next() for _ in range(4)]
     assert [e["operationType"] for e in events] == ["insert", "update", "replace", "delete"]
-    assert events[1]["updateDescription"] == {"updatedFields": {"b": 2}, "removedFields": ["a"], "truncatedArrays": []}
+    assert events[1]["updateDescription"] == {
+        "updatedFields": {"b": 2},
+        "removedFields": ["a"],
+        "truncatedArrays": [],
+    }
     assert events[2]["fullDocument"] == {"_id": 2, "x": 1}
     tokens = [e["_id"]["_data"] for e in events]
     assert tokens == sorted(tokens)
@@ -74,7 +78,9 @@ async def test_resume_after_and_start_at_operation_time(client: AsyncMongoClient
     async with await coll.watch(resume_after=first["_id"], max_await_time_ms=AWAIT_MS) as stream:
         rest = [(await stream.next())["documentKey"]["_id"] for _ in range(2)]
     assert rest == [1, 2]
-    async with await coll.watch(start_at_operation_time=first["clusterTime"], max_await_time_ms=AWAIT_MS) as s:
+    async with await coll.watch(
+        start_at_operation_time=first["clusterTime"], max_await_time_ms=AWAIT_MS
+    ) as s:
         assert (await s.next())["documentKey"]["_id"] == 0
 
 
@@ -116,7 +122,9 @@ async def test_invalid_stage_and_id_projection_errors(client: AsyncMongoClient) 
     assert info.value.has_error_label("NonResumableChangeStreamError")
 
 
-async def test_step_down_refuses_writes_with_topology_version(server: MongoEmulator, client: AsyncMongoClient) -> None:
+async def test_step_down_refuses_writes_with_topology_version(
+    server: MongoEmulator, client: AsyncMongoClient
+) -> None:
     await client.db.sd.insert_one({"_id": 0})
     server.step_down(30)
     with pytest.raises(NotPrimaryError):
