@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 # Ably counts as "answering" if a request succeeded within this long, or none has failed since.
 ABLY_STALE_AFTER_S = 30.0
+# Longest wait between publish rounds while Ably fails. Short, so delivery resumes within about two seconds
+# of an outage ending; the client already backs off inside each round (429s grow to 10 s there).
+PUBLISH_RETRY_BACKOFF_MAX_S = 2.0
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -91,6 +94,7 @@ class Worker:
             max_batch_messages=settings.publish_batch_size,
             linger_ms=settings.publish_linger_ms,
             concurrency=settings.publish_concurrency,
+            retry_backoff_max=PUBLISH_RETRY_BACKOFF_MAX_S,
         )
         self.reader = Reader(
             self.mongo,
