@@ -140,17 +140,19 @@ class ControlApi:
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(stored)
 
+        store = self._emulator.store
+        # Listen before answering and snapshot in the same step (no await between): messages are only
+        # published on this loop, so the replay and the live feed neither overlap nor leave a gap.
+        store.add_listener(listener)
+        self._streams.add(queue)
+        replay = self._emulator.messages(channel) if request.query.get("replay") in ("1", "true") else []
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
-        await response.prepare(request)
-        store = self._emulator.store
-        store.add_listener(listener)
-        self._streams.add(queue)
         try:
-            if request.query.get("replay") in ("1", "true"):
-                for stored in self._emulator.messages(channel):
-                    await response.write(b"data: " + orjson.dumps(stored) + b"\n\n")
+            await response.prepare(request)
+            for stored in replay:
+                await response.write(b"data: " + orjson.dumps(stored) + b"\n\n")
             while not self._emulator.stopping:
                 try:
                     item = await asyncio.wait_for(queue.get(), timeout=STREAM_KEEPALIVE_S)
