@@ -61,8 +61,10 @@ async def test_faults_target_publishes_only_unless_target_all(
     assert (await client.get("/time")).status_code == 200
     assert (await client.get("/channels/c/messages")).status_code == 200
     ably.clear_faults()
-    ably.inject_fault(status=500, count=1, target="all")
+    ably.inject_fault(status=500, count=2, target="all")
     assert (await client.get("/time")).status_code == 500
+    assert (await client.get("/channels/c/messages")).status_code == 500
+    assert (await client.get("/time")).status_code == 200
 
 
 async def test_channel_filtered_fault_hits_only_requests_touching_those_channels(
