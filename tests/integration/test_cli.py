@@ -1,0 +1,114 @@
+"""`livesync-connector check`, `token show` and `token reset` against the emulators."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from connector.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(connector_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name, value in connector_env.items():
+        monkeypatch.setenv(name, value)
+    return connector_env
+
+
+@pytest.fixture
+def sync_db(mongo_uri: str, db_name: str) -> Any:
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+    yield client[db_name]
+    client.drop_database(db_name)
+    client.close()
+
+
+def test_check_passes_and_publishes_nothing(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], ably: Any
+) -> None:
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "replica set" in out
+    assert "change stream opens" in out
+    assert "Ably credentials accepted" in out
+    assert "all checks passed" in out
+    assert ably.messages() == []
+
+
+def test_check_reports_a_wrong_ably_key(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ABLY_API_KEY", "testapp.key1:not-the-secret")
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  Ably" in out
+    assert "not-the-secret" not in out
+
+
+def test_check_reports_missing_pre_images(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sync_db: Any
+) -> None:
+    sync_db.create_collection("orders")
+    monkeypatch.setenv("FULL_DOCUMENT_BEFORE_CHANGE", "required")
+    assert main(["check"]) == 1
+    assert "pre- and post-images are not enabled on orders" in capsys.readouterr().out
+    sync_db.command({"collMod": "orders", "changeStreamPreAndPostImages": {"enabled": True}})
+    assert main(["check"]) == 0
+    assert "pre- and post-images enabled" in capsys.readouterr().out
+
+
+def test_check_with_bad_variables_prints_one_line_each_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MONGODB_DATABASE", "")
+    monkeypatch.setenv("FULL_DOCUMENT", "sometimes")
+    monkeypatch.setenv("ABLY_API_KEY", "nonsense")
+    monkeypatch.setenv("PIPELINE", "[]")
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "livesync-connector: invalid configuration:"
+    assert sorted(line.split(":")[0].strip() for line in err[1:]) == [
+        "ABLY_API_KEY",
+        "FULL_DOCUMENT",
+        "MONGODB_DATABASE",
+    ]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_invalid_pipeline_exits_2_with_72005(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PIPELINE", '[{"$lookup": {"from": "x"}}]')
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err
+    assert "72005" in err and "$lookup" in err
+
+
+def test_token_show_and_reset(env: dict[str, str], capsys: pytest.CaptureFixture[str], sync_db: Any) -> None:
+    connector_id = env["MONGODB_DATABASE"] + ".orders"
+    assert main(["token", "show"]) == 0
+    assert "no resume token stored" in capsys.readouterr().out
+    sync_db.ably.insert_one(
+        {"_id": connector_id, "resumeToken": {"_data": "82ABCDEF"}, "namespace": connector_id}
+    )
+    assert main(["token", "show"]) == 0
+    assert "82ABCDEF" in capsys.readouterr().out
+    assert main(["token", "reset"]) == 2  # refuses without --yes
+    assert sync_db.ably.count_documents({}) == 1
+    assert main(["token", "reset", "--yes"]) == 0
+    assert "deleted" in capsys.readouterr().out
+    assert sync_db.ably.count_documents({}) == 0
+
+
+def test_unreadable_stored_token_exits_1_with_72006(
+    env: dict[str, str], sync_db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    sync_db.ably.insert_one({"_id": env["MONGODB_DATABASE"] + ".orders", "resumeToken": "garbage"})
+    assert main(["run"]) == 1
+    assert any(getattr(r, "code", None) == 72006 for r in caplog.records)
