@@ -7,20 +7,23 @@ Follows the message contract in ARCHITECTURE.md: channel from `_ablyChannel`, na
 `NoChannelError`, 72004) with a reason fit for the dead-letter record.
 
 Encoding is pluggable: `ENCODERS[json_mode]` maps a mode to a function event -> UTF-8 bytes. The default
-is `encode_fast` (a walk that hands only non-JSON BSON values to `bson.json_util.default`, then orjson),
-whose output parses to the same value as `bson.json_util.dumps` (`encode_reference`), the slow but
-authoritative encoder; a hypothesis test pins the two together.
+is `encode_fast` (a walk that hands only non-JSON BSON values to `bson.json_util.default`, with exact
+shortcuts for ObjectId, Decimal128 and naive datetimes, then orjson), whose output parses to the same
+value as `bson.json_util.dumps` (`encode_reference`), the slow but authoritative encoder; a hypothesis
+test pins the two together.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
+import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from bson import Decimal128, ObjectId, json_util
+from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp, json_util
 from bson.binary import UuidRepresentation
 from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS, JSONOptions
 
@@ -86,13 +89,35 @@ def decimal128_str(value: Decimal128) -> str:
     return str(Decimal(f"{sign}{coefficient}E{exponent}"))
 
 
+_EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
+#: Exact types json_util encodes as scalars: straight to `default`, skipping the container checks.
+_BSON_SCALARS: frozenset[type] = frozenset(
+    {Int64, Timestamp, Binary, Regex, MinKey, MaxKey, Code, datetime.datetime, bytes, float, int, uuid.UUID}
+)
+
+
+def _naive_datetime_iso(value: datetime.datetime) -> dict[str, str]:
+    """json_util's relaxed `$date` for a naive (UTC) datetime from 1970 on, without strftime.
+
+    The driver decodes BSON dates as naive UTC datetimes, so this is the shape seen on the hot path;
+    aware datetimes and earlier dates go through json_util.
+    """
+    millis = value.microsecond // 1000
+    fraction = f".{millis:03d}" if millis else ""
+    return {
+        "$date": f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
+        f"{value.second:02d}{fraction}Z"
+    }
+
+
 def _make_walker(json_mode: str) -> Callable[[Any], Any]:
     """A converter that leaves JSON-native values alone and asks json_util only about the rest.
 
     Relaxed mode keeps str, int, bool, None and finite floats as they are; canonical mode wraps numbers
-    (`$numberInt`, `$numberDouble` ...), so only str, bool and None pass. ObjectId and Decimal128, the
-    commonest BSON values, have exact shortcuts; everything else (NaN/Infinity, Int64, datetimes,
-    binaries, subclasses of dict/list ...) goes through `bson.json_util.default`.
+    (`$numberInt`, `$numberDouble` ...), so only str, bool and None pass. ObjectId, Decimal128 and
+    (relaxed) naive datetimes, the commonest BSON values, have exact shortcuts; everything else
+    (NaN/Infinity, Int64, other datetimes, binaries, subclasses of dict/list ...) goes through
+    `bson.json_util.default`.
     """
     options = _options(json_mode)
     relaxed = json_mode != "canonical"
@@ -109,8 +134,12 @@ def _make_walker(json_mode: str) -> Callable[[Any], Any]:
             return {"$oid": str(value)}
         if kind is Decimal128:
             return {"$numberDecimal": decimal128_str(value)}
+        if relaxed and kind is datetime.datetime and value.tzinfo is None and value >= _EPOCH_NAIVE:
+            return _naive_datetime_iso(value)
         if kind in plain or (relaxed and kind is float and math.isfinite(value)):
             return value
+        if kind in _BSON_SCALARS:
+            return default(value, options)
         if isinstance(value, Mapping):
             return {k: walk(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
