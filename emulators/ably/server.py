@@ -12,7 +12,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, Final
 
 from aiohttp import web
@@ -82,6 +82,9 @@ class AblyEmulator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._refuse_task: asyncio.Task[None] | None = None
         self._refusing_until: float | None = None
+        # Bumped by every refusal and by stop(), so a listener that was still starting closes itself.
+        self._generation = 0
+        self._serving_pending = False
         self._rest: RestApi | None = None
         self._control: ControlApi | None = None
 
@@ -122,7 +125,7 @@ class AblyEmulator:
             await self.stop()
             raise
         self._port = sock.getsockname()[1]
-        await self._serve(sock)
+        await self._serve(sock, self._generation)
         logger.info("ably emulator listening on %s", self.url)
 
     async def stop(self) -> None:
@@ -131,6 +134,7 @@ class AblyEmulator:
             return
         self._state = _State.CLOSED
         self.stopping = True
+        self._generation += 1
         if self._rest is not None:
             self._rest.closing.set()
         if self._control is not None:
@@ -140,7 +144,7 @@ class AblyEmulator:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await task  # we cancelled it; its own errors were already logged by _run_owned
+                await task  # we cancelled it; its own errors were already logged by _task_done
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -171,25 +175,30 @@ class AblyEmulator:
             raise
         return sock
 
-    async def _serve(self, sock: socket.socket) -> None:
+    async def _serve(self, sock: socket.socket, generation: int) -> None:
         assert self._loop is not None and self._runner is not None and self._runner.server is not None
-        self._server = await self._loop.create_server(self._runner.server, sock=sock)
+        try:
+            server = await self._loop.create_server(self._runner.server, sock=sock)
+        finally:
+            self._serving_pending = False
+        if generation == self._generation:
+            self._server = server
+            return
+        server.close()  # a refusal (or stop) came while this listener was starting...
+        if self._state is _State.OPENED and self._refuse_task is None:
+            self._listen_again()  # ...and that refusal has been ended already
 
-    def _own(self, coro: Any) -> asyncio.Task[None]:
+    def _own(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         assert self._loop is not None
-        task: asyncio.Task[None] = self._loop.create_task(self._run_owned(coro))
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
 
-    @staticmethod
-    async def _run_owned(coro: Any) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("ably emulator background task failed")
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("ably emulator background task failed", exc_info=task.exception())
 
     # -- refusing connections -----------------------------------------------------------------------
 
@@ -212,6 +221,7 @@ class AblyEmulator:
         self._in_loop(self._refuse, duration_s)
 
     def _refuse(self, duration_s: float) -> None:
+        self._generation += 1
         if self._server is not None:
             self._server.close()  # closes the listening socket now: new connections are refused
             self._server = None
@@ -237,10 +247,11 @@ class AblyEmulator:
 
     def _listen_again(self) -> None:
         self._refusing_until = None
-        if self._server is not None or self._state is not _State.OPENED:
+        if self._server is not None or self._serving_pending or self._state is not _State.OPENED:
             return
         sock = self._bind(self.port)
-        self._own(self._serve(sock))
+        self._serving_pending = True
+        self._own(self._serve(sock, self._generation))
         logger.info("ably emulator listening again on %s", self.url)
 
     # -- inspection and control (thread-safe) -------------------------------------------------------

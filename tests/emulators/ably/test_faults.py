@@ -221,3 +221,26 @@ async def test_several_faults_apply_in_order(ably: AblyEmulator, client: httpx.A
     await client.post("/_emulator/faults", json=[{"status": 503, "count": 1}, {"status": 500, "count": 1}])
     statuses = [(await _publish(client, "x")).status_code for _ in range(3)]
     assert statuses == [503, 500, 201]
+
+
+async def test_refuse_right_after_clearing_a_refusal_still_refuses(
+    ably: AblyEmulator, client: httpx.AsyncClient
+) -> None:
+    ably.inject_fault(mode="refuse", duration_s=60)
+    ably.clear_faults()  # listening again is still starting up on the loop...
+    ably.inject_fault(mode="refuse", duration_s=60)  # ...when the next refusal comes
+    await asyncio.sleep(0.05)
+    with pytest.raises(httpx.ConnectError):
+        await _publish(client, "refused")
+    ably.clear_faults()
+    assert (await _publish(client, "back")).status_code == 201
+
+
+async def test_back_to_back_refuse_and_clear_end_up_listening(
+    ably: AblyEmulator, client: httpx.AsyncClient
+) -> None:
+    for _ in range(3):
+        ably.inject_fault(mode="refuse", duration_s=60)
+        ably.clear_faults()
+    assert (await _publish(client, "back")).status_code == 201
+    assert ably.active_faults() == []
