@@ -315,7 +315,11 @@ scalars = st.one_of(
     st.text(max_size=20),
     st.binary(max_size=20),
     st.builds(ObjectId, st.binary(min_size=12, max_size=12)),
-    st.datetimes(min_value=datetime.datetime(1, 1, 1), max_value=datetime.datetime(9999, 12, 31)),
+    st.datetimes(
+        min_value=datetime.datetime(1, 1, 2),
+        max_value=datetime.datetime(9999, 12, 30),
+        timezones=st.sampled_from([None, datetime.UTC, datetime.timezone(datetime.timedelta(hours=-5))]),
+    ),
     st.builds(Int64, st.integers(-(2**63), 2**63 - 1)),
     st.builds(Timestamp, st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
     decimals128,
