@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -124,3 +125,23 @@ def test_cli_exits_1_when_the_port_is_taken(cli_process: tuple[subprocess.Popen[
     )
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
+
+
+def test_refuse_through_the_admin_client_answers_then_refuses_then_recovers(
+    cli_process: tuple[subprocess.Popen[str], str],
+) -> None:
+    _, url = cli_process
+    admin = AblyEmulatorAdmin(url)
+    answer = admin.fault(mode="refuse", duration_s=0.5)
+    assert answer["faults"][0]["mode"] == "refuse"
+    with pytest.raises(httpx.ConnectError):
+        admin.stats()
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while True:
+        try:
+            stats = admin.stats()
+            break
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, "the emulator did not listen again"
+            time.sleep(0.05)
+    assert stats["messages_delivered"] == 0
