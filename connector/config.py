@@ -70,7 +70,8 @@ _API_KEY_RE = re.compile(r"^[^.:\s]+\.[^.:\s]+:\S+$")
 #: MongoDB forbids these in database names (and the name must be < 64 bytes).
 _BAD_DB_CHARS = frozenset('/\\. "$\x00')
 _MAX_DB_NAME_BYTES = 63
-_HOST_RE = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
+#: A fallback entry: `host`, `host:port` or `http(s)://host[:port]` (a local emulator speaks plain http).
+_HOST_RE = re.compile(r"^(https?://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
 _TIMESTAMP_CALL_RE = re.compile(r"^Timestamp\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 _SECONDS_RE = re.compile(r"^(\d+)(?:\.(\d+))?$")
 _UINT32_MAX = 2**32 - 1
@@ -232,7 +233,9 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple):
             bad = [h for h in value if not isinstance(h, str) or not _HOST_RE.match(h)]
             if bad:
-                raise ValueError(f"must be a comma list of host or host:port (got {bad[0]!r})")
+                raise ValueError(
+                    f"must be a comma list of host, host:port or http(s)://host[:port] (got {bad[0]!r})"
+                )
             return list(value)
         return value
 

@@ -75,8 +75,9 @@ def test_fallback_hosts_none_for_custom_url() -> None:
 
 
 def test_fallback_hosts_explicit_list_and_explicit_empty() -> None:
-    s = load(ABLY_REST_URL="http://localhost:8081", ABLY_FALLBACK_HOSTS=" localhost:8082, b.example.com ")
-    assert s.ably_fallback_hosts == ["localhost:8082", "b.example.com"]
+    hosts = " localhost:8082, b.example.com ,http://127.0.0.1:8083,[::1]:8084"
+    s = load(ABLY_REST_URL="http://localhost:8081", ABLY_FALLBACK_HOSTS=hosts)
+    assert s.ably_fallback_hosts == ["localhost:8082", "b.example.com", "http://127.0.0.1:8083", "[::1]:8084"]
     assert load(ABLY_FALLBACK_HOSTS="").ably_fallback_hosts == []
 
 
@@ -139,8 +140,9 @@ def test_empty_value_counts_as_unset() -> None:
         ),
         (
             "ABLY_FALLBACK_HOSTS",
-            "a.com,https://b.com",
-            "ABLY_FALLBACK_HOSTS: must be a comma list of host or host:port (got 'https://b.com')",
+            "a.com,ftp://b.com",
+            "ABLY_FALLBACK_HOSTS: must be a comma list of host, host:port or http(s)://host[:port] "
+            "(got 'ftp://b.com')",
         ),
         ("MAX_MESSAGE_SIZE", "0", "MAX_MESSAGE_SIZE: must be > 0 (got '0')"),
         ("MAX_MESSAGE_SIZE", "64k", "MAX_MESSAGE_SIZE: must be a whole number (got '64k')"),
