@@ -269,7 +269,7 @@ class AblyEmulator:
     def inject_fault(self, **spec: Any) -> dict[str, Any]:
         """Activate a fault (same fields as ``POST /_emulator/faults``); returns its description.
 
-        ``mode="refuse"`` takes effect before this returns.
+        ``mode="refuse"`` takes effect before this returns. Raises ValueError for an invalid spec.
         """
         fault = parse_fault(spec, time.monotonic())
         if fault.mode == "refuse":
