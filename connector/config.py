@@ -106,7 +106,8 @@ def _uri_password(uri: str) -> str | None:
 class Settings(BaseSettings):
     """Every setting of the connector; names match the environment variables in lower case."""
 
-    model_config = SettingsConfigDict(extra="ignore", arbitrary_types_allowed=True)
+    # extra="forbid": a misspelt keyword in code (tests) fails loudly; the environment is filtered first.
+    model_config = SettingsConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     mongodb_uri: str = Field(default="mongodb://localhost:27017", repr=False)
     mongodb_database: str

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from bson.timestamp import Timestamp
+from pydantic import ValidationError
 
 from connector.config import DEFAULT_FALLBACK_HOSTS, Settings, load_settings, mask_uri
 from connector.errors import ConfigError, PipelineError
@@ -334,3 +335,9 @@ def test_settings_constructed_directly_ignore_environment(monkeypatch: pytest.Mo
     s = Settings(mongodb_database="d", ably_api_key=KEY, pipeline=PIPELINE)  # type: ignore[arg-type]
     assert s.log_level == "INFO"
     assert s.connector_id == "d"
+
+
+def test_unknown_keyword_is_rejected_but_unknown_variables_ignored() -> None:
+    with pytest.raises(ValidationError):
+        Settings(mongodb_database="d", ably_api_key=KEY, pipeline=PIPELINE, log_levle="DEBUG")  # type: ignore[arg-type, call-arg]
+    assert load(LOG_LEVLE="DEBUG", HOME="/root").log_level == "INFO"
