@@ -23,6 +23,7 @@ Derived values:
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -311,15 +312,15 @@ class Settings(BaseSettings):
         return self.mongodb_database
 
     def pipeline_stages(self) -> list[dict[str, Any]]:
-        """The user's pipeline, parsed and validated (a fresh list; the stage documents are shared)."""
-        return list(self._stages)
+        """The user's pipeline, parsed and validated (a deep copy: callers may extend or edit it)."""
+        return copy.deepcopy(self._stages)
 
     def stream_pipeline(self) -> list[dict[str, Any]]:
         """The pipeline to pass to `watch()`: own collections excluded first for a database-wide watch."""
         if self.watches_database:
             own = [self.resume_token_collection, self.deadletter_collection]
-            return [exclusion_stage(own), *self._stages]
-        return list(self._stages)
+            return [exclusion_stage(own), *self.pipeline_stages()]
+        return self.pipeline_stages()
 
     def secrets(self) -> list[str]:
         """Values that must never appear in logs: register each with `connector.logs.register_secret`."""
