@@ -103,3 +103,43 @@ async def test_models_sdk_event_uuid_header_fallbacks(async_db: Any) -> None:
     # No mutationId anywhere (a delete has no fullDocument): the resume token's hex string.
     assert headers[2] == events[2]["_id"]["_data"]
     assert [e["_ablyChannel"] for e in events] == ["posts:1", "posts:2", "posts:2", "posts:marker"]
+
+
+async def test_exclusion_match_hides_own_collections_but_keeps_database_events(async_db: Any) -> None:
+    """The connector's leading `{ns.coll: {$nin: [...]}}` also passes events without `ns.coll`."""
+    exclusion = {"$match": {"ns.coll": {"$nin": ["resume_tokens", "dead_letters"]}}}
+    async with await async_db.watch([exclusion], max_await_time_ms=MAX_AWAIT_MS) as stream:
+        await async_db["resume_tokens"].insert_one({"_id": "hidden"})
+        await async_db["orders"].insert_one({"_id": 1})
+        await async_db["dead_letters"].insert_one({"_id": "hidden"})
+        await async_db.client.drop_database(async_db.name)
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(EVENT_WAIT_S):
+            while not events or events[-1]["operationType"] != "invalidate":
+                event = await stream.try_next()
+                if event is not None:
+                    events.append(event)
+    assert [(e["operationType"], e.get("ns", {}).get("coll")) for e in events] == [
+        ("insert", "orders"),
+        ("drop", "orders"),
+        ("dropDatabase", None),
+        ("invalidate", None),
+    ]
+
+
+async def test_list_collections_reports_image_option_and_views(async_db: Any) -> None:
+    """`check` reads these options to warn when pre- and post-images are off."""
+    await async_db.create_collection("created_on", changeStreamPreAndPostImages={"enabled": True})
+    await async_db.create_collection("modded")
+    await async_db.command({"collMod": "modded", "changeStreamPreAndPostImages": {"enabled": True}})
+    await async_db.create_collection("plain")
+    await async_db.create_collection("view", viewOn="plain", pipeline=[])
+    cursor = await async_db.list_collections()
+    infos = {info["name"]: info async for info in cursor}
+    assert {"created_on", "modded", "plain", "view"} <= set(infos)
+    for name in ("created_on", "modded"):
+        assert infos[name]["type"] == "collection"
+        assert infos[name]["options"]["changeStreamPreAndPostImages"] == {"enabled": True}
+    assert "changeStreamPreAndPostImages" not in infos["plain"].get("options", {})
+    assert infos["view"]["type"] == "view"
+    assert infos["view"]["options"]["viewOn"] == "plain"
