@@ -20,6 +20,7 @@ from bson.raw_bson import RawBSONDocument
 from .aggregation import run_pipeline
 from .errors import CommandError
 from .oplog import (
+    HISTORY_LOST_MESSAGE,
     KIND_EVENT,
     KIND_INVALIDATE,
     Key,
@@ -87,6 +88,15 @@ _CHANGE_STREAM_OPTIONS = frozenset(
 
 # The server's batch limit: a reply holds at most 16 MiB of documents (plus envelope).
 MAX_BATCH_BYTES = 16 * 1024 * 1024
+# An event must fit in one BSON document (maxBsonObjectSize) unless $changeStreamSplitLargeEvent splits it.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+# Room in each fragment for its _id token and splitEvent field.
+SPLIT_OVERHEAD_BYTES = 256
+_ID_MODIFIED_MESSAGE = (
+    "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. "
+    "Modifying the _id field of an event makes it impossible to resume the stream from that point. Only "
+    "transformations that retain the unmodified _id field are allowed."
+)
 DEFAULT_FIRST_BATCH = 101
 # Default awaitData wait when getMore has no maxTimeMS (the server's default is 1 s).
 DEFAULT_AWAIT_S = 1.0
@@ -184,6 +194,10 @@ class ChangeStreamCursor:
     exhausted: bool = False
     last_used: float = field(default_factory=time.monotonic)
     busy: bool = False
+    # $changeStreamSplitLargeEvent was the last stage (stripped from ``pipeline``).
+    split_large: bool = False
+    # Resuming from fragment k of a split event: that event's first k fragments were already seen.
+    skip_fragments: int = 0
 
     @property
     def ns(self) -> str:
@@ -252,34 +266,39 @@ class ChangeStreamCursor:
             if "nsType" in entry.extra and self.storage.server_version >= (8, 1):
                 event["nsType"] = entry.extra["nsType"]
 
-    def _apply_pipeline(self, event: dict[str, Any]) -> RawBSONDocument | None:
-        if not self.pipeline:
-            return RawBSONDocument(bson.encode(event, codec_options=ENCODE_OPTIONS))
+    def _apply_pipeline(self, event: dict[str, Any]) -> list[RawBSONDocument]:
+        """The event after the user pipeline, encoded: [] if filtered out, fragments if split."""
         token = event["_id"]
-        out = run_pipeline([event], self.pipeline)
-        if not out:
-            return None
-        doc = out[0]
-        if doc.get("_id") != token:
+        if self.pipeline:
+            out = run_pipeline([event], self.pipeline)
+            if not out:
+                return []
+            event = out[0]
+            if event.get("_id") != token:
+                raise CommandError(280, _ID_MODIFIED_MESSAGE, labels=["NonResumableChangeStreamError"])
+        raw = RawBSONDocument(bson.encode(event, codec_options=ENCODE_OPTIONS))
+        if len(raw.raw) <= MAX_EVENT_BYTES:
+            return [raw]
+        if not self.split_large:
             raise CommandError(
-                280,
-                "Encountered an event whose _id field, which contains the resume token, was modified by "
-                "the pipeline. Modifying the _id field of an event makes it impossible to resume the "
-                "stream from that point. Only transformations that retain the unmodified _id field are "
-                "allowed.",
-                labels=["NonResumableChangeStreamError"],
+                10334,
+                f"BSONObjectTooLarge: event of {len(raw.raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit "
+                "(add $changeStreamSplitLargeEvent to split it)",
             )
-        return RawBSONDocument(bson.encode(doc, codec_options=ENCODE_OPTIONS))
+        return _split_event(event, decode_token(token))
 
-    def _event(self, entry: OplogEntry) -> RawBSONDocument | None:
+    def _event(self, entry: OplogEntry) -> list[RawBSONDocument]:
         if self.options.default_shape and not self.pipeline:
             raw = entry.raw_default
             if raw is None:
-                raw = entry.raw_default = self._apply_pipeline(self._render(entry))
-            return raw
+                docs = self._apply_pipeline(self._render(entry))
+                if len(docs) != 1:
+                    return docs
+                raw = entry.raw_default = docs[0]
+            return [raw]
         return self._apply_pipeline(self._render(entry))
 
-    def _invalidate_event(self, entry: OplogEntry) -> RawBSONDocument | None:
+    def _invalidate_event(self, entry: OplogEntry) -> list[RawBSONDocument]:
         event = {
             "_id": encode_token((entry.ts.time, entry.ts.inc, KIND_INVALIDATE)),
             "operationType": "invalidate",
@@ -293,30 +312,32 @@ class ChangeStreamCursor:
         """Scan forward; return (events, postBatchResumeToken). Sets ``exhausted`` after an invalidate."""
         oplog = self.oplog
         if self.next_seq < oplog.first_seq:
-            raise CommandError(
-                286,
-                "Resume of change stream was not possible, as the resume point may no "
-                "longer be in the oplog.",
-            )
+            raise CommandError(286, HISTORY_LOST_MESSAGE)
         docs: list[RawBSONDocument] = []
+        if self.pending_invalidate is not None:
+            entry, self.pending_invalidate = self.pending_invalidate, None
+            return self._finish_invalidate(entry, docs)
         size = 0
         last_token: dict[str, str] | None = None
         scope = self.scope
         show_expanded = self.options.show_expanded
         end = oplog.end_seq
-        if self.pending_invalidate is not None:
-            entry, self.pending_invalidate = self.pending_invalidate, None
-            return self._finish_invalidate(entry, docs)
-        while self.next_seq < end and len(docs) < max_docs and size < max_bytes:
+        while self.next_seq < end and len(docs) < max_docs:
             entry = oplog.get(self.next_seq)
-            self.next_seq += 1
             if not scope.includes(entry) or (entry.expanded and not show_expanded):
+                self.next_seq += 1
                 continue
-            raw = self._event(entry)
-            if raw is not None:
-                docs.append(raw)
-                size += len(raw.raw)
-                last_token = encode_token(entry.key)
+            rendered = self._event(entry)
+            if self.skip_fragments:
+                rendered, self.skip_fragments = rendered[self.skip_fragments :], 0
+            added = sum(len(raw.raw) for raw in rendered)
+            if docs and size + added > max_bytes:
+                break  # the next batch starts with this event
+            self.next_seq += 1
+            if rendered:
+                docs.extend(rendered)
+                size += added
+                last_token = dict(rendered[-1]["_id"])
             if scope.invalidated_by(entry):
                 if len(docs) < max_docs:
                     return self._finish_invalidate(entry, docs)
@@ -327,9 +348,7 @@ class ChangeStreamCursor:
         return docs, encode_token(high_water_key(self.storage.clock.now()))
 
     def _finish_invalidate(self, entry: OplogEntry, docs: list[RawBSONDocument]) -> tuple[list, dict]:
-        raw = self._invalidate_event(entry)
-        if raw is not None:
-            docs.append(raw)
+        docs.extend(self._invalidate_event(entry))
         self.exhausted = True
         return docs, encode_token((entry.ts.time, entry.ts.inc, KIND_INVALIDATE))
 
@@ -348,26 +367,60 @@ class ChangeStreamCursor:
             await asyncio.sleep(0)
 
 
-def start_position(oplog: Oplog, storage: Storage, spec: dict[str, Any], opts: Options) -> int:
-    """The oplog sequence number a new stream starts reading at."""
-    if "resumeAfter" in spec:
-        key = decode_token(spec["resumeAfter"])
-        if key[2] == KIND_INVALIDATE:
-            raise CommandError(
-                260,
-                "Attempting to resume a change stream using 'resumeAfter' is not allowed from an "
-                "invalidate notification.",
-            )
-        return oplog.seq_after(key)
-    if "startAfter" in spec:
-        opts.start_after_used = True
-        return oplog.seq_after(decode_token(spec["startAfter"]))
+def position_cursor(cursor: ChangeStreamCursor, spec: dict[str, Any]) -> None:
+    """Set where a new stream starts reading (and what it owes first: fragments, an invalidate)."""
+    oplog = cursor.oplog
     if "startAtOperationTime" in spec:
         ts = spec["startAtOperationTime"]
         if not isinstance(ts, Timestamp):
             raise CommandError(14, "startAtOperationTime must be a timestamp")
-        return oplog.seq_at_or_after(ts)
-    return oplog.end_seq
+        cursor.next_seq = oplog.seq_at_or_after(ts)
+        return
+    if "resumeAfter" not in spec and "startAfter" not in spec:
+        cursor.next_seq = oplog.end_seq
+        return
+    key = decode_token(spec.get("resumeAfter") or spec.get("startAfter"))
+    if key[2] == KIND_INVALIDATE and "resumeAfter" in spec:
+        raise CommandError(
+            260,
+            "Attempting to resume a change stream using 'resumeAfter' is not allowed from an "
+            "invalidate notification.",
+        )
+    if KIND_EVENT < key[2] < KIND_INVALIDATE:
+        # A fragment of a split event: resume inside that event, after the fragments already seen.
+        cursor.next_seq = oplog.seq_at_or_after(Timestamp(key[0], key[1]))
+        cursor.skip_fragments = key[2]
+        return
+    cursor.next_seq = oplog.seq_after(key)
+    if key[2] == KIND_EVENT and cursor.next_seq > oplog.first_seq:
+        # Resuming after the event that invalidated this stream: the invalidate comes first.
+        entry = oplog.get(cursor.next_seq - 1)
+        if entry.key == key and cursor.scope.invalidated_by(entry):
+            cursor.pending_invalidate = entry
+
+
+def _split_event(event: dict[str, Any], key: Key) -> list[RawBSONDocument]:
+    """$changeStreamSplitLargeEvent: top-level fields packed in order into fragments under the limit."""
+    budget = MAX_EVENT_BYTES - SPLIT_OVERHEAD_BYTES
+    groups: list[list[tuple[str, Any]]] = [[]]
+    used = 0
+    for name, value in event.items():
+        if name == "_id":
+            continue
+        cost = len(bson.encode({name: value}, codec_options=ENCODE_OPTIONS)) - 5
+        if cost > budget:
+            raise CommandError(7182803, f"field {name!r} alone is too large to fit in a split event fragment")
+        if groups[-1] and used + cost > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append((name, value))
+        used += cost
+    fragments = []
+    for n, fields in enumerate(groups, start=1):
+        doc = {"_id": encode_token((key[0], key[1], n)), "splitEvent": {"fragment": n, "of": len(groups)}}
+        doc.update(fields)
+        fragments.append(RawBSONDocument(bson.encode(doc, codec_options=ENCODE_OPTIONS)))
+    return fragments
 
 
 def key_of_event(event: dict[str, Any]) -> Key:
@@ -380,6 +433,6 @@ __all__ = [
     "Options",
     "Scope",
     "parse_options",
-    "start_position",
+    "position_cursor",
     "validate_pipeline",
 ]

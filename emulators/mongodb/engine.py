@@ -22,7 +22,7 @@ from .errors import STATE_CHANGE_CODES, CloseConnection, CommandError
 from .failpoints import RETRYABLE_WRITE_COMMANDS, FailPoints
 from .oplog import Oplog
 from .storage import Storage
-from .topology import ClusterClock, Topology
+from .topology import ZERO_SIGNATURE, ClusterClock, Topology
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +148,9 @@ class Engine:
     # -- replies --------------------------------------------------------------------------------------
     def decorate(self, reply: dict[str, Any]) -> dict[str, Any]:
         if not self.config.standalone:
-            reply["$clusterTime"] = self.clock.gossip()
-            reply["operationTime"] = self.clock.now()
+            now = self.clock.now()
+            reply["$clusterTime"] = {"clusterTime": now, "signature": ZERO_SIGNATURE}
+            reply["operationTime"] = now
         return reply
 
     def error_reply(self, exc: CommandError) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """The bounded oplog of change events and the resume tokens that point into it.
 
 Every write appends one entry with a unique cluster time. A position in the stream is a key
-``(t, i, kind)``: ``kind`` 0 is the event at time (t, i), 1 the invalidate that follows it, 2 a
-high-water mark after everything up to (t, i). Tokens are that key as fixed-width upper-case hex, so
-their ``_data`` strings sort in stream order, and they parse back to the key.
+``(t, i, kind)``: ``kind`` 0 is the event at time (t, i), 1..0x7F its fragments when split, 0x80 the
+invalidate that follows it, 0xFF a high-water mark after everything up to (t, i). Tokens are that key
+as fixed-width upper-case hex, so their ``_data`` strings sort in stream order and parse back to the key.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from bson.raw_bson import RawBSONDocument
 from .errors import CommandError
 
 KIND_EVENT = 0
-KIND_INVALIDATE = 1
-KIND_HIGH_WATER = 2
+# 1..0x7F: fragment n of an event split by $changeStreamSplitLargeEvent.
+KIND_INVALIDATE = 0x80
+KIND_HIGH_WATER = 0xFF
 
 TOKEN_VERSION = "82"
 TOKEN_LENGTH = 2 + 8 + 8 + 2

@@ -14,6 +14,11 @@ from bson import Int64, ObjectId, Timestamp
 ZERO_SIGNATURE = {"hash": b"\x00" * 20, "keyId": Int64(0)}
 
 
+# How often the cluster time moves while nothing is written, like mongod's periodic no-op writer (which
+# the server runs every 10 s; faster here so idle post-batch resume tokens advance within a test's poll).
+IDLE_ADVANCE_S = 0.1
+
+
 class ClusterClock:
     """Hands out strictly increasing operation times and reports the current cluster time.
 
@@ -23,25 +28,31 @@ class ClusterClock:
 
     def __init__(self) -> None:
         self._last = Timestamp(0, 0)
+        self._last_write = Timestamp(0, 0)
+        self._advanced_at = 0.0
 
-    def tick(self) -> Timestamp:
-        """A new, unique operation time for one write."""
+    def _advance(self) -> Timestamp:
         now = int(time.time())
         if now > self._last.time:
             self._last = Timestamp(now, 1)
         else:
             self._last = Timestamp(self._last.time, self._last.inc + 1)
+        self._advanced_at = time.monotonic()
         return self._last
+
+    def tick(self) -> Timestamp:
+        """A new, unique operation time for one write."""
+        self._last_write = self._advance()
+        return self._last_write
 
     @property
     def last_write(self) -> Timestamp:
-        return self._last
+        return self._last_write
 
     def now(self) -> Timestamp:
-        """The current cluster time: at least the last write, at least the wall clock's second."""
-        now = int(time.time())
-        if now > self._last.time:
-            return Timestamp(now, 0)
+        """The current cluster time: the latest time handed out, moved on at most every IDLE_ADVANCE_S."""
+        if time.monotonic() - self._advanced_at >= IDLE_ADVANCE_S:
+            return self._advance()
         return self._last
 
     def gossip(self) -> dict[str, Any]:

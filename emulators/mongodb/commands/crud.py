@@ -17,7 +17,7 @@ from ..changestream import (
     ChangeStreamCursor,
     Scope,
     parse_options,
-    start_position,
+    position_cursor,
     validate_pipeline,
 )
 from ..engine import Connection, Engine, FindCursor, command
@@ -376,15 +376,18 @@ def _open_change_stream(
         scope = Scope("coll", db, target)
     else:
         raise CommandError(73, f"Invalid aggregate target {target!r}")
+    split = bool(user) and "$changeStreamSplitLargeEvent" in user[-1]
     cursor = ChangeStreamCursor(
         cursor_id=0,
         scope=scope,
         options=opts,
-        pipeline=list(user),
-        next_seq=start_position(engine.oplog, engine.storage, spec, opts),
+        pipeline=list(user[:-1] if split else user),
+        next_seq=engine.oplog.end_seq,
         oplog=engine.oplog,
         storage=engine.storage,
+        split_large=split,
     )
+    position_cursor(cursor, spec)
     docs, pbrt = cursor.fill(batch if batch is not None else DEFAULT_FIRST_BATCH)
     cursor_id = 0
     if not cursor.exhausted:

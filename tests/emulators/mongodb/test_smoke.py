@@ -228,3 +228,42 @@ async def test_unset_stage_and_timestamp_filter_excludes(client: AsyncMongoClien
     ) as s:
         await coll.insert_one({"_id": 2})
         assert await s.try_next() is None
+
+
+async def test_large_event_is_split_or_refused(client: AsyncMongoClient) -> None:
+    db = client.db
+    await db.create_collection("big", changeStreamPreAndPostImages={"enabled": True})
+    coll = db.big
+    await coll.insert_one({"_id": 1, "blob": "a" * (9 * 1024 * 1024)})
+    options: dict[str, Any] = {"full_document_before_change": "required", "max_await_time_ms": AWAIT_MS}
+    split = [{"$changeStreamSplitLargeEvent": {}}]
+    async with await coll.watch(split, **options) as stream, await coll.watch(**options) as whole:
+        await coll.replace_one({"_id": 1}, {"blob": "b" * (9 * 1024 * 1024)})
+        first, second = await stream.next(), await stream.next()
+        with pytest.raises(OperationFailure) as info:
+            await whole.next()
+    assert info.value.code == 10334
+    assert [first["splitEvent"], second["splitEvent"]] == [{"fragment": 1, "of": 2}, {"fragment": 2, "of": 2}]
+    assert first["_id"]["_data"] < second["_id"]["_data"]
+    merged = {**first, **second}
+    assert merged["fullDocument"]["blob"][0] == "b" and merged["fullDocumentBeforeChange"]["blob"][0] == "a"
+    async with await coll.watch(split, resume_after=first["_id"], **options) as resumed:
+        again = await resumed.next()
+    assert again["_id"] == second["_id"]
+
+
+async def test_resume_after_drop_invalidates_and_start_after_continues(client: AsyncMongoClient) -> None:
+    coll = client.db.dropped
+    await coll.insert_one({"_id": 0})
+    async with await coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        await coll.drop()
+        drop = await stream.next()
+        invalidate = await stream.next()
+    assert (drop["operationType"], invalidate["operationType"]) == ("drop", "invalidate")
+    async with await coll.watch(resume_after=drop["_id"], max_await_time_ms=AWAIT_MS) as resumed:
+        assert (await resumed.next())["operationType"] == "invalidate"
+    with pytest.raises(OperationFailure):
+        await coll.watch(resume_after=invalidate["_id"])
+    async with await coll.watch(start_after=invalidate["_id"], max_await_time_ms=AWAIT_MS) as fresh:
+        await coll.insert_one({"_id": 1})
+        assert (await fresh.next())["documentKey"] == {"_id": 1}
