@@ -101,7 +101,7 @@ async def show_channels(admin: AblyEmulatorAdmin, stopping: asyncio.Event) -> No
                 event.get("fullDocument") or event.get("updateDescription", {}).get("updatedFields") or {}
             )
             print(
-                f"{colour}[{channel}]{RESET} {msg.get('name', ''):<8} {orjson.dumps(detail).decode()}",
+                f"{colour}[{channel}]{RESET} {msg.get('name') or '':<8} {orjson.dumps(detail).decode()}",
                 flush=True,
             )
         await asyncio.sleep(0.1)
