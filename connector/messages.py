@@ -32,6 +32,7 @@ from connector.events import AblyMessage, OutboundMessage
 
 __all__ = [
     "ENCODERS",
+    "MISSING",
     "Encoder",
     "channel_problem",
     "decimal128_str",
@@ -174,10 +175,16 @@ def _canonical_fast(event: Mapping[str, Any]) -> bytes:
 ENCODERS: dict[str, Encoder] = {"relaxed": _relaxed_fast, "canonical": _canonical_fast}
 
 
+#: Tells "no `_ablyChannel` field" from "`_ablyChannel: null`" (an expression that found nothing).
+MISSING: Any = object()
+
+
 def channel_problem(channel: Any) -> str | None:
-    """Why `channel` is not a usable Ably channel name, or None when it is."""
-    if channel is None:
+    """Why `channel` (MISSING when the event has no such field) is not a usable channel name, or None."""
+    if channel is MISSING:
         return "event has no _ablyChannel field (the pipeline must set it)"
+    if channel is None:
+        return "_ablyChannel is null (the pipeline computed no channel for this event)"
     if not isinstance(channel, str):
         return f"_ablyChannel must be a string (got {type(channel).__name__} {_quote(channel)})"
     if not channel:
@@ -222,7 +229,7 @@ def to_message(
     encoder: Encoder | None = None,
 ) -> OutboundMessage:
     """Map one change event to an OutboundMessage or raise UnpublishableEvent / NoChannelError."""
-    channel = event.get("_ablyChannel")
+    channel = event.get("_ablyChannel", MISSING)
     problem = channel_problem(channel)
     if problem or not isinstance(channel, str):
         raise NoChannelError(problem or "_ablyChannel must be a string")

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from connector.errors import NoChannelError, UnpublishableEvent
 from connector.messages import (
     ENCODERS,
+    MISSING,
     decimal128_str,
     encode_fast,
     encode_reference,
@@ -113,7 +114,8 @@ def test_bad_headers_are_unpublishable(headers: Any, reason: str) -> None:
 @pytest.mark.parametrize(
     ("channel", "reason"),
     [
-        (None, "event has no _ablyChannel field (the pipeline must set it)"),
+        (MISSING, "event has no _ablyChannel field (the pipeline must set it)"),
+        (None, "_ablyChannel is null (the pipeline computed no channel for this event)"),
         (5, "_ablyChannel must be a string (got int 5)"),
         (["a"], "_ablyChannel must be a string (got list ['a'])"),
         ("", "_ablyChannel is empty"),
@@ -126,7 +128,7 @@ def test_bad_headers_are_unpublishable(headers: Any, reason: str) -> None:
 )
 def test_invalid_channels_raise_no_channel_error(channel: Any, reason: str) -> None:
     ev = event(_ablyChannel=channel)
-    if channel is None:
+    if channel is MISSING:
         del ev["_ablyChannel"]
     with pytest.raises(NoChannelError) as info:
         mapped(ev)
