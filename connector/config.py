@@ -439,7 +439,11 @@ def _describe(err: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
         return str(ctx.get("error", err["msg"])).splitlines()
     name = loc[0]
     var = name.upper()
-    shown = "***" if name == "ably_api_key" else values.get(name)
+    shown = values.get(name)
+    if name == "ably_api_key":
+        shown = "***"
+    elif name == "mongodb_uri" and isinstance(shown, str):
+        shown = mask_uri(shown)
     text: str
     if kind == "missing":
         text = "required"
