@@ -25,7 +25,15 @@ from tests.conformance.matcher import MatchError, match
 from tests.conformance.operations import OPERATIONS, IterationTimeoutError, UnsupportedError
 from tests.conformance.specs import ServerInfo, SpecTest, Topology, parse_version
 
-__all__ = ["TEST_TIMEOUT_S", "TestContext", "detect_server", "run_spec_test"]
+__all__ = [
+    "TEST_TIMEOUT_S",
+    "EventRecorder",
+    "TestContext",
+    "check_error",
+    "check_event_list",
+    "detect_server",
+    "run_spec_test",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +267,7 @@ class TestContext:
             if expectation.get("eventType", "command") != "command":
                 raise UnsupportedError(f"eventType {expectation['eventType']}")
             actual = self.recorders[expectation["client"]].events
-            _check_event_list(expectation["client"], expectation, actual)
+            check_event_list(expectation["client"], expectation, actual)
 
     async def close(self) -> None:
         """Turn fail points off, close streams and clients; log (never raise) clean-up failures."""
@@ -291,7 +299,7 @@ def _describe(events: Sequence[tuple[str, Any]]) -> str:
     return ", ".join(f"{kind[7:-5]}:{event.command_name}" for kind, event in events) or "none"
 
 
-def _check_event_list(
+def check_event_list(
     client_id: str, expectation: Mapping[str, Any], actual: Sequence[tuple[str, Any]]
 ) -> None:
     expected = expectation["events"]
