@@ -258,7 +258,7 @@ class ThreadedEmulator:
         assert self._loop is not None
 
         async def invoke() -> Any:
-            result = fn(*args)
+            result = fn if asyncio.iscoroutine(fn) else fn(*args)
             if asyncio.iscoroutine(result):
                 result = await result
             return result

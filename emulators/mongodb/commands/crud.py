@@ -8,6 +8,7 @@ from typing import Any
 import bson
 import mongomock
 from bson import Int64
+from bson.raw_bson import RawBSONDocument
 
 from ..aggregation import run_pipeline
 from ..changestream import (
@@ -181,15 +182,17 @@ def _cursor_reply(cursor_id: int, ns: str, docs: list[Any], first: bool, pbrt: A
 
 
 def _take_batch(cursor: FindCursor, batch_size: int | None) -> list[Any]:
-    limit = batch_size if batch_size else len(cursor.docs)
+    """Up to ``batch_size`` documents (all if None), and never much more than 16 MiB."""
+    limit = len(cursor.docs) if batch_size is None else batch_size
     start = cursor.position
-    out = []
+    out: list[Any] = []
     size = 0
     for doc in cursor.docs[start : start + limit]:
-        out.append(doc)
-        size += len(bson.encode(doc, codec_options=ENCODE_OPTIONS)) if len(cursor.docs) > 1000 else 0
-        if size >= MAX_BATCH_BYTES:
+        raw = RawBSONDocument(bson.encode(doc, codec_options=ENCODE_OPTIONS))
+        if out and size + len(raw.raw) > MAX_BATCH_BYTES:
             break
+        out.append(raw)
+        size += len(raw.raw)
     cursor.position = start + len(out)
     return out
 
@@ -220,8 +223,7 @@ async def find(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -
     meta = engine.storage.get_meta(db, coll)
     docs: list[Any] = []
     if meta is not None and meta.is_view:
-        docs = _view_docs(engine, db, coll)
-        docs = run_pipeline(docs, [{"$match": cmd.get("filter") or {}}])
+        docs = run_pipeline(_view_docs(engine, db, coll), _find_as_pipeline(cmd))
     elif meta is not None:
         col = engine.storage.collection(db, coll)
         try:
@@ -233,12 +235,28 @@ async def find(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -
             if cmd.get("limit"):
                 cursor = cursor.limit(abs(int(cmd["limit"])))
             docs = list(cursor)
-        except (mongomock.OperationFailure, NotImplementedError, ValueError, TypeError) as exc:
+        except NotImplementedError:
+            # mongomock cannot order some types (Timestamps); the emulator's own $match can.
+            docs = run_pipeline(list(col.find()), _find_as_pipeline(cmd))
+        except (mongomock.OperationFailure, ValueError, TypeError) as exc:
             raise CommandError(2, str(exc)) from exc
     batch = _batch_size(cmd.get("batchSize"), DEFAULT_FIRST_BATCH)
     if cmd.get("singleBatch") or (cmd.get("limit") or 0) < 0:
         return _cursor_reply(0, ns, docs[: batch or None], True)
     return _register_find_cursor(engine, ns, docs, batch)
+
+
+def _find_as_pipeline(cmd: dict[str, Any]) -> list[dict[str, Any]]:
+    pipeline: list[dict[str, Any]] = [{"$match": cmd.get("filter") or {}}]
+    if cmd.get("sort"):
+        pipeline.append({"$sort": dict(cmd["sort"])})
+    if cmd.get("skip"):
+        pipeline.append({"$skip": int(cmd["skip"])})
+    if cmd.get("limit"):
+        pipeline.append({"$limit": abs(int(cmd["limit"]))})
+    if cmd.get("projection"):
+        pipeline.append({"$project": dict(cmd["projection"])})
+    return pipeline
 
 
 def _view_docs(engine: Engine, db: str, view: str, depth: int = 0) -> list[Any]:
