@@ -1,0 +1,123 @@
+"""The two baselines, each run as its own process: `python -m benchmarks.readers limit|naive ...`.
+
+- limit: the raw change-stream read with PyMongo's async API, counting events and doing nothing else;
+  what no connector built on this driver can beat.
+- naive: what a tutorial writes: `async for change in stream: await http.post(...)` to Ably's
+  single-channel publish endpoint, one request per event (httpx, Basic auth, X-Ably-Version).
+
+Both replay the backlog from `--start-at` and print one JSON line when done: events, wall times (first
+event, last event, process start), and their own CPU seconds and peak RSS from getrusage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+import time
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+from bson import json_util
+from bson.timestamp import Timestamp
+from pymongo import AsyncMongoClient
+
+from benchmarks.workloads import PIPELINE
+
+PROCESS_STARTED_AT = time.time()
+ABLY_PROTOCOL_VERSION = "6"
+#: As Ably's own client libraries default to (ABLY-CONTRACT.md): a hung request cannot stall the run.
+HTTP_TIMEOUT_S = 10.0
+SERVER_SELECTION_TIMEOUT_MS = 10_000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.readers", description=__doc__)
+    parser.add_argument("mode", choices=["limit", "naive"])
+    parser.add_argument("--uri", required=True)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--collection", default="", help="empty: watch the whole database")
+    parser.add_argument("--start-at", required=True, help="seconds.increment of an operation time")
+    parser.add_argument("--events", type=int, required=True, help="stop after this many events")
+    parser.add_argument("--ably-url", default="")
+    parser.add_argument("--key", default="")
+    return parser.parse_args(argv)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.first_at = 0.0
+        self.last_at = 0.0
+        self.count = 0
+
+    def tick(self) -> None:
+        self.last_at = time.time()
+        if not self.count:
+            self.first_at = self.last_at
+        self.count += 1
+
+
+async def replay(args: argparse.Namespace, clock: Clock, http: httpx.AsyncClient | None) -> None:
+    seconds, _, increment = args.start_at.partition(".")
+    start = Timestamp(int(seconds), int(increment or 0))
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        args.uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
+    )
+    try:
+        db = client[args.db]
+        target = db[args.collection] if args.collection else db
+        async with await target.watch(PIPELINE, start_at_operation_time=start) as stream:
+            async for change in stream:
+                if http is not None:
+                    channel = quote(change["_ablyChannel"], safe="")
+                    body = {
+                        "name": change["operationType"],
+                        "data": json_util.dumps(change),
+                        "encoding": "json",
+                    }
+                    response = await http.post(f"/channels/{channel}/messages", json=body)
+                    response.raise_for_status()
+                clock.tick()
+                if clock.count >= args.events:
+                    break
+    finally:
+        await client.close()
+
+
+async def run(args: argparse.Namespace) -> Clock:
+    clock = Clock()
+    if args.mode == "limit":
+        await replay(args, clock, None)
+        return clock
+    key_name, _, secret = args.key.partition(":")
+    async with httpx.AsyncClient(
+        base_url=args.ably_url,
+        auth=(key_name, secret),
+        headers={"X-Ably-Version": ABLY_PROTOCOL_VERSION},
+        timeout=HTTP_TIMEOUT_S,
+    ) as http:
+        await replay(args, clock, http)
+    return clock
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    clock = asyncio.run(run(args))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    report = {
+        "events": clock.count,
+        "process_started_at": PROCESS_STARTED_AT,
+        "first_at": clock.first_at,
+        "last_at": clock.last_at,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss": usage.ru_maxrss * 1024,  # KiB on Linux
+    }
+    sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""`python -m benchmarks.run [--quick] [--workload W] [--only throughput,latency,backlog]` (`make bench`).
+
+For each workload a backlog is written into a fresh MongoDB emulator BEFORE any reader starts; then the
+raw read (limit), the naive per-event loop and the connector each replay it from the same START_AT, with
+the Ably emulator answering at once and with 20 ms added per request. Then the connector alone under
+live writes at 1k/s and 5k/s (latency), and catching up a big backlog (peak RSS). The MongoDB emulator,
+the Ably emulator and the reader under test are separate processes sharing the machine's cores.
+
+Prints the tables and the issue-5 target ratios (reported, never asserted) and writes
+`benchmarks/results/latest.json` (`--dated` also writes `benchmarks/results/<date>-<quick|full>.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bson.timestamp import Timestamp
+from pymongo import MongoClient
+
+from benchmarks import measure, procs
+from benchmarks.measure import LatencyResult, ThroughputResult
+from benchmarks.workloads import PIPELINE, WORKLOADS, LiveWriter, Workload, start_at, write_backlog
+from emulators.ably import AblyEmulatorAdmin
+
+log = logging.getLogger("benchmarks")
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PARTS = ("throughput", "latency", "backlog")
+SLOW_ABLY_MS = 20.0
+LIVE_RATES = (1000.0, 5000.0)
+#: The connector is done when the Ably emulator has every event; polling its stats this often bounds
+#: the error of "first event seen" (the last one is read exactly from `received_at`).
+POLL_S = 0.02
+#: No reader may run longer than this; a stuck run fails loudly instead of hanging `make bench`.
+RUN_TIMEOUT_S = 1800.0
+#: After a live run's writer stops, the connector gets this long to deliver the rest.
+DRAIN_TIMEOUT_S = 60.0
+#: The emulator's oplog must hold the whole backlog, or a replay from START_AT would lose history.
+OPLOG_MARGIN = 1.2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="small backlogs: a smoke run of about 2 minutes")
+    parser.add_argument(
+        "--workload", action="append", choices=sorted(WORKLOADS), help="repeatable; default all"
+    )
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    parser.add_argument("--events", type=int, help="backlog per workload (default 100000, quick 10000)")
+    parser.add_argument("--naive-events", type=int, help="naive prefix at 0 ms (default 20000, quick 2000)")
+    parser.add_argument(
+        "--naive-events-slow", type=int, help="naive prefix at 20 ms (default 1500, quick 200)"
+    )
+    parser.add_argument("--live-seconds", type=float, help="duration of each live run (default 20, quick 4)")
+    parser.add_argument(
+        "--backlog", type=int, help="backlog of the memory run (default 1000000, quick 50000)"
+    )
+    parser.add_argument("--dated", action="store_true", help="also write results/<date>-<quick|full>.json")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.events = args.events or (10_000 if quick else 100_000)
+    args.naive_events = min(args.events, args.naive_events or (2_000 if quick else 20_000))
+    args.naive_events_slow = min(args.events, args.naive_events_slow or (200 if quick else 1_500))
+    args.live_seconds = args.live_seconds or (4.0 if quick else 20.0)
+    args.backlog = args.backlog or (50_000 if quick else 1_000_000)
+    args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(args.parts) - set(PARTS)
+    if unknown:
+        parser.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}")
+    args.workloads = [WORKLOADS[name] for name in (args.workload or WORKLOADS)]
+    return args
+
+
+class Bench:
+    """One benchmark session: a shared Ably emulator, a log directory, and the results gathered."""
+
+    def __init__(self, args: argparse.Namespace, ably_url: str) -> None:
+        self.args = args
+        self.ably_url = ably_url
+        self.admin = AblyEmulatorAdmin(ably_url)
+        self.log_path = Path(tempfile.gettempdir()) / f"livesync-bench-{os.getpid()}-connector.log"
+        self.throughput: list[ThroughputResult] = []
+        self.latency: list[LatencyResult] = []
+        self.backlog: ThroughputResult | None = None
+        self.notes: list[str] = []
+        self._ids = itertools.count()
+
+    # ------------------------------------------------------------ helpers
+
+    def fresh_ably(self, latency_ms: float) -> None:
+        """Forget earlier runs (their message ids would otherwise be dropped as duplicates)."""
+        self.admin.reset()
+        self.admin.configure(latency_ms=latency_ms)
+
+    def connector_env(self, uri: str, db: str, workload: Workload, start: Timestamp | None) -> dict[str, str]:
+        return {
+            "MONGODB_URI": uri,
+            "MONGODB_DATABASE": db,
+            "MONGODB_COLLECTION": workload.watched_collection,
+            "PIPELINE": json.dumps(PIPELINE),
+            "ABLY_API_KEY": procs.ABLY_KEY,
+            "ABLY_REST_URL": self.ably_url,
+            "ABLY_FALLBACK_HOSTS": "",
+            "START_AT": f"Timestamp({start.time}, {start.inc})" if start else "now",
+            # A fresh token document per run: a stored position from an earlier run must not be resumed.
+            "CONNECTOR_ID": f"bench-{os.getpid()}-{next(self._ids)}",
+            "LOG_LEVEL": "WARNING",
+            "LOG_FORMAT": "json",
+        }
+
+    def wait_delivered(self, conn: procs.ConnectorProcess, count: int, timeout: float) -> float:
+        """Poll until the Ably emulator holds `count` messages; returns when the first one was seen."""
+        deadline = time.monotonic() + timeout
+        first_seen = 0.0
+        while True:
+            delivered = int(self.admin.stats()["messages_delivered"])
+            if delivered and not first_seen:
+                first_seen = time.time()
+            if delivered >= count:
+                return first_seen
+            conn.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {delivered}/{count} messages after {timeout}s; see {conn.log_path}")
+            time.sleep(POLL_S)
+
+    # ------------------------------------------------------------ readers
+
+    def run_reader(
+        self,
+        mode: str,
+        uri: str,
+        db: str,
+        workload: Workload,
+        start: Timestamp,
+        events: int,
+        latency_ms: float,
+    ) -> ThroughputResult:
+        command = [
+            sys.executable, "-m", "benchmarks.readers", mode,
+            "--uri", uri, "--db", db, "--collection", workload.watched_collection,
+            "--start-at", f"{start.time}.{start.inc}", "--events", str(events),
+            "--ably-url", self.ably_url, "--key", procs.ABLY_KEY,
+        ]  # fmt: skip
+        spawned = time.time()
+        done = subprocess.run(
+            command, cwd=procs.ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{mode} reader failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        return measure.throughput_result(
+            workload=workload.name, reader=mode, latency_ms=latency_ms,
+            backlog=self.args.events, events=int(report["events"]), spawned_at=spawned,
+            first_at=report["first_at"], last_at=report["last_at"], cpu_s=report["cpu_s"],
+            peak_rss=int(report["peak_rss"]), requests=int(report["events"]) if mode == "naive" else None,
+        )  # fmt: skip
+
+    def run_connector(
+        self, uri: str, db: str, workload: Workload, start: Timestamp, events: int, latency_ms: float
+    ) -> ThroughputResult:
+        env = self.connector_env(uri, db, workload, start)
+        with procs.ConnectorProcess(env, self.log_path) as conn:
+            first_seen = self.wait_delivered(conn, events, RUN_TIMEOUT_S)
+            cpu, peak = conn.cpu_seconds(), conn.peak_rss()
+            last = self.admin.messages(since=events - 1)
+            stats = self.admin.stats()
+            result = measure.throughput_result(
+                workload=workload.name, reader="connector", latency_ms=latency_ms, backlog=events,
+                events=events, spawned_at=conn.started_at, first_at=first_seen,
+                last_at=max(float(m["received_at"]) for m in last) / 1000, cpu_s=cpu, peak_rss=peak,
+                requests=int(stats["publish_requests"]),
+            )  # fmt: skip
+            result.extra["messages_delivered"] = int(stats["messages_delivered"])
+            result.extra["duplicates_dropped"] = int(stats["duplicates_dropped"])
+        return result
+
+    # ------------------------------------------------------------ parts
+
+    def throughput_part(self, workload: Workload) -> None:
+        events = self.args.events
+        db = f"bench_{workload.name}"
+        with procs.mongo_emulator(int(events * OPLOG_MARGIN) + 1000) as uri:
+            client: MongoClient[dict[str, Any]] = MongoClient(uri)
+            try:
+                start = start_at(client)
+                rate = write_backlog(client, db, workload, events)
+            finally:
+                client.close()
+            self.notes.append(f"{workload.name}: backlog of {events:,} written at {rate:,.0f} docs/s")
+            log.info("%s: backlog of %d written at %.0f docs/s", workload.name, events, rate)
+            self.fresh_ably(0.0)
+            self.emit(self.run_reader("limit", uri, db, workload, start, events, 0.0))
+            for latency in (0.0, SLOW_ABLY_MS):
+                prefix = self.args.naive_events if latency == 0 else self.args.naive_events_slow
+                self.fresh_ably(latency)
+                self.emit(self.run_reader("naive", uri, db, workload, start, prefix, latency))
+                self.fresh_ably(latency)
+                self.emit(self.run_connector(uri, db, workload, start, events, latency))
+        self.admin.reset()
+
+    def emit(self, row: ThroughputResult) -> None:
+        self.throughput.append(row)
+        for line in measure.format_throughput([row])[2:3]:
+            log.info("%s", line)
+
+    def latency_part(self) -> None:
+        workload = WORKLOADS["uniform"]
+        total = int(max(LIVE_RATES) * self.args.live_seconds)
+        with procs.mongo_emulator(int(total * len(LIVE_RATES) * OPLOG_MARGIN) + 1000) as uri:
+            client: MongoClient[dict[str, Any]] = MongoClient(uri)
+            try:
+                for rate in LIVE_RATES:
+                    self.latency.append(self.live_run(client, uri, workload, rate))
+                    log.info("%s", measure.format_latency([self.latency[-1]])[2])
+            finally:
+                client.close()
+        self.admin.reset()
+
+    def live_run(
+        self, client: MongoClient[dict[str, Any]], uri: str, workload: Workload, rate: float
+    ) -> LatencyResult:
+        db = f"bench_live_{int(rate)}"
+        client.drop_database(db)
+        self.fresh_ably(0.0)
+        with procs.ConnectorProcess(self.connector_env(uri, db, workload, None), self.log_path) as conn:
+            conn.wait_ready()
+            writer = LiveWriter(client, db, workload, rate, self.args.live_seconds)
+            writer.start()
+            writer.join(self.args.live_seconds + RUN_TIMEOUT_S)
+            if writer.error is not None or writer.is_alive():
+                raise RuntimeError(f"live writer failed: {writer.error!r}")
+            self.wait_delivered(conn, writer.written, DRAIN_TIMEOUT_S)
+            cpu, peak = conn.cpu_seconds(), conn.peak_rss()
+        messages = self.admin.messages()
+        commit, write = measure.latencies_of(messages)
+        return LatencyResult(
+            target_rate=rate, achieved_rate=writer.achieved_rate, written=writer.written,
+            delivered=len(messages), commit_ms=measure.summarize(commit), write_ms=measure.summarize(write),
+            cpu_s=cpu, peak_rss_mib=peak / measure.MIB,
+        )  # fmt: skip
+
+    def backlog_part(self) -> None:
+        workload, events = WORKLOADS["uniform"], self.args.backlog
+        db = "bench_backlog"
+        with procs.mongo_emulator(int(events * OPLOG_MARGIN) + 1000) as uri:
+            client: MongoClient[dict[str, Any]] = MongoClient(uri)
+            try:
+                start = start_at(client)
+                rate = write_backlog(client, db, workload, events)
+            finally:
+                client.close()
+            self.notes.append(f"backlog run: {events:,} events written at {rate:,.0f} docs/s")
+            self.fresh_ably(0.0)
+            self.backlog = self.run_connector(uri, db, workload, start, events, 0.0)
+            self.backlog.workload = f"backlog-{events // 1000}k"
+            log.info("%s", measure.format_throughput([self.backlog])[2])
+        self.admin.reset()
+
+    # ------------------------------------------------------------ output
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "mode": "quick" if self.args.quick else "full",
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "note": "MongoDB emulator, Ably emulator and the reader under test are separate processes "
+                "sharing these cores",
+            },
+            "settings": {
+                "events": self.args.events,
+                "naive_events_0ms": self.args.naive_events,
+                "naive_events_20ms": self.args.naive_events_slow,
+                "live_seconds": self.args.live_seconds,
+                "backlog": self.args.backlog,
+                "doc_bytes": 1024,
+                "pipeline": PIPELINE,
+            },
+            "notes": self.notes,
+            "throughput": [r.as_dict() for r in self.throughput],
+            "latency": [r.as_dict() for r in self.latency],
+            "backlog": self.backlog.as_dict() if self.backlog else None,
+            "targets": measure.targets(self.throughput, self.latency, self.backlog),
+        }
+
+    def print_tables(self, report: dict[str, Any]) -> None:
+        out = [
+            f"livesync-connector benchmark ({report['mode']}), {report['date']}: {os.cpu_count()} CPUs "
+            "shared by the MongoDB emulator, the Ably emulator and the reader (each its own process)"
+        ]
+        out += [f"  {note}" for note in self.notes]
+        if self.throughput:
+            out += ["", "Replaying the same backlog (1 KiB docs); CPU and RSS are the reader process's own:"]
+            out += measure.format_throughput(self.throughput)
+        if self.latency:
+            title = f"Live writes for {self.args.live_seconds:g} s each, connector only (latency: commit = "
+            out += ["", title + "the event's wallTime, to the Ably emulator's received_at):"]
+            out += measure.format_latency(self.latency)
+        if self.backlog:
+            out += ["", "Catching up a big backlog (connector, Ably at 0 ms):"]
+            out += measure.format_throughput([self.backlog])
+        out += ["", "Targets (reported, not asserted):"]
+        out += measure.format_targets(report["targets"])
+        print("\n".join(out))
+
+
+def write_report(report: dict[str, Any], dated: bool) -> list[Path]:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    paths = [RESULTS_DIR / "latest.json"]
+    if dated:
+        paths.append(RESULTS_DIR / f"{dt.date.today().isoformat()}-{report['mode']}.json")
+    text = json.dumps(report, indent=2, default=str, allow_nan=True) + "\n"
+    for path in paths:
+        path.write_text(text)
+    return paths
+
+
+def run(args: argparse.Namespace, parts: Iterable[str]) -> dict[str, Any]:
+    with procs.ably_emulator() as ably_url:
+        bench = Bench(args, ably_url)
+        if "throughput" in parts:
+            for workload in args.workloads:
+                bench.throughput_part(workload)
+        if "latency" in parts:
+            bench.latency_part()
+        if "backlog" in parts:
+            bench.backlog_part()
+        report = bench.report()
+        bench.print_tables(report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per admin call drowns the progress
+    report = run(args, args.parts)
+    for path in write_report(report, args.dated):
+        print(f"wrote {path.relative_to(procs.ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
