@@ -297,3 +297,46 @@ async def test_history_lost_after_oplog_overflow(private_emulator: Any) -> None:
             assert by_time.value.code == history_lost
         finally:
             await client.close()
+
+
+async def test_resume_after_an_invalidate_is_invalid_resume_token(async_db: Any) -> None:
+    """Only startAfter may continue past an invalidate; resumeAfter fails with 260 (no error label)."""
+    invalid_resume_token = 260
+    coll = async_db["c"]
+    await coll.insert_one({"_id": 0})
+    async with await coll.watch(max_await_time_ms=MAX_AWAIT_MS) as stream:
+        await coll.drop()
+        invalidate = (await next_events(stream, 2))[1]
+    with pytest.raises(OperationFailure) as excinfo:
+        async with await coll.watch(resume_after=invalidate["_id"]) as resumed:
+            await resumed.try_next()
+    assert excinfo.value.code == invalid_resume_token
+    assert not excinfo.value.has_error_label("ResumableChangeStreamError")
+
+
+async def test_database_stream_survives_collection_drop_and_rename(async_db: Any) -> None:
+    """Only a collection stream is invalidated by drop/rename; a database stream just reports them."""
+    await async_db["a"].insert_one({"_id": 0})
+    await async_db["b"].insert_one({"_id": 0})
+    async with await async_db.watch(max_await_time_ms=MAX_AWAIT_MS) as stream:
+        await async_db["a"].drop()
+        await async_db["b"].rename("b2")
+        await async_db["b2"].insert_one({"_id": 1})
+        events = await next_events(stream, 3)
+        assert stream.alive
+    assert kinds(events) == ["drop", "rename", "insert"]
+    assert events[1]["to"] == {"db": async_db.name, "coll": "b2"}
+    assert events[2]["ns"] == {"db": async_db.name, "coll": "b2"}
+
+
+async def test_cluster_stream_survives_drop_database(async_client: Any, database_name: str) -> None:
+    db = async_client[database_name]
+    await db["a"].insert_one({"_id": 0})
+    async with await async_client.watch(max_await_time_ms=MAX_AWAIT_MS) as stream:
+        await async_client.drop_database(database_name)
+        await db["again"].insert_one({"_id": 1})
+        events = await next_events(stream, 3)
+        assert stream.alive
+    assert kinds(events) == ["drop", "dropDatabase", "insert"]
+    assert events[1]["ns"] == {"db": database_name}
+    await async_client.drop_database(database_name)
