@@ -17,7 +17,7 @@ def test_demo_shows_changes_flowing_and_stops_cleanly() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "demo"],
         cwd=ROOT,
-        env={**os.environ, "DEMO_SECONDS": "6"},
+        env={**os.environ, "DEMO_SECONDS": "12"},
         capture_output=True,
         text=True,
         timeout=90,
