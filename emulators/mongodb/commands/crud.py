@@ -40,8 +40,13 @@ def _write_error(index: int, exc: CommandError) -> dict[str, Any]:
     return {"index": index, "code": exc.code, "codeName": exc.code_name, "errmsg": exc.message}
 
 
-def _too_large(doc: Any) -> bool:
-    return len(bson.encode(doc, codec_options=ENCODE_OPTIONS)) > MAX_BSON_OBJECT_SIZE
+def _check_insert_size(doc: Any) -> None:
+    """mongod's fixDocumentForInsert: BadValue (2), not BSONObjectTooLarge, for an oversized insert."""
+    size = len(bson.encode(doc, codec_options=ENCODE_OPTIONS))
+    if size > MAX_BSON_OBJECT_SIZE:
+        raise CommandError(
+            2, f"object to insert too large. size in bytes: {size}, max size: {MAX_BSON_OBJECT_SIZE}"
+        )
 
 
 @command("insert")
@@ -55,8 +60,8 @@ async def insert(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any])
     n = 0
     for index, doc in enumerate(docs):
         try:
-            if check_size and _too_large(doc):
-                raise CommandError(10334, "object to insert too large")
+            if check_size:
+                _check_insert_size(doc)
             engine.storage.insert(db, coll, doc)
             n += 1
         except CommandError as exc:
