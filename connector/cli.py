@@ -57,7 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_USAGE
     configure_logging(settings.log_level, settings.log_format, secrets=settings.secrets())
-    log.info("livesync-connector %s starting: %s", __version__, settings.redacted())
+    log.info(
+        "livesync-connector %s starting (%s)",
+        __version__,
+        settings.watch_label,
+        extra={"settings": settings.redacted()},
+    )
     if command == "run":
         return asyncio.run(_run(settings))
     if command == "check":

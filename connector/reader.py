@@ -101,7 +101,7 @@ class Reader:
             except StreamError as exc:
                 await self._backoff(exc, stop)
                 continue
-            log.info("change stream open (%s)", self.position.describe(), extra={"code": 0})
+            log.info("change stream open (%s)", self.position.describe())
             self.stats.stream_open = True
             try:
                 await self._store_first_position(stream)

@@ -182,7 +182,7 @@ class Worker:
             if stored.pipeline_hash and stored.pipeline_hash != self.pipeline_hash:
                 log.warning("the pipeline changed since the token was stored; resuming anyway")
             self.reader._stored_cluster_time = stored.cluster_time
-            log.info("resuming from stored token %s", stored.token.get("_data"), extra={"code": 0})
+            log.info("resuming from stored token %s", stored.token.get("_data"))
             return StartPosition(token=stored.token, start_after=stored.invalidated)
         if start_at != "now":
             log.info("no stored token; starting at operation time %s", start_at)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.conftest import ABLY_TEST_KEY
 from tests.e2e.procs import ConnectorProcess
 from tests.e2e.workload import Writer, audit
 
@@ -198,6 +199,9 @@ def test_sigterm_mid_stream_drains_stores_the_token_and_exits_0(
         stop_s=round(took, 2),
     )
     assert in_flight_at_signal > 0, "the test must stop the connector with publishes in flight"
+    log_text = (tmp_path / "connector.log").read_text()
+    assert all(orjson.loads(line)["message"] for line in log_text.splitlines()), "one JSON object per line"
+    assert ABLY_TEST_KEY.partition(":")[2] not in log_text, "the API key secret must never be logged"
     assert status == 0
     assert took < grace + 5
     assert token is not None, proc.log_tail()
