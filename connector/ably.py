@@ -293,6 +293,7 @@ class AblyRestClient:
         self._state = _State.OPEN
         self._last_success_at: float | None = None
         self._last_error: AblyError | None = None
+        self._last_outage_at: float | None = None  # last 5xx / 429 / transport / auth failure
         auth = base64.b64encode(api_key.encode()).decode()
         self._http = httpx.AsyncClient(
             headers={
@@ -320,6 +321,13 @@ class AblyRestClient:
     def last_error(self) -> AblyError | None:
         """The most recent failed attempt (kept after later successes; compare with last_success_at)."""
         return self._last_error
+
+    @property
+    def answering(self) -> bool:
+        """True unless the latest attempt failed for a server, network, rate or auth reason (for /readyz)."""
+        if self._last_outage_at is None:
+            return True
+        return self._last_success_at is not None and self._last_success_at >= self._last_outage_at
 
     @property
     def primary_host(self) -> str:
@@ -461,6 +469,8 @@ class AblyRestClient:
             raise err
         except AblyError as err:
             self._last_error = err
+            if not isinstance(err, AblyRejectedError):
+                self._last_outage_at = self._clock()
             if isinstance(err, AblyRetryableError):
                 # Only server-side/transport failures move to another host; 429 and 4xx never do.
                 if host == self._preferred:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,8 +33,6 @@ from connector.stream import StartPosition, StreamOptions
 
 log = logging.getLogger(__name__)
 
-# Ably counts as "answering" if a request succeeded within this long, or none has failed since.
-ABLY_STALE_AFTER_S = 30.0
 # Longest wait between publish rounds while Ably fails. Short, so delivery resumes within about two seconds
 # of an outage ending; the client already backs off inside each round (429s grow to 10 s there).
 PUBLISH_RETRY_BACKOFF_MAX_S = 2.0
@@ -266,10 +263,7 @@ class Worker:
         return not problems, {"problems": problems, "in_flight": self.ledger.pending}
 
     def _ably_answering(self) -> bool:
-        if self.ably.last_error is None:
-            return True
-        last_ok = self.ably.last_success_at
-        return last_ok is not None and time.monotonic() - last_ok < ABLY_STALE_AFTER_S
+        return self.ably.answering
 
     def snapshot(self) -> dict[str, Any]:
         r = self.reader.stats
