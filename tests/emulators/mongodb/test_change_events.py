@@ -55,6 +55,7 @@ async def test_event_shape_and_token_order(async_db: Any) -> None:
     assert first["fullDocument"] == {"_id": 0}
     assert isinstance(first["clusterTime"], Timestamp)
     assert isinstance(first["wallTime"], datetime.datetime)
+    assert "collectionUUID" not in first  # shown only with showExpandedEvents
 
 
 async def test_drop_emits_drop_then_invalidate(async_db: Any) -> None:

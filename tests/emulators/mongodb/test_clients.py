@@ -54,6 +54,7 @@ def test_pymongo_sync_crud_and_watch(emulator_uri: str, database_name: str) -> N
             ("delete", 1, None),
         ]
         assert events[1]["updateDescription"]["updatedFields"] == {"status": "paid"}
+        assert "updateDescription" not in events[2]  # a replacement carries the whole document instead
         client.drop_database(database_name)
     finally:
         client.close()

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 from bson import Int64
-from pymongo import ASCENDING, ReturnDocument
-from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure, WriteError
+from pymongo import ASCENDING, ReturnDocument, WriteConcern
+from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError, OperationFailure, WriteError
+from pymongo.read_concern import ReadConcern
 
 #: MongoDB's BSON document limit; hello must report it and the server must enforce it.
 MAX_BSON_SIZE = 16 * 1024 * 1024
@@ -225,3 +226,71 @@ def test_retried_write_with_same_txn_number_is_applied_once(sync_client: Any, sy
         third = sync_db.command({**command, "txnNumber": Int64(2)}, session=session)
         assert third["n"] == 1
     assert sync_db["c"].count_documents({}) == 2
+
+
+def test_write_and_read_concern_majority_are_accepted(sync_db: Any) -> None:
+    majority = sync_db["c"].with_options(
+        write_concern=WriteConcern("majority", wtimeout=1000, j=True), read_concern=ReadConcern("majority")
+    )
+    assert majority.insert_one({"_id": 1}).acknowledged
+    assert majority.find_one({"_id": 1}) == {"_id": 1}
+    assert list(majority.aggregate([{"$match": {"_id": 1}}])) == [{"_id": 1}]
+
+
+def test_create_existing_collection_is_namespace_exists(sync_db: Any) -> None:
+    sync_db.create_collection("c")
+    with pytest.raises(OperationFailure) as excinfo:
+        sync_db.create_collection("c", check_exists=False)
+    assert excinfo.value.code == NAMESPACE_EXISTS
+
+
+def test_unique_index_over_existing_duplicates_fails_with_11000(sync_db: Any) -> None:
+    coll = sync_db["c"]
+    coll.insert_many([{"k": 1}, {"k": 1}])
+    with pytest.raises(OperationFailure) as excinfo:
+        coll.create_index("k", unique=True)
+    assert excinfo.value.code == DUPLICATE_KEY
+    assert set(coll.index_information()) == {"_id_"}
+
+
+def test_unordered_insert_continues_past_duplicates(sync_db: Any) -> None:
+    coll = sync_db["c"]
+    coll.insert_one({"_id": 1})
+    with pytest.raises(BulkWriteError) as excinfo:
+        coll.insert_many([{"_id": 0}, {"_id": 1}, {"_id": 2}], ordered=False)
+    details = excinfo.value.details
+    assert details["nInserted"] == 2
+    assert [(error["index"], error["code"]) for error in details["writeErrors"]] == [(1, DUPLICATE_KEY)]
+    assert sorted(doc["_id"] for doc in coll.find()) == [0, 1, 2]
+
+
+def test_positional_and_array_filter_updates(sync_db: Any) -> None:
+    coll = sync_db["c"]
+    items = [{"sku": "a", "qty": -1}, {"sku": "b", "qty": 5}, {"sku": "c", "qty": -3}]
+    coll.insert_one({"_id": 1, "items": items})
+    coll.update_one({"_id": 1, "items.sku": "b"}, {"$inc": {"items.$.qty": 1}})
+    coll.update_one({"_id": 1}, {"$set": {"items.$[neg].qty": 0}}, array_filters=[{"neg.qty": {"$lt": 0}}])
+    coll.update_one({"_id": 1}, {"$set": {"items.$[].seen": True}})
+    doc = coll.find_one({"_id": 1})
+    assert doc is not None
+    assert doc["items"] == [
+        {"sku": "a", "qty": 0, "seen": True},
+        {"sku": "b", "qty": 6, "seen": True},
+        {"sku": "c", "qty": 0, "seen": True},
+    ]
+
+
+def test_aggregate_match_group_sort_project(sync_db: Any) -> None:
+    coll = sync_db["c"]
+    coll.insert_many([{"k": "a", "v": 1}, {"k": "b", "v": 2}, {"k": "a", "v": 3}, {"k": "c", "v": 0}])
+    result = list(
+        coll.aggregate(
+            [
+                {"$match": {"v": {"$gt": 0}}},
+                {"$group": {"_id": "$k", "total": {"$sum": "$v"}, "n": {"$sum": 1}}},
+                {"$sort": {"total": -1}},
+                {"$project": {"_id": 0, "key": "$_id", "total": 1, "n": 1}},
+            ]
+        )
+    )
+    assert result == [{"total": 4, "n": 2, "key": "a"}, {"total": 2, "n": 1, "key": "b"}]
