@@ -21,7 +21,7 @@ from typing import Any
 from bson import Timestamp
 from pymongo.errors import PyMongoError
 
-from connector.errors import CheckpointError, CorruptCheckpointError
+from connector.errors import CheckpointError, CorruptCheckpointError, StreamError
 from connector.ledger import InFlightLedger
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class TokenStore:
         try:
             doc = await self._collection.find_one({"_id": self.connector_id})
         except PyMongoError as exc:
-            raise CheckpointError(f"cannot read the stored resume token: {exc}", code=72006) from exc
+            # MongoDB not reachable (yet): the caller retries; this is not a corrupt token.
+            raise StreamError(f"cannot read the stored resume token: {exc}") from exc
         if doc is None:
             return None
         token = doc.get("resumeToken")

@@ -48,11 +48,12 @@ class Mongo:
     ) -> None:
         self.driver = driver
         kwargs: dict[str, Any] = {
-            "serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
             "appname": app_name or "livesync-connector",
             "tz_aware": True,
             "uuidRepresentation": "standard",
         }
+        if "serverselectiontimeoutms" not in uri.lower():  # keyword arguments would override the URI's
+            kwargs["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
         if driver == "motor":
             from motor.motor_asyncio import AsyncIOMotorClient
 

@@ -19,7 +19,7 @@ from connector.ably import AblyRestClient
 from connector.checkpoint import Checkpointer, StoredPosition, TokenStore
 from connector.config import Settings
 from connector.deadletter import UnpublishableHandler
-from connector.errors import AblyError, ConnectorError, FatalError
+from connector.errors import AblyError, ConnectorError, FatalError, StreamError
 from connector.events import OutboundMessage
 from connector.health import HealthServer
 from connector.ledger import InFlightLedger
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # Longest wait between publish rounds while Ably fails. Short, so delivery resumes within about two seconds
 # of an outage ending; the client already backs off inside each round (429s grow to 10 s there).
 PUBLISH_RETRY_BACKOFF_MAX_S = 2.0
+# Waiting for MongoDB at start-up (a sidecar often starts before the replica set is ready).
+STARTUP_RETRY_MAX_S = 30.0
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -141,6 +143,9 @@ class Worker:
             log.critical("%s", exc, extra={"code": exc.code})
             await self._close()
             return EXIT_FATAL
+        if start is None:  # stopped while waiting for MongoDB
+            await self._close()
+            return EXIT_OK
         fatal: BaseException | None = None
         try:
             fatal = await self._serve(start)
@@ -153,18 +158,31 @@ class Worker:
         log.info("stopped cleanly (%s)", self._stop_reason or "requested")
         return EXIT_OK
 
-    async def _prepare(self) -> StartPosition:
+    async def _prepare(self) -> StartPosition | None:
+        """Serve health, then read the stored position, waiting for MongoDB as long as it takes."""
         settings = self.settings
         if not sets_channel(list(self.stages)):
             log.warning(
                 "no pipeline stage sets _ablyChannel: every event will be unpublishable",
                 extra={"code": 72004},
             )
-        stored = await self.token_store.load()
-        await self.unpublishable.ensure_indexes()
-        if self.settings.http_port:
-            self.health = HealthServer(self.settings.http_port, self.readiness, build_registry(self.snapshot))
+        if settings.http_port:
+            self.health = HealthServer(settings.http_port, self.readiness, build_registry(self.snapshot))
             await self.health.start()
+        attempt = 0
+        while True:
+            try:
+                stored = await self.token_store.load()
+                break
+            except StreamError as exc:  # unreachable; a corrupt token is a different, fatal error
+                attempt += 1
+                delay = min(STARTUP_RETRY_MAX_S, 0.5 * 2**attempt)
+                log.error("cannot reach MongoDB, retrying in %.0fs: %s", delay, exc, extra={"code": 72003})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                if self.stop_event.is_set():
+                    return None
+        await self.unpublishable.ensure_indexes()
         return self._start_position(stored, settings.start_at)
 
     def _start_position(self, stored: StoredPosition | None, start_at: Any) -> StartPosition:

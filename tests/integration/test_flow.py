@@ -194,3 +194,30 @@ async def test_motor_driver_path(connector_env: dict[str, str], db: Any, ably: A
         await db.orders.insert_many([{"_id": i} for i in range(5)])
         msgs = await wait_delivered(ably, 5)
     assert [m["event"]["documentKey"]["_id"] for m in msgs] == list(range(5))
+
+
+async def test_waits_for_mongodb_at_startup_and_stops_cleanly(connector_env: dict[str, str]) -> None:
+    """A sidecar may start before the replica set: keep retrying (72003), serve /healthz, stop on request."""
+    import httpx
+
+    from connector.config import load_settings
+    from connector.worker import Worker
+    from tests.e2e.procs import free_port
+
+    env = {
+        **connector_env,
+        "MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=200",
+        "HTTP_PORT": str(free_port()),
+    }
+    worker = Worker(load_settings(env, env_file=None))
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(1.5)
+    assert not task.done(), "an unreachable MongoDB at start-up must not be fatal"
+    async with httpx.AsyncClient() as http:
+        base = f"http://127.0.0.1:{env['HTTP_PORT']}"
+        assert (await http.get(f"{base}/healthz")).status_code == 200
+        ready = await http.get(f"{base}/readyz")
+        assert ready.status_code == 503
+        assert "change stream not open" in ready.json()["problems"]
+    worker.request_stop("test")
+    assert await asyncio.wait_for(task, 10) == 0
