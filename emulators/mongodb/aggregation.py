@@ -205,8 +205,40 @@ def _match(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, An
         raise CommandError(15959, "the match filter must be an expression in an object")
     if "$expr" in spec and len(spec) == 1:
         return [doc for doc in docs if _truthy(evaluate(spec["$expr"], doc))]
+    if not _contains_timestamp_cached(spec):
+        try:
+            return [doc for doc in docs if mm_filtering.filter_applies(spec, doc)]
+        except NotImplementedError:
+            pass  # a Timestamp met a comparison: mongomock cannot order it, the encoded form can
     filt = _encode_timestamps(spec)
     return [doc for doc in docs if mm_filtering.filter_applies(filt, _encode_timestamps(doc))]
+
+
+# Filters are the same objects for every event of a stream, so remember the (recursive) answer per
+# filter; entries hold the filter itself so an id is never reused while cached.
+_TIMESTAMP_CACHE: dict[int, tuple[Any, bool]] = {}
+_TIMESTAMP_CACHE_SIZE = 1024
+
+
+def _contains_timestamp_cached(spec: Any) -> bool:
+    hit = _TIMESTAMP_CACHE.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    if len(_TIMESTAMP_CACHE) >= _TIMESTAMP_CACHE_SIZE:
+        _TIMESTAMP_CACHE.clear()
+    result = _contains_timestamp(spec)
+    _TIMESTAMP_CACHE[id(spec)] = (spec, result)
+    return result
+
+
+def _contains_timestamp(value: Any) -> bool:
+    if isinstance(value, Timestamp):
+        return True
+    if isinstance(value, dict):
+        return any(_contains_timestamp(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_contains_timestamp(v) for v in value)
+    return False
 
 
 def _truthy(value: Any) -> bool:

@@ -328,6 +328,8 @@ class ChangeStreamCursor:
                 self.next_seq += 1
                 continue
             rendered = self._event(entry)
+            # A split event's last fragment carries kind N (of N); an unsplit one the event's own key.
+            token = encode_token((entry.ts.time, entry.ts.inc, len(rendered))) if len(rendered) > 1 else None
             if self.skip_fragments:
                 rendered, self.skip_fragments = rendered[self.skip_fragments :], 0
             added = sum(len(raw.raw) for raw in rendered)
@@ -337,7 +339,7 @@ class ChangeStreamCursor:
             if rendered:
                 docs.extend(rendered)
                 size += added
-                last_token = dict(rendered[-1]["_id"])
+                last_token = token or encode_token(entry.key)
             if scope.invalidated_by(entry):
                 if len(docs) < max_docs:
                     return self._finish_invalidate(entry, docs)
