@@ -221,3 +221,30 @@ async def test_waits_for_mongodb_at_startup_and_stops_cleanly(connector_env: dic
         assert "change stream not open" in ready.json()["problems"]
     worker.request_stop("test")
     assert await asyncio.wait_for(task, 10) == 0
+
+
+async def test_readyz_and_metrics_while_running(connector_env: dict[str, str], db: Any, ably: Any) -> None:
+    import httpx
+
+    from tests.e2e.procs import free_port
+
+    port = free_port()
+    async with connector(connector_env, HTTP_PORT=str(port)) as running, httpx.AsyncClient() as http:
+        await db.orders.insert_many([{"_id": i} for i in range(7)])
+        await wait_delivered(ably, 7)
+        await until(lambda: running.worker.checkpointer.stores >= 1, what="a checkpoint")
+        ready = await http.get(f"http://127.0.0.1:{port}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["ready"] is True
+        metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["livesync_events_read_total"] == 7
+    assert values["livesync_messages_published_total"] == 7
+    assert values["livesync_in_flight_events"] == 0
+    assert values["livesync_stream_open"] == 1
+    assert values["livesync_checkpoints_stored_total"] >= 1
+    assert 0 <= values["livesync_lag_seconds"] < 10
