@@ -235,3 +235,33 @@ async def _first_successful_write(coll: Any, deadline_s: float) -> float:
                 return time.monotonic()
             except (NotPrimaryError, AutoReconnect):
                 await asyncio.sleep(0.1)
+
+
+async def test_change_stream_continues_across_a_step_down(private_emulator: Any) -> None:
+    """A stream open through a step-down delivers every later change exactly once (it may resume)."""
+    step_down_s = 1.5
+    with private_emulator() as uri:
+        reader, _ = observed_client(uri)
+        writer: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
+        )
+        try:
+            coll = writer["db"]["c"]
+            async with await reader["db"]["c"].watch(max_await_time_ms=MAX_AWAIT_MS) as stream:
+                await coll.insert_many([{"_id": i} for i in range(3)])
+                first = await collect_ids(stream, 3)
+                await writer.admin.command({"emulatorStepDown": step_down_s})
+                async with asyncio.timeout(step_down_s + 10):
+                    for index in range(3, 6):
+                        while True:
+                            try:
+                                await coll.insert_one({"_id": index})
+                                break
+                            except (NotPrimaryError, AutoReconnect):
+                                await asyncio.sleep(0.1)
+                rest = await collect_ids(stream, 3)
+                assert await stream.try_next() is None
+        finally:
+            await reader.close()
+            await writer.close()
+    assert first + rest == list(range(6))
