@@ -252,9 +252,7 @@ class TestContext:
             try:
                 match(operation["expectResult"], result)
             except MatchError as exc:
-                raise AssertionError(
-                    f"{name} on {target_id}: result {result!r} does not match: {exc}"
-                ) from exc
+                raise AssertionError(f"{name} on {target_id}: {exc} (result: {result!r})") from exc
         if "saveResultAsEntity" in operation:
             self.entities[operation["saveResultAsEntity"]] = result
 
