@@ -154,7 +154,7 @@ def _project(docs: list[dict[str, Any]], spec: Any, db: Any) -> list[dict[str, A
     fields = _flatten_spec(spec)
     inclusion = [p for p, v in fields.items() if not _is_exclusion(v)]
     exclusion = [p for p, v in fields.items() if _is_exclusion(v)]
-    if exclusion and (inclusion or (any(p != "_id" for p in exclusion) and inclusion)):
+    if inclusion and any(p != "_id" for p in exclusion):
         raise CommandError(31254, "Cannot do exclusion on field in inclusion projection")
     out = []
     for doc in docs:

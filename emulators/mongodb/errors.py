@@ -15,20 +15,25 @@ CODE_NAMES: dict[int, str] = {
     7: "HostNotFound",
     9: "FailedToParse",
     11: "UserNotFound",
+    13: "Unauthorized",
     14: "TypeMismatch",
     20: "IllegalOperation",
     26: "NamespaceNotFound",
     27: "IndexNotFound",
+    28: "PathNotViable",
     40: "ConflictingUpdateOperators",
     43: "CursorNotFound",
+    47: "NoMatchingDocument",
     48: "NamespaceExists",
     50: "MaxTimeMSExpired",
     52: "DollarPrefixedFieldName",
+    56: "EmptyFieldName",
     59: "CommandNotFound",
     63: "StaleShardVersion",
     66: "ImmutableField",
     72: "InvalidOptions",
     73: "InvalidNamespace",
+    76: "NoReplicationEnabled",
     85: "IndexOptionsConflict",
     86: "IndexKeySpecsConflict",
     89: "NetworkTimeout",
@@ -37,12 +42,16 @@ CODE_NAMES: dict[int, str] = {
     133: "FailedToSatisfyReadPreference",
     150: "StaleEpoch",
     166: "CommandNotSupportedOnView",
+    168: "InvalidPipelineOperator",
     189: "PrimarySteppedDown",
+    216: "ElectionInProgress",
     234: "RetryChangeStream",
+    251: "NoSuchTransaction",
     260: "InvalidResumeToken",
     262: "ExceededTimeLimit",
     280: "ChangeStreamFatalError",
     286: "ChangeStreamHistoryLost",
+    292: "CursorInUse",
     9001: "SocketException",
     10058: "LegacyNotPrimary",
     10107: "NotWritablePrimary",
@@ -91,7 +100,8 @@ class CommandError(Exception):
 
     @property
     def code_name(self) -> str:
-        return CODE_NAMES.get(self.code, "UnknownError")
+        # The server names assertion-site codes "Location<code>".
+        return CODE_NAMES.get(self.code, f"Location{self.code}" if self.code >= 10000 else "UnknownError")
 
     def to_reply(self) -> dict[str, Any]:
         reply: dict[str, Any] = {
