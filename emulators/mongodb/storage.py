@@ -66,6 +66,34 @@ def _mongomock_error(exc: Exception) -> CommandError:
     return CommandError(2, str(exc))
 
 
+def _key_value(doc: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in fields:
+        cur: Any = doc
+        for part in field.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        out[field] = cur
+    return out
+
+
+def _duplicate_key(col: Any, ns: str, doc: dict[str, Any], own_id: Any) -> CommandError:
+    """E11000 naming the unique index that conflicts, with keyPattern/keyValue like the server."""
+    for name, spec in col.index_information().items():
+        if name != "_id_" and not spec.get("unique"):
+            continue
+        fields = [field for field, _ in spec["key"]]
+        value = _key_value(doc, fields)
+        for other in col.find(value, {"_id": 1}):
+            if other["_id"] != own_id:
+                shown = ", ".join(f"{k}: {v!r}" for k, v in value.items())
+                return CommandError(
+                    11000,
+                    f"E11000 duplicate key error collection: {ns} index: {name} dup key: {{ {shown} }}",
+                    extra={"keyPattern": dict(spec["key"]), "keyValue": value},
+                )
+    return CommandError(11000, f"E11000 duplicate key error collection: {ns}")
+
+
 class Storage:
     def __init__(
         self, oplog: Oplog, clock: ClusterClock, server_version: tuple[int, ...] = (7, 0, 0)
@@ -135,8 +163,11 @@ class Storage:
         meta = self.ensure(db, coll)
         if "_id" not in doc:
             doc = {"_id": mongomock.ObjectId(), **doc}
+        col = self.collection(db, coll)
         try:
-            self.collection(db, coll).insert_one(doc)
+            col.insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise _duplicate_key(col, f"{db}.{coll}", doc, None) from exc
         except Exception as exc:
             raise _mongomock_error(exc) from exc
         self.record(
@@ -230,6 +261,8 @@ class Storage:
                 col.insert_one(doc)
             else:
                 col.replace_one({"_id": replace_id}, doc)
+        except DuplicateKeyError as exc:
+            raise _duplicate_key(col, col.full_name, doc, replace_id) from exc
         except Exception as exc:
             raise _mongomock_error(exc) from exc
 

@@ -37,7 +37,7 @@ def _coll_name(cmd: dict[str, Any]) -> str:
 
 
 def _write_error(index: int, exc: CommandError) -> dict[str, Any]:
-    return {"index": index, "code": exc.code, "codeName": exc.code_name, "errmsg": exc.message}
+    return {"index": index, "code": exc.code, "codeName": exc.code_name, "errmsg": exc.message, **exc.extra}
 
 
 def _check_insert_size(doc: Any) -> None:
