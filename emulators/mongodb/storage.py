@@ -68,11 +68,11 @@ def _mongomock_error(exc: Exception) -> CommandError:
 
 def _key_value(doc: dict[str, Any], fields: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field in fields:
+    for path in fields:
         cur: Any = doc
-        for part in field.split("."):
+        for part in path.split("."):
             cur = cur.get(part) if isinstance(cur, dict) else None
-        out[field] = cur
+        out[path] = cur
     return out
 
 
@@ -81,7 +81,7 @@ def _duplicate_key(col: Any, ns: str, doc: dict[str, Any], own_id: Any) -> Comma
     for name, spec in col.index_information().items():
         if name != "_id_" and not spec.get("unique"):
             continue
-        fields = [field for field, _ in spec["key"]]
+        fields = [path for path, _ in spec["key"]]
         value = _key_value(doc, fields)
         for other in col.find(value, {"_id": 1}):
             if other["_id"] != own_id:
