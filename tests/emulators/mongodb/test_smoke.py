@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import bson
 import pytest
-from bson import Timestamp
+from bson import Binary, Int64, Timestamp
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import NotPrimaryError, OperationFailure
@@ -267,3 +271,61 @@ async def test_resume_after_drop_invalidates_and_start_after_continues(client: A
     async with await coll.watch(start_after=invalidate["_id"], max_await_time_ms=AWAIT_MS) as fresh:
         await coll.insert_one({"_id": 1})
         assert (await fresh.next())["documentKey"] == {"_id": 1}
+
+
+def _legacy_is_master(port: int) -> dict[str, Any]:
+    """Send OP_QUERY {isMaster: 1} to admin.$cmd like pre-OP_MSG drivers, read the OP_REPLY."""
+    query = bson.encode({"isMaster": 1})
+    body = struct.pack("<i", 0) + b"admin.$cmd\x00" + struct.pack("<ii", 0, -1) + query
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(struct.pack("<iiii", 16 + len(body), 7, 0, 2004) + body)
+        header = sock.recv(16, socket.MSG_WAITALL)
+        length, _, response_to, op_code = struct.unpack("<iiii", header)
+        payload = sock.recv(length - 16, socket.MSG_WAITALL)
+    assert (response_to, op_code) == (7, 1)
+    return bson.decode(payload[20:])
+
+
+def test_legacy_op_query_handshake_gets_op_reply() -> None:
+    with run_in_thread(port=0) as server:
+        reply = _legacy_is_master(server.port)
+    assert reply["ismaster"] is True and reply["setName"] == "rs0" and reply["ok"] == 1.0
+
+
+async def test_retried_write_with_same_txn_number_is_applied_once(client: AsyncMongoClient) -> None:
+    lsid = {"id": Binary(uuid.uuid4().bytes, 4)}
+    command = {"insert": "retried", "documents": [{"k": 1}], "lsid": lsid, "txnNumber": Int64(1)}
+    first = await client.db.command(dict(command))
+    second = await client.db.command(dict(command))
+    assert first["n"] == second["n"] == 1
+    assert await client.db.retried.count_documents({}) == 1
+
+
+async def test_fail_command_honours_app_name_and_times(server: MongoEmulator) -> None:
+    failing: AsyncMongoClient = AsyncMongoClient(server.uri, appname="victim", retryWrites=False)
+    bystander: AsyncMongoClient = AsyncMongoClient(server.uri, appname="bystander", retryWrites=False)
+    try:
+        await failing.admin.command(
+            {
+                "configureFailPoint": "failCommand",
+                "mode": {"times": 1},
+                "data": {"failCommands": ["insert"], "errorCode": 91, "appName": "victim"},
+            }
+        )
+        await bystander.db.fp.insert_one({"_id": "ok"})
+        with pytest.raises(NotPrimaryError) as info:
+            await failing.db.fp.insert_one({"_id": "fails"})
+        assert info.value.details is not None and "topologyVersion" in info.value.details
+        await failing.db.fp.insert_one({"_id": "fine-after"})
+        assert sorted(await bystander.db.fp.distinct("_id")) == ["fine-after", "ok"]
+    finally:
+        await failing.close()
+        await bystander.close()
+
+
+async def test_drop_connections_command_closes_sockets(client: AsyncMongoClient) -> None:
+    await client.db.drop_me.insert_one({"_id": 1})
+    # The caller's own connection is closed right after this reply, so the reply still arrives.
+    reply = await client.admin.command({"emulatorDropConnections": 1})
+    assert reply["dropped"] >= 2  # the monitor's and this pooled connection at least
+    assert await client.db.drop_me.count_documents({}) == 1  # retryable read over a new connection
