@@ -43,6 +43,7 @@ class ThroughputResult:
     steady_rate: float
     rate: float
     cpu_s: float
+    steady_cpu_s: float
     peak_rss_mib: float
     extrapolated: bool = False
     requests: int | None = None
@@ -50,7 +51,9 @@ class ThroughputResult:
 
     @property
     def cpu_per_10k(self) -> float:
-        return self.cpu_s / self.events * PER_CPU_EVENTS if self.events else math.nan
+        """CPU seconds per 10k events from the first event on: start-up (imports, connecting) excluded,
+        so a short prefix and a long backlog are comparable."""
+        return self.steady_cpu_s / (self.events - 1) * PER_CPU_EVENTS if self.events > 1 else math.nan
 
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -69,6 +72,7 @@ def throughput_result(
     first_at: float,
     last_at: float,
     cpu_s: float,
+    cpu_at_first: float,
     peak_rss: int,
     requests: int | None = None,
 ) -> ThroughputResult:
@@ -90,6 +94,7 @@ def throughput_result(
         steady_rate=steady,
         rate=backlog / elapsed if elapsed > 0 else math.nan,
         cpu_s=cpu_s,
+        steady_cpu_s=cpu_s - cpu_at_first,
         peak_rss_mib=peak_rss / MIB,
         extrapolated=extrapolated,
         requests=requests,
@@ -210,17 +215,24 @@ def _fmt(value: float | None, spec: str = ",.0f") -> str:
 
 def format_throughput(rows: list[ThroughputResult]) -> list[str]:
     head = (
-        f"{'workload':<9} {'reader':<10} {'Ably ms':>7} {'events':>8} {'events/s':>9} {'steady/s':>9} "
-        f"{'start s':>7} {'CPU s/10k':>9} {'peak RSS':>9} {'requests':>8}"
+        f"{'workload':<11} {'reader':<9} {'Ably ms':>7} {'events':>9} {'events/s':>9} {'steady/s':>9} "
+        f"{'start s':>7} {'CPU s/10k':>9} {'peak RSS':>9} {'requests':>8} {'emu CPU M/A':>11} {'load':>5}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         events = f"{r.events:,}" + ("*" if r.extrapolated else "")
+        mongo_cpu = _fmt(r.extra.get("mongo_emulator_cpu_per_10k_s"), ".2f")
+        emulators = f"{mongo_cpu}/{_fmt(r.extra.get('ably_emulator_cpu_per_10k_s'), '.2f')}"
         lines.append(
-            f"{r.workload:<9} {r.reader:<10} {r.latency_ms:>7g} {events:>8} {_fmt(r.rate):>9} "
+            f"{r.workload:<11} {r.reader:<9} {r.latency_ms:>7g} {events:>9} {_fmt(r.rate):>9} "
             f"{_fmt(r.steady_rate):>9} {_fmt(r.startup_s, '.2f'):>7} {_fmt(r.cpu_per_10k, '.2f'):>9} "
-            f"{_fmt(r.peak_rss_mib, '.0f') + ' MiB':>9} {_fmt(r.requests):>8}"
+            f"{_fmt(r.peak_rss_mib, '.0f') + ' MiB':>9} {_fmt(r.requests):>8} {emulators:>11} "
+            f"{_fmt(r.extra.get('load_avg_1m'), '.2f'):>5}"
         )
+    lines.append(
+        "CPU s/10k: the reader's CPU seconds per 10k events after its first event (start-up excluded); "
+        "emu CPU M/A: the MongoDB and Ably emulators' CPU seconds per 10k events over the whole run"
+    )
     if any(r.extrapolated for r in rows):
         lines.append(
             "* measured on a prefix of the backlog; events/s is extrapolated to the whole backlog "

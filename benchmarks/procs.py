@@ -61,9 +61,20 @@ def stop(proc: subprocess.Popen[str]) -> int:
     return proc.returncode
 
 
+class Emulator:
+    """A running emulator subprocess: its address and a handle to meter its CPU."""
+
+    def __init__(self, address: str, pid: int) -> None:
+        self.address = address
+        self.ps = psutil.Process(pid)
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.ps)
+
+
 @contextlib.contextmanager
-def mongo_emulator(oplog_size: int) -> Iterator[str]:
-    """The MongoDB emulator as a subprocess; yields its URI."""
+def mongo_emulator(oplog_size: int) -> Iterator[Emulator]:
+    """The MongoDB emulator as a subprocess; `.address` is its URI."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "emulators.mongodb", "--port", "0", "--oplog-size", str(oplog_size)],
         stdout=subprocess.PIPE,
@@ -71,14 +82,14 @@ def mongo_emulator(oplog_size: int) -> Iterator[str]:
         cwd=ROOT,
     )
     try:
-        yield read_line(proc, START_TIMEOUT_S)
+        yield Emulator(read_line(proc, START_TIMEOUT_S), proc.pid)
     finally:
         stop(proc)
 
 
 @contextlib.contextmanager
-def ably_emulator() -> Iterator[str]:
-    """The Ably emulator as a subprocess; yields its URL. Latency is set per run via the admin API."""
+def ably_emulator() -> Iterator[Emulator]:
+    """The Ably emulator as a subprocess; `.address` is its URL. Latency is set per run (admin API)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "emulators.ably", "--port", "0", "--key", ABLY_KEY],
         stdout=subprocess.PIPE,
@@ -87,7 +98,7 @@ def ably_emulator() -> Iterator[str]:
     )
     try:
         line = read_line(proc, START_TIMEOUT_S)
-        yield line.rsplit(" ", 1)[-1]
+        yield Emulator(line.rsplit(" ", 1)[-1], proc.pid)
     finally:
         stop(proc)
 

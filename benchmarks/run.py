@@ -13,6 +13,7 @@ Prints the tables and the issue-5 target ratios (reported, never asserted) and w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -23,14 +24,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
 
-from benchmarks import measure, procs
+from benchmarks import measure, procs, profile
 from benchmarks.measure import LatencyResult, ThroughputResult
 from benchmarks.workloads import PIPELINE, WORKLOADS, LiveWriter, Workload, start_at, write_backlog
 from emulators.ably import AblyEmulatorAdmin
@@ -50,6 +52,8 @@ RUN_TIMEOUT_S = 1800.0
 DRAIN_TIMEOUT_S = 60.0
 #: The emulator's oplog must hold the whole backlog, or a replay from START_AT would lose history.
 OPLOG_MARGIN = 1.2
+OPLOG_SPARE = 1000
+PROFILE_LINES = 12
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backlog", type=int, help="backlog of the memory run (default 1000000, quick 50000)"
     )
+    parser.add_argument("--profile", action="store_true", help="sample each connector run with py-spy")
     parser.add_argument("--dated", action="store_true", help="also write results/<date>-<quick|full>.json")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -85,21 +90,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}")
     args.workloads = [WORKLOADS[name] for name in (args.workload or WORKLOADS)]
+    if args.profile and profile.executable() is None:
+        parser.error("--profile needs py-spy (pip install 'py-spy>=0.4')")
     return args
 
 
-class Bench:
-    """One benchmark session: a shared Ably emulator, a log directory, and the results gathered."""
+@dataclass(frozen=True)
+class Backlog:
+    """A written backlog every reader replays: where it is and from which operation time."""
 
-    def __init__(self, args: argparse.Namespace, ably_url: str) -> None:
+    mongo: procs.Emulator
+    db: str
+    workload: Workload
+    start: Timestamp
+    events: int
+
+
+class Bench:
+    """One benchmark session: a shared Ably emulator, a log file, and the results gathered."""
+
+    def __init__(self, args: argparse.Namespace, ably: procs.Emulator) -> None:
         self.args = args
-        self.ably_url = ably_url
-        self.admin = AblyEmulatorAdmin(ably_url)
+        self.ably = ably
+        self.admin = AblyEmulatorAdmin(ably.address)
         self.log_path = Path(tempfile.gettempdir()) / f"livesync-bench-{os.getpid()}-connector.log"
         self.throughput: list[ThroughputResult] = []
         self.latency: list[LatencyResult] = []
         self.backlog: ThroughputResult | None = None
         self.notes: list[str] = []
+        self.load_at_start = os.getloadavg()[0]
         self._ids = itertools.count()
 
     # ------------------------------------------------------------ helpers
@@ -109,14 +128,16 @@ class Bench:
         self.admin.reset()
         self.admin.configure(latency_ms=latency_ms)
 
-    def connector_env(self, uri: str, db: str, workload: Workload, start: Timestamp | None) -> dict[str, str]:
+    def connector_env(
+        self, mongo: procs.Emulator, db: str, workload: Workload, start: Timestamp | None
+    ) -> dict[str, str]:
         return {
-            "MONGODB_URI": uri,
+            "MONGODB_URI": mongo.address,
             "MONGODB_DATABASE": db,
             "MONGODB_COLLECTION": workload.watched_collection,
             "PIPELINE": json.dumps(PIPELINE),
             "ABLY_API_KEY": procs.ABLY_KEY,
-            "ABLY_REST_URL": self.ably_url,
+            "ABLY_REST_URL": self.ably.address,
             "ABLY_FALLBACK_HOSTS": "",
             "START_AT": f"Timestamp({start.time}, {start.inc})" if start else "now",
             # A fresh token document per run: a stored position from an earlier run must not be resumed.
@@ -125,39 +146,46 @@ class Bench:
             "LOG_FORMAT": "json",
         }
 
-    def wait_delivered(self, conn: procs.ConnectorProcess, count: int, timeout: float) -> float:
-        """Poll until the Ably emulator holds `count` messages; returns when the first one was seen."""
+    def wait_delivered(self, conn: procs.ConnectorProcess, count: int, timeout: float) -> tuple[float, float]:
+        """Poll until the Ably emulator holds `count` messages; returns when the first one was seen and
+        the connector's CPU seconds at that moment."""
         deadline = time.monotonic() + timeout
-        first_seen = 0.0
+        first_seen = cpu_at_first = 0.0
         while True:
             delivered = int(self.admin.stats()["messages_delivered"])
             if delivered and not first_seen:
-                first_seen = time.time()
+                first_seen, cpu_at_first = time.time(), conn.cpu_seconds()
             if delivered >= count:
-                return first_seen
+                return first_seen, cpu_at_first
             conn.check_alive()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {delivered}/{count} messages after {timeout}s; see {conn.log_path}")
             time.sleep(POLL_S)
 
+    def emulator_cpu(self, mongo: procs.Emulator) -> tuple[float, float]:
+        return mongo.cpu_seconds(), self.ably.cpu_seconds()
+
+    def charge_emulators(
+        self, row: ThroughputResult, mongo: procs.Emulator, before: tuple[float, float]
+    ) -> None:
+        """What the run cost the two emulators, per 10k events: the share of the machine the reader
+        under test did not get."""
+        after = self.emulator_cpu(mongo)
+        per = measure.PER_CPU_EVENTS / row.events
+        row.extra["mongo_emulator_cpu_per_10k_s"] = (after[0] - before[0]) * per
+        row.extra["ably_emulator_cpu_per_10k_s"] = (after[1] - before[1]) * per
+
     # ------------------------------------------------------------ readers
 
-    def run_reader(
-        self,
-        mode: str,
-        uri: str,
-        db: str,
-        workload: Workload,
-        start: Timestamp,
-        events: int,
-        latency_ms: float,
-    ) -> ThroughputResult:
+    def run_reader(self, mode: str, backlog: Backlog, events: int, latency_ms: float) -> ThroughputResult:
         command = [
             sys.executable, "-m", "benchmarks.readers", mode,
-            "--uri", uri, "--db", db, "--collection", workload.watched_collection,
-            "--start-at", f"{start.time}.{start.inc}", "--events", str(events),
-            "--ably-url", self.ably_url, "--key", procs.ABLY_KEY,
+            "--uri", backlog.mongo.address, "--db", backlog.db,
+            "--collection", backlog.workload.watched_collection,
+            "--start-at", f"{backlog.start.time}.{backlog.start.inc}", "--events", str(events),
+            "--ably-url", self.ably.address, "--key", procs.ABLY_KEY,
         ]  # fmt: skip
+        before = self.emulator_cpu(backlog.mongo)
         spawned = time.time()
         done = subprocess.run(
             command, cwd=procs.ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
@@ -165,57 +193,80 @@ class Bench:
         if done.returncode != 0:
             raise RuntimeError(f"{mode} reader failed ({done.returncode}):\n{done.stderr[-3000:]}")
         report = json.loads(done.stdout.strip().splitlines()[-1])
-        return measure.throughput_result(
-            workload=workload.name, reader=mode, latency_ms=latency_ms,
-            backlog=self.args.events, events=int(report["events"]), spawned_at=spawned,
+        row = measure.throughput_result(
+            workload=backlog.workload.name, reader=mode, latency_ms=latency_ms,
+            backlog=backlog.events, events=int(report["events"]), spawned_at=spawned,
             first_at=report["first_at"], last_at=report["last_at"], cpu_s=report["cpu_s"],
+            cpu_at_first=report["cpu_at_first"],
             peak_rss=int(report["peak_rss"]), requests=int(report["events"]) if mode == "naive" else None,
         )  # fmt: skip
+        self.charge_emulators(row, backlog.mongo, before)
+        return row
 
-    def run_connector(
-        self, uri: str, db: str, workload: Workload, start: Timestamp, events: int, latency_ms: float
-    ) -> ThroughputResult:
-        env = self.connector_env(uri, db, workload, start)
+    def run_connector(self, backlog: Backlog, latency_ms: float) -> ThroughputResult:
+        events = backlog.events
+        env = self.connector_env(backlog.mongo, backlog.db, backlog.workload, backlog.start)
+        recorder, raw = None, Path(tempfile.gettempdir()) / f"livesync-bench-{os.getpid()}-profile.raw"
+        before = self.emulator_cpu(backlog.mongo)
         with procs.ConnectorProcess(env, self.log_path) as conn:
-            first_seen = self.wait_delivered(conn, events, RUN_TIMEOUT_S)
+            if self.args.profile:
+                recorder = profile.start(conn.pid, raw)
+            first_seen, cpu_at_first = self.wait_delivered(conn, events, RUN_TIMEOUT_S)
             cpu, peak = conn.cpu_seconds(), conn.peak_rss()
             last = self.admin.messages(since=events - 1)
             stats = self.admin.stats()
             result = measure.throughput_result(
-                workload=workload.name, reader="connector", latency_ms=latency_ms, backlog=events,
+                workload=backlog.workload.name, reader="connector", latency_ms=latency_ms, backlog=events,
                 events=events, spawned_at=conn.started_at, first_at=first_seen,
-                last_at=max(float(m["received_at"]) for m in last) / 1000, cpu_s=cpu, peak_rss=peak,
-                requests=int(stats["publish_requests"]),
+                last_at=max(float(m["received_at"]) for m in last) / 1000, cpu_s=cpu,
+                cpu_at_first=cpu_at_first, peak_rss=peak, requests=int(stats["publish_requests"]),
             )  # fmt: skip
+            self.charge_emulators(result, backlog.mongo, before)
             result.extra["messages_delivered"] = int(stats["messages_delivered"])
             result.extra["duplicates_dropped"] = int(stats["duplicates_dropped"])
+        if recorder is not None:
+            profile.finish(recorder)
+            result.extra["profile"] = profile.top_frames(raw)
+            self.print_profile(result)
         return result
+
+    def print_profile(self, result: ThroughputResult) -> None:
+        """Log where the connector's samples landed (self time), so a run shows its hot spots."""
+        top = result.extra["profile"]["self"][:PROFILE_LINES]
+        log.info("profile of connector (%s @%g ms), self time:", result.workload, result.latency_ms)
+        for frame, share in top:
+            log.info("  %5.1f%%  %s", share * 100, frame)
 
     # ------------------------------------------------------------ parts
 
-    def throughput_part(self, workload: Workload) -> None:
-        events = self.args.events
-        db = f"bench_{workload.name}"
-        with procs.mongo_emulator(int(events * OPLOG_MARGIN) + 1000) as uri:
-            client: MongoClient[dict[str, Any]] = MongoClient(uri)
+    @contextlib.contextmanager
+    def written_backlog(self, workload: Workload, events: int, db: str) -> Iterator[Backlog]:
+        """A fresh MongoDB emulator holding `events` documents written before any reader starts."""
+        with procs.mongo_emulator(int(events * OPLOG_MARGIN) + OPLOG_SPARE) as mongo:
+            client: MongoClient[dict[str, Any]] = MongoClient(mongo.address)
             try:
                 start = start_at(client)
                 rate = write_backlog(client, db, workload, events)
             finally:
                 client.close()
-            self.notes.append(f"{workload.name}: backlog of {events:,} written at {rate:,.0f} docs/s")
-            log.info("%s: backlog of %d written at %.0f docs/s", workload.name, events, rate)
+            self.notes.append(f"{db}: backlog of {events:,} written at {rate:,.0f} docs/s")
+            log.info("%s: backlog of %d written at %.0f docs/s", db, events, rate)
+            yield Backlog(mongo, db, workload, start, events)
+        self.admin.reset()  # frees the emulator's copy of the messages
+
+    def throughput_part(self, workload: Workload) -> None:
+        with self.written_backlog(workload, self.args.events, f"bench_{workload.name}") as backlog:
             self.fresh_ably(0.0)
-            self.emit(self.run_reader("limit", uri, db, workload, start, events, 0.0))
+            self.emit(self.run_reader("limit", backlog, backlog.events, 0.0))
             for latency in (0.0, SLOW_ABLY_MS):
                 prefix = self.args.naive_events if latency == 0 else self.args.naive_events_slow
                 self.fresh_ably(latency)
-                self.emit(self.run_reader("naive", uri, db, workload, start, prefix, latency))
+                self.emit(self.run_reader("naive", backlog, prefix, latency))
                 self.fresh_ably(latency)
-                self.emit(self.run_connector(uri, db, workload, start, events, latency))
-        self.admin.reset()
+                self.emit(self.run_connector(backlog, latency))
 
     def emit(self, row: ThroughputResult) -> None:
+        row.extra["load_avg_1m"] = os.getloadavg()[0]
         self.throughput.append(row)
         for line in measure.format_throughput([row])[2:3]:
             log.info("%s", line)
@@ -223,24 +274,25 @@ class Bench:
     def latency_part(self) -> None:
         workload = WORKLOADS["uniform"]
         total = int(max(LIVE_RATES) * self.args.live_seconds)
-        with procs.mongo_emulator(int(total * len(LIVE_RATES) * OPLOG_MARGIN) + 1000) as uri:
-            client: MongoClient[dict[str, Any]] = MongoClient(uri)
+        with procs.mongo_emulator(int(total * len(LIVE_RATES) * OPLOG_MARGIN) + OPLOG_SPARE) as mongo:
+            client: MongoClient[dict[str, Any]] = MongoClient(mongo.address)
             try:
                 for rate in LIVE_RATES:
-                    self.latency.append(self.live_run(client, uri, workload, rate))
+                    self.latency.append(self.live_run(client, mongo, workload, rate))
                     log.info("%s", measure.format_latency([self.latency[-1]])[2])
             finally:
                 client.close()
         self.admin.reset()
 
     def live_run(
-        self, client: MongoClient[dict[str, Any]], uri: str, workload: Workload, rate: float
+        self, client: MongoClient[dict[str, Any]], mongo: procs.Emulator, workload: Workload, rate: float
     ) -> LatencyResult:
         db = f"bench_live_{int(rate)}"
         client.drop_database(db)
         self.fresh_ably(0.0)
-        with procs.ConnectorProcess(self.connector_env(uri, db, workload, None), self.log_path) as conn:
+        with procs.ConnectorProcess(self.connector_env(mongo, db, workload, None), self.log_path) as conn:
             conn.wait_ready()
+            cpu_before = conn.cpu_seconds()
             writer = LiveWriter(client, db, workload, rate, self.args.live_seconds)
             writer.start()
             writer.join(self.args.live_seconds + RUN_TIMEOUT_S)
@@ -253,25 +305,17 @@ class Bench:
         return LatencyResult(
             target_rate=rate, achieved_rate=writer.achieved_rate, written=writer.written,
             delivered=len(messages), commit_ms=measure.summarize(commit), write_ms=measure.summarize(write),
-            cpu_s=cpu, peak_rss_mib=peak / measure.MIB,
+            cpu_s=cpu - cpu_before, peak_rss_mib=peak / measure.MIB,
         )  # fmt: skip
 
     def backlog_part(self) -> None:
-        workload, events = WORKLOADS["uniform"], self.args.backlog
-        db = "bench_backlog"
-        with procs.mongo_emulator(int(events * OPLOG_MARGIN) + 1000) as uri:
-            client: MongoClient[dict[str, Any]] = MongoClient(uri)
-            try:
-                start = start_at(client)
-                rate = write_backlog(client, db, workload, events)
-            finally:
-                client.close()
-            self.notes.append(f"backlog run: {events:,} events written at {rate:,.0f} docs/s")
+        events = self.args.backlog
+        with self.written_backlog(WORKLOADS["uniform"], events, "bench_backlog") as backlog:
             self.fresh_ably(0.0)
-            self.backlog = self.run_connector(uri, db, workload, start, events, 0.0)
+            self.backlog = self.run_connector(backlog, 0.0)
             self.backlog.workload = f"backlog-{events // 1000}k"
+            self.backlog.extra["load_avg_1m"] = os.getloadavg()[0]
             log.info("%s", measure.format_throughput([self.backlog])[2])
-        self.admin.reset()
 
     # ------------------------------------------------------------ output
 
@@ -284,7 +328,9 @@ class Bench:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
                 "note": "MongoDB emulator, Ably emulator and the reader under test are separate processes "
-                "sharing these cores",
+                "sharing these cores; anything else running on the machine shows in the load averages",
+                "load_avg_1m_at_start": self.load_at_start,
+                "load_avg_1m_at_end": os.getloadavg()[0],
             },
             "settings": {
                 "events": self.args.events,
@@ -307,6 +353,11 @@ class Bench:
             f"livesync-connector benchmark ({report['mode']}), {report['date']}: {os.cpu_count()} CPUs "
             "shared by the MongoDB emulator, the Ably emulator and the reader (each its own process)"
         ]
+        load = report["machine"]
+        out.append(
+            f"  1-minute load average {load['load_avg_1m_at_start']:.2f} at start, "
+            f"{load['load_avg_1m_at_end']:.2f} at end (anything above ~1 before we start is someone else)"
+        )
         out += [f"  {note}" for note in self.notes]
         if self.throughput:
             out += ["", "Replaying the same backlog (1 KiB docs); CPU and RSS are the reader process's own:"]
@@ -335,8 +386,8 @@ def write_report(report: dict[str, Any], dated: bool) -> list[Path]:
 
 
 def run(args: argparse.Namespace, parts: Iterable[str]) -> dict[str, Any]:
-    with procs.ably_emulator() as ably_url:
-        bench = Bench(args, ably_url)
+    with procs.ably_emulator() as ably:
+        bench = Bench(args, ably)
         if "throughput" in parts:
             for workload in args.workloads:
                 bench.throughput_part(workload)
