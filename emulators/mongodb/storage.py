@@ -8,13 +8,15 @@ event. All calls are synchronous and short: they run on the emulator's event loo
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
 import mongomock
-from bson import SON, ObjectId, Timestamp
+from bson import SON, ObjectId, Regex, Timestamp
+from mongomock import helpers as mm_helpers
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
 from . import updates
@@ -64,6 +66,33 @@ def _mongomock_error(exc: Exception) -> CommandError:
     if isinstance(exc, NotImplementedError):
         return CommandError(2, f"not supported by the emulator: {exc}")
     return CommandError(2, str(exc))
+
+
+_NO_KEY = object()
+
+
+def _exact_id(query: dict[str, Any]) -> Any:
+    """The `_id` value when ``query`` is exactly `{_id: <scalar>}` (or `$eq`), else _NO_KEY."""
+    if len(query) != 1 or "_id" not in query:
+        return _NO_KEY
+    value = query["_id"]
+    if isinstance(value, dict) and len(value) == 1 and "$eq" in value:
+        value = value["$eq"]
+    if isinstance(value, dict | list | bool | re.Pattern | Regex) or value is None:
+        return _NO_KEY
+    return value
+
+
+def _replace_in_store(col: Any, _id: Any, doc: dict[str, Any]) -> None:
+    """Replace by `_id` in mongomock's store directly (its replace_one scans every document)."""
+    store = col._store
+    old = store[_id]
+    store[_id] = mm_helpers.patch_datetime_awareness_in_document(copy.deepcopy(doc))
+    try:
+        col._ensure_uniques(store[_id])
+    except DuplicateKeyError:
+        store[_id] = old
+        raise
 
 
 def _key_value(doc: dict[str, Any], fields: list[str]) -> dict[str, Any]:
@@ -181,6 +210,10 @@ class Storage:
         )
 
     def _matching_ids(self, db: str, coll: str, query: dict[str, Any], sort: Any, limit: int) -> list[Any]:
+        key = _exact_id(query)
+        if key is not _NO_KEY:
+            # The common `{_id: value}` write: a dictionary lookup instead of mongomock's full scan.
+            return [key] if key in self.collection(db, coll)._store else []
         cursor = self.collection(db, coll).find(query, {"_id": 1})
         if sort:
             cursor = cursor.sort(list(sort.items()))
@@ -188,8 +221,22 @@ class Storage:
             cursor = cursor.limit(limit)
         return [d["_id"] for d in cursor]
 
+    def by_exact_id(self, db: str, coll: str, query: Any) -> list[dict[str, Any]] | None:
+        """[doc] or [] when ``query`` is exactly `{_id: value}`; None when it is any other query."""
+        key = _exact_id(query) if isinstance(query, dict) else _NO_KEY
+        if key is _NO_KEY:
+            return None
+        doc = self.find_one_by_id(db, coll, key)
+        return [doc] if doc is not None else []
+
     def find_one_by_id(self, db: str, coll: str, _id: Any) -> dict[str, Any] | None:
-        return self.collection(db, coll).find_one({"_id": _id})
+        """A private copy of the document with this `_id` (mongomock 4.3.0 stores them by `_id`)."""
+        if isinstance(_id, dict):
+            return self.collection(db, coll).find_one({"_id": _id})
+        try:
+            return copy.deepcopy(self.collection(db, coll)._store[_id])
+        except KeyError:
+            return None
 
     def update(
         self,
@@ -221,7 +268,9 @@ class Storage:
         col = self.collection(db, coll)
         ctx = UpdateContext(query, array_filters, self.clock.tick)
         for _id in ids:
-            pre = col.find_one({"_id": _id})
+            pre = self.find_one_by_id(db, coll, _id)
+            if pre is None:
+                continue
             post = self._new_version(pre, update, ctx, replacement)
             result.document = post
             if post == pre and list(post) == list(pre):
@@ -259,8 +308,10 @@ class Storage:
         try:
             if replace_id is None:
                 col.insert_one(doc)
-            else:
+            elif isinstance(replace_id, dict):
                 col.replace_one({"_id": replace_id}, doc)
+            else:
+                _replace_in_store(col, replace_id, doc)
         except DuplicateKeyError as exc:
             raise _duplicate_key(col, col.full_name, doc, replace_id) from exc
         except Exception as exc:
@@ -352,8 +403,13 @@ class Storage:
         col = self.collection(db, coll)
         removed = []
         for _id in self._matching_ids(db, coll, query, sort, limit):
-            pre = col.find_one({"_id": _id})
-            col.delete_one({"_id": _id})
+            pre = self.find_one_by_id(db, coll, _id)
+            if pre is None:
+                continue
+            if isinstance(_id, dict):
+                col.delete_one({"_id": _id})
+            else:
+                del col._store[_id]
             removed.append(pre)
             self.record(
                 "delete",

@@ -227,8 +227,11 @@ async def find(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -
     ns = f"{db}.{coll}"
     meta = engine.storage.get_meta(db, coll)
     docs: list[Any] = []
+    exact = engine.storage.by_exact_id(db, coll, cmd.get("filter") or {}) if meta is not None else None
     if meta is not None and meta.is_view:
         docs = run_pipeline(_view_docs(engine, db, coll), _find_as_pipeline(cmd))
+    elif exact is not None:
+        docs = run_pipeline(exact, _find_as_pipeline(cmd)[1:]) if exact else []
     elif meta is not None:
         col = engine.storage.collection(db, coll)
         try:
@@ -249,6 +252,19 @@ async def find(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -
     if cmd.get("singleBatch") or (cmd.get("limit") or 0) < 0:
         return _cursor_reply(0, ns, docs[: batch or None], True)
     return _register_find_cursor(engine, ns, docs, batch)
+
+
+def _find_docs(engine: Engine, db: str, coll: str, query: Any) -> list[Any]:
+    exact = engine.storage.by_exact_id(db, coll, query)
+    if exact is not None:
+        return exact
+    col = engine.storage.collection(db, coll)
+    try:
+        return list(col.find(query))
+    except NotImplementedError:
+        return run_pipeline(list(col.find()), [{"$match": query}])
+    except (mongomock.OperationFailure, ValueError, TypeError) as exc:
+        raise CommandError(2, str(exc)) from exc
 
 
 def _find_as_pipeline(cmd: dict[str, Any]) -> list[dict[str, Any]]:
@@ -368,7 +384,13 @@ async def aggregate(engine: Engine, conn: Connection, db: str, cmd: dict[str, An
     if not isinstance(target, str):
         raise CommandError(2, "collectionless aggregate is not supported by the emulator")
     meta = engine.storage.get_meta(db, target)
-    docs = _view_docs(engine, db, target) if meta is not None else []
+    docs: list[Any] = []
+    if meta is not None and not meta.is_view and pipeline and "$match" in pipeline[0]:
+        # Let the leading $match select (and copy) only matching documents.
+        docs = _find_docs(engine, db, target, pipeline[0]["$match"])
+        pipeline = pipeline[1:]
+    elif meta is not None:
+        docs = _view_docs(engine, db, target)
     out = run_pipeline(docs, pipeline, engine.storage.client[db])
     return _register_find_cursor(engine, f"{db}.{target}", out, batch)
 
