@@ -250,6 +250,8 @@ class Storage:
         sort: Any = None,
         array_filters: Any = None,
     ) -> UpdateResult:
+        if self.get_meta(db, coll) is None and not upsert:
+            return UpdateResult()  # like the server: no implicit creation without an upsert
         meta = self.ensure(db, coll)
         replacement = not isinstance(update, list) and not updates.is_operator_update(update)
         if replacement and not isinstance(update, dict):
