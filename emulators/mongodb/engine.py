@@ -138,7 +138,9 @@ class Engine:
             del self.cursors[cursor_id]
 
     def reset(self) -> None:
-        """emulatorReset: drop all data, the oplog, cursors and failpoints."""
+        """emulatorReset: drop all data, the oplog, cursors, failpoints and any step-down."""
+        if self.topology.stepped_down:
+            self.topology.step_down(0)
         self.storage.reset()
         self.oplog.clear()
         self.cursors.clear()
