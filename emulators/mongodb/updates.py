@@ -64,7 +64,7 @@ def _target_paths(update: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _strip_positional(path: str) -> list[str]:
-    """`a.$.b`/`a.$[].b`/`a.$[x].b` describe the whole array `a` (we do not track matched indexes)."""
+    """The path up to the first positional component (`a.$.b`, `a.$[].b`, `a.$[x].b` → `a`)."""
     parts = path.split(".")
     for n, part in enumerate(parts):
         if part.startswith("$"):
@@ -82,6 +82,11 @@ def describe_operator_update(
         if not parts or op == "$setOnInsert":
             continue
         before, after = _get(pre, parts), _get(post, parts)
+        if len(parts) < len(path.split(".")) and isinstance(before, list) and isinstance(after, list):
+            # Positional paths name the elements they changed (`a.1.b`), found by diffing the array.
+            desc: dict[str, Any] = {"updatedFields": updated, "removedFields": removed, "truncatedArrays": []}
+            _diff_value(before, after, ".".join(parts), desc)
+            continue
         if op in _REMOVING:
             if before is not _MISSING and after is _MISSING:
                 removed.append(".".join(parts))
