@@ -329,3 +329,56 @@ async def test_drop_connections_command_closes_sockets(client: AsyncMongoClient)
     reply = await client.admin.command({"emulatorDropConnections": 1})
     assert reply["dropped"] >= 2  # the monitor's and this pooled connection at least
     assert await client.db.drop_me.count_documents({}) == 1  # retryable read over a new connection
+
+
+UPDATE_DESCRIPTIONS: list[tuple[str, Any, dict[str, Any]]] = [
+    (
+        "$push appends by index",
+        {"$push": {"arr": {"$each": [4, 5]}}},
+        {"updatedFields": {"arr.3": 4, "arr.4": 5}},
+    ),
+    ("$pull sets the array", {"$pull": {"arr": 2}}, {"updatedFields": {"arr": [1, 3]}}),
+    ("$set creates parents", {"$set": {"new.deep": 1}}, {"updatedFields": {"new": {"deep": 1}}}),
+    ("$rename", {"$rename": {"s": "t"}}, {"updatedFields": {"t": "x"}, "removedFields": ["s"]}),
+    ("positional", {"$set": {"objs.$[].v": 0}}, {"updatedFields": {"objs.0.v": 0, "objs.1.v": 0}}),
+    ("no-op $set is omitted", {"$set": {"s": "x", "n": 2}}, {"updatedFields": {"n": 2}}),
+    (
+        "pipeline diff",
+        [{"$set": {"arr": [1], "objs": [{"v": 1}, {"v": 9}]}}, {"$unset": "s"}],
+        {
+            "updatedFields": {"objs.1.v": 9},
+            "removedFields": ["s"],
+            "truncatedArrays": [{"field": "arr", "newSize": 1}],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "update", "expected"), UPDATE_DESCRIPTIONS, ids=[c[0] for c in UPDATE_DESCRIPTIONS]
+)
+async def test_update_description_follows_the_update(
+    client: AsyncMongoClient, label: str, update: Any, expected: dict[str, Any]
+) -> None:
+    coll = client.db.described
+    await coll.insert_one({"_id": 1, "arr": [1, 2, 3], "s": "x", "n": 1, "objs": [{"v": 1}, {"v": 2}]})
+    async with await coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        await coll.update_one({"_id": 1}, update)
+        event = await stream.next()
+    assert event["updateDescription"] == {
+        "updatedFields": {},
+        "removedFields": [],
+        "truncatedArrays": [],
+        **expected,
+    }
+
+
+async def test_update_that_changes_nothing_writes_no_event(client: AsyncMongoClient) -> None:
+    coll = client.db.noop
+    await coll.insert_one({"_id": 1, "a": 1})
+    async with await coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        result = await coll.update_one({"_id": 1}, {"$set": {"a": 1}})
+        await coll.insert_one({"_id": 2})
+        event = await stream.next()
+    assert result.modified_count == 0
+    assert event["operationType"] == "insert"
