@@ -110,6 +110,9 @@ class MotorStreamAdapter:
 
     @property
     def resume_token(self) -> Mapping[str, Any] | None:
+        # Motor opens the server-side stream lazily, on the first try_next(); until then there is no token.
+        if getattr(self._stream, "delegate", None) is None:
+            return None
         token: Mapping[str, Any] | None = self._stream.resume_token
         return token
 

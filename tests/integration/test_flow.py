@@ -248,3 +248,15 @@ async def test_readyz_and_metrics_while_running(connector_env: dict[str, str], d
     assert values["livesync_stream_open"] == 1
     assert values["livesync_checkpoints_stored_total"] >= 1
     assert 0 <= values["livesync_lag_seconds"] < 10
+
+
+async def test_motor_stream_has_no_token_until_its_lazy_open(mongo_uri: str, db_name: str) -> None:
+    from connector.mongo import Mongo
+
+    mongo = Mongo(mongo_uri, db_name, driver="motor")
+    stream = await mongo.watch("orders", [], max_await_time_ms=100)
+    assert stream.resume_token is None  # Motor opens on the first poll; asking earlier must not raise
+    assert await stream.try_next() is None
+    assert stream.resume_token is not None
+    await stream.close()
+    await mongo.close()
