@@ -83,11 +83,31 @@ def _exact_id(query: dict[str, Any]) -> Any:
     return value
 
 
+def _insert_into_store(col: Any, doc: dict[str, Any]) -> None:
+    """Insert straight into mongomock's store: its insert_one re-validates and re-encodes every document
+    (the client already did), which tripled the cost of an insert."""
+    key = doc["_id"]
+    if isinstance(key, dict):
+        col.insert_one(doc)
+        return
+    store = col._store
+    if key in store:
+        raise DuplicateKeyError("E11000 Duplicate Key Error", 11000)
+    # patch_datetime_awareness rebuilds every container, so the store gets its own copy.
+    store[key] = mm_helpers.patch_datetime_awareness_in_document(doc)
+    if any(index.get("unique") for index in store.indexes.values()):
+        try:
+            col._ensure_uniques(store[key])
+        except DuplicateKeyError:
+            del store[key]
+            raise
+
+
 def _replace_in_store(col: Any, _id: Any, doc: dict[str, Any]) -> None:
     """Replace by `_id` in mongomock's store directly (its replace_one scans every document)."""
     store = col._store
     old = store[_id]
-    store[_id] = mm_helpers.patch_datetime_awareness_in_document(copy.deepcopy(doc))
+    store[_id] = mm_helpers.patch_datetime_awareness_in_document(doc)
     try:
         col._ensure_uniques(store[_id])
     except DuplicateKeyError:
@@ -132,10 +152,12 @@ class Storage:
         self.server_version = server_version
         self.client: mongomock.MongoClient = mongomock.MongoClient(tz_aware=True)
         self.meta: dict[str, dict[str, CollectionMeta]] = {}
+        self._handles: dict[tuple[str, str], Any] = {}
 
     def reset(self) -> None:
         self.client = mongomock.MongoClient(tz_aware=True)
         self.meta.clear()
+        self._handles.clear()
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def record(self, op: str, db: str, coll: str | None, **fields: Any) -> OplogEntry:
@@ -148,7 +170,12 @@ class Storage:
         return self.meta.get(db, {}).get(coll)
 
     def collection(self, db: str, coll: str) -> Any:
-        return self.client[db][coll]
+        # mongomock builds a new Collection (parsing codec options) per lookup; handles stay valid across
+        # drops because they point at the same per-name store.
+        handle = self._handles.get((db, coll))
+        if handle is None:
+            handle = self._handles[(db, coll)] = self.client[db][coll]
+        return handle
 
     def ensure(self, db: str, coll: str) -> CollectionMeta:
         """The collection's metadata, creating it implicitly (with a `create` event) on first write."""
@@ -194,7 +221,7 @@ class Storage:
             doc = {"_id": mongomock.ObjectId(), **doc}
         col = self.collection(db, coll)
         try:
-            col.insert_one(doc)
+            _insert_into_store(col, doc)
         except DuplicateKeyError as exc:
             raise _duplicate_key(col, f"{db}.{coll}", doc, None) from exc
         except Exception as exc:
@@ -309,7 +336,7 @@ class Storage:
             raise CommandError(17419, f"Resulting document after update is larger than {MAX_DOCUMENT_SIZE}")
         try:
             if replace_id is None:
-                col.insert_one(doc)
+                _insert_into_store(col, doc)
             elif isinstance(replace_id, dict):
                 col.replace_one({"_id": replace_id}, doc)
             else:
