@@ -17,10 +17,10 @@ from pymongo import WriteConcern
 
 DriverName = Literal["pymongo", "motor"]
 
-# Change events and stored documents decode with timezone-aware datetimes and standard UUIDs, so what we
-# publish as Extended JSON round-trips exactly.
+# Change events decode with naive UTC datetimes (the fast path of the Extended JSON encoder; json_util
+# writes the same `$date` for naive and aware values) and standard UUIDs, so what we publish round-trips.
 CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
-    tz_aware=True, uuid_representation=UuidRepresentation.STANDARD
+    tz_aware=False, uuid_representation=UuidRepresentation.STANDARD
 )
 MAJORITY = WriteConcern(w="majority")
 SERVER_SELECTION_TIMEOUT_MS = 10_000
@@ -49,7 +49,7 @@ class Mongo:
         self.driver = driver
         kwargs: dict[str, Any] = {
             "appname": app_name or "livesync-connector",
-            "tz_aware": True,
+            "tz_aware": False,
             "uuidRepresentation": "standard",
         }
         if "serverselectiontimeoutms" not in uri.lower():  # keyword arguments would override the URI's
