@@ -12,12 +12,12 @@ from typing import Any
 
 from pymongo.errors import OperationFailure, PyMongoError
 
-from connector.ably import AblyRestClient
 from connector.config import Settings
 from connector.errors import AblyError
 from connector.mongo import Mongo
 from connector.pipeline import sets_channel
 from connector.stream import StartPosition, StreamOptions, open_stream
+from connector.worker import ably_from, mongo_from
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ async def run_checks(settings: Settings, *, out: Out, mongo: Mongo | None = None
     if not sets_channel(stages):
         report.warn("no pipeline stage sets _ablyChannel: every event would be unpublishable (72004)")
     owned = mongo is None
-    mongo = mongo or Mongo(settings.mongodb_uri, settings.mongodb_database, driver=settings.mongo_driver)
+    mongo = mongo or mongo_from(settings)
     try:
         await _check_mongo(settings, mongo, report)
     finally:
@@ -130,12 +130,7 @@ async def _check_images(settings: Settings, mongo: Mongo, report: _Report) -> No
 
 
 async def _check_ably(settings: Settings, report: _Report) -> None:
-    client = AblyRestClient(
-        api_key=settings.ably_api_key.get_secret_value(),
-        rest_url=settings.ably_rest_url,
-        fallback_hosts=settings.ably_fallback_hosts,
-        request_timeout=settings.ably_request_timeout_s,
-    )
+    client = ably_from(settings)
     try:
         await client.check_credentials()
         report.ok(f"Ably credentials accepted by {settings.ably_rest_url}")

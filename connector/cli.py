@@ -105,9 +105,9 @@ async def _run(settings: Settings) -> int:
 async def _token(settings: Settings, action: str, *, out: Callable[[str], None]) -> int:
     from connector.checkpoint import TokenStore
     from connector.errors import ConnectorError
-    from connector.mongo import Mongo
+    from connector.worker import mongo_from
 
-    mongo = Mongo(settings.mongodb_uri, settings.mongodb_database, driver=settings.mongo_driver)
+    mongo = mongo_from(settings)
     store = TokenStore(
         mongo.collection(settings.resume_token_collection, majority=True), settings.connector_id
     )

@@ -43,6 +43,19 @@ EXIT_OK = 0
 EXIT_FATAL = 1
 
 
+def mongo_from(settings: Settings) -> Mongo:
+    return Mongo(settings.mongodb_uri, settings.mongodb_database, driver=settings.mongo_driver)
+
+
+def ably_from(settings: Settings) -> AblyRestClient:
+    return AblyRestClient(
+        api_key=settings.ably_api_key.get_secret_value(),
+        rest_url=settings.ably_rest_url,
+        fallback_hosts=settings.ably_fallback_hosts,
+        request_timeout=settings.ably_request_timeout_s,
+    )
+
+
 class Worker:
     """One connector instance. `run()` returns the process exit status."""
 
@@ -57,15 +70,8 @@ class Worker:
         self.stop_event = asyncio.Event()
         self._stop_reason = ""
         self._owns_mongo = mongo is None
-        self.mongo = mongo or Mongo(
-            settings.mongodb_uri, settings.mongodb_database, driver=settings.mongo_driver
-        )
-        self.ably = ably or AblyRestClient(
-            api_key=settings.ably_api_key.get_secret_value(),
-            rest_url=settings.ably_rest_url,
-            fallback_hosts=settings.ably_fallback_hosts,
-            request_timeout=settings.ably_request_timeout_s,
-        )
+        self.mongo = mongo or mongo_from(settings)
+        self.ably = ably or ably_from(settings)
         self.stages = settings.pipeline_stages()
         self.pipeline_hash = pipeline_hash(self.stages)
         self.namespace = settings.watch_label
