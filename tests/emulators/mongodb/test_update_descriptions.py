@@ -1,0 +1,111 @@
+"""`updateDescription` for the update shapes MongoDB documents (manual: reference/change-events/update).
+
+The connector publishes `updateDescription` verbatim to subscribers, so a drop-in replacement must describe
+updates as the server does: removals listed in `removedFields`, array appends as `<array>.<index>`, pulls as
+the whole new array, pipeline truncations in `truncatedArrays`, and a pipeline update that removes most of
+a sub-document reported as the sub-document's new value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+EVENT_WAIT_S = 10.0
+MAX_AWAIT_MS = 200
+
+CONTACT = {"email": "user@example.com", "phone": "555-0100", "mobile": "555-0101"}
+
+
+async def descriptions(
+    coll: Any, documents: list[dict[str, Any]], updates: list[tuple[Any, Any]]
+) -> list[Any]:
+    """Insert `documents`, then apply each (filter, update) under a stream; return the updateDescriptions."""
+    await coll.insert_many(documents)
+    async with await coll.watch(max_await_time_ms=MAX_AWAIT_MS) as stream:
+        for flt, update in updates:
+            await coll.update_one(flt, update)
+        found: list[Any] = []
+        async with asyncio.timeout(EVENT_WAIT_S):
+            while len(found) < len(updates):
+                event = await stream.try_next()
+                if event is not None:
+                    assert event["operationType"] == "update", event
+                    found.append(event["updateDescription"])
+    return found
+
+
+def described(
+    updated: dict[str, Any], removed: list[str], truncated: list[Any] | None = None
+) -> dict[str, Any]:
+    return {"updatedFields": updated, "removedFields": removed, "truncatedArrays": truncated or []}
+
+
+async def test_unset_subfields_are_listed_as_removed(async_db: Any) -> None:
+    result = await descriptions(
+        async_db["c"],
+        [{"_id": "one", "contactMethods": CONTACT}, {"_id": "two", "contactMethods": CONTACT}],
+        [
+            ({"_id": "one"}, {"$unset": {"contactMethods.email": ""}}),
+            ({"_id": "two"}, {"$unset": {"contactMethods.email": "", "contactMethods.phone": ""}}),
+        ],
+    )
+    assert result == [
+        described({}, ["contactMethods.email"]),
+        described({}, ["contactMethods.email", "contactMethods.phone"]),
+    ]
+
+
+async def test_pipeline_unset_of_one_subfield_is_a_removal(async_db: Any) -> None:
+    result = await descriptions(
+        async_db["c"],
+        [{"_id": "one", "contactMethods": CONTACT}],
+        [({"_id": "one"}, [{"$unset": "contactMethods.email"}])],
+    )
+    assert result == [described({}, ["contactMethods.email"])]
+
+
+async def test_pipeline_unset_of_most_subfields_reports_the_new_subdocument(async_db: Any) -> None:
+    """The server's diff picks the more concise form: here the remaining sub-document."""
+    result = await descriptions(
+        async_db["c"],
+        [{"_id": "two", "contactMethods": CONTACT}],
+        [({"_id": "two"}, [{"$unset": ["contactMethods.email", "contactMethods.phone"]}])],
+    )
+    assert result == [described({"contactMethods": {"mobile": "555-0101"}}, [])]
+
+
+async def test_array_push_and_pull(async_db: Any) -> None:
+    key = {"student_id": 1}
+    result = await descriptions(
+        async_db["students"],
+        [{**key, "scores": []}],
+        [
+            (key, {"$push": {"scores": 0.85}}),
+            (key, {"$push": {"scores": 0.94}}),
+            (key, {"$push": {"scores": 0.78}}),
+            (key, {"$pull": {"scores": 0.94}}),
+        ],
+    )
+    assert result == [
+        described({"scores": [0.85]}, []),  # push onto an empty array: the whole (new) array
+        described({"scores.1": 0.94}, []),  # append: the new position
+        described({"scores.2": 0.78}, []),
+        described({"scores": [0.85, 0.78]}, []),  # pull: the whole new array
+    ]
+
+
+async def test_pipeline_truncation_and_regrowth(async_db: Any) -> None:
+    key = {"student_id": 2}
+    result = await descriptions(
+        async_db["students"],
+        [{**key, "scores": [0.85, 0.94, 0.78]}],
+        [
+            (key, [{"$addFields": {"scores": [0.85, 0.94]}}]),
+            (key, [{"$addFields": {"scores": [0.85, 0.94, 0.78]}}]),
+        ],
+    )
+    assert result == [
+        described({}, [], [{"field": "scores", "newSize": 2}]),
+        described({"scores.2": 0.78}, []),
+    ]
