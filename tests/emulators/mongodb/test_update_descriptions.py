@@ -109,3 +109,33 @@ async def test_pipeline_truncation_and_regrowth(async_db: Any) -> None:
         described({}, [], [{"field": "scores", "newSize": 2}]),
         described({"scores.2": 0.78}, []),
     ]
+
+
+async def _one_event(coll: Any, action: Any) -> dict[str, Any]:
+    async with await coll.watch(max_await_time_ms=MAX_AWAIT_MS) as stream:
+        await action
+        async with asyncio.timeout(EVENT_WAIT_S):
+            while True:
+                event = await stream.try_next()
+                if event is not None:
+                    return dict(event)
+
+
+async def test_upsert_that_inserts_is_an_insert_event(async_db: Any) -> None:
+    coll = async_db["c"]
+    event = await _one_event(coll, coll.update_one({"_id": 9}, {"$set": {"v": 1}}, upsert=True))
+    assert event["operationType"] == "insert"
+    assert event["fullDocument"] == {"_id": 9, "v": 1}
+
+
+async def test_pipeline_update_whose_diff_is_longer_than_the_document_is_a_replace_event(
+    async_db: Any,
+) -> None:
+    """Deleting many long-named fields: the diff outweighs the new document, so the server logs a replace."""
+    coll = async_db["c"]
+    names = [f"a_rather_long_field_name_number_{index:02d}_to_delete" for index in range(6)]
+    await coll.insert_one({"_id": 1, **dict.fromkeys(names, 0)})
+    event = await _one_event(coll, coll.update_one({"_id": 1}, [{"$replaceWith": {"_id": "$_id", "k": 1}}]))
+    assert event["operationType"] == "replace"
+    assert event["fullDocument"] == {"_id": 1, "k": 1}
+    assert "updateDescription" not in event
