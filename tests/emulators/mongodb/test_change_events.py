@@ -68,6 +68,9 @@ async def test_drop_emits_drop_then_invalidate(async_db: Any) -> None:
         events = await next_events(stream, 3)
         assert kinds(events) == ["insert", "drop", "invalidate"]
         assert events[1]["ns"] == {"db": async_db.name, "coll": "c"}
+        assert "documentKey" not in events[1]
+        # An invalidate names no namespace: only _id, operationType, clusterTime and wallTime.
+        assert set(events[2]) == {"_id", "operationType", "clusterTime", "wallTime"}
         assert await stream.try_next() is None
         assert not stream.alive
     finally:
