@@ -6,8 +6,11 @@ Usage (from the repository root):
     .venv/bin/python -m tests.conformance.run -v         # one line per test
     .venv/bin/python -m tests.conformance.run -k resume  # only tests whose id contains "resume"
     .venv/bin/python -m tests.conformance.run --markdown # failures as STATUS.md lines
+    .venv/bin/python -m tests.conformance.run --server-version 8.2.0   # emulate another version
+    .venv/bin/python -m tests.conformance.run --standalone             # emulate a standalone server
 
-The server is `MONGODB_TEST_URI` if set, else an in-process emulator (a 7.0 single-node replica set); the
+The server is `MONGODB_TEST_URI` if set, else an in-process emulator (by default a 7.0 single-node
+replica set; the runOnRequirements are judged against whatever version and topology the server reports); the
 spec files come from `MONGODB_SPECS_DIR` (default `../shared/mongodb-specs`). The same tests run under
 pytest as `tests/conformance/test_change_stream_spec.py` (marker `conformance`). Exit status 1 if any failed.
 """
@@ -59,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", dest="keyword", default="", help="run only tests whose id contains this")
     parser.add_argument("-v", dest="verbose", action="store_true", help="print every test's outcome")
     parser.add_argument("--markdown", action="store_true", help="print failures as STATUS.md list items")
+    parser.add_argument(
+        "--server-version", help="version the emulator reports (ignored with MONGODB_TEST_URI)"
+    )
+    parser.add_argument("--standalone", action="store_true", help="emulate a standalone server")
     args = parser.parse_args(argv)
 
     directory = specs_dir()
@@ -67,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tests = [test for test in load_spec_tests(directory) if args.keyword in test.test_id]
     results: list[Result] = []
-    with mongodb_uri() as uri:
+    emulator_options: dict[str, object] = {"standalone": True} if args.standalone else {}
+    if args.server_version:
+        emulator_options["server_version"] = args.server_version
+    with mongodb_uri(**emulator_options) as uri:
         server = asyncio.run(detect_server(uri))
         print(f"server {'.'.join(map(str, server.version))} {server.topology} at {uri}; {len(tests)} tests")
         for test in tests:
