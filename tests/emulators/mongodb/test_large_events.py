@@ -48,7 +48,6 @@ async def test_event_over_16_mib_fails_with_bson_object_too_large(async_db: Any)
 
 
 async def test_split_large_event_delivers_numbered_fragments(async_db: Any) -> None:
-
     stream = await _large_update_stream(async_db, [{"$changeStreamSplitLargeEvent": {}}])
     fragments: list[dict[str, Any]] = []
     try:
