@@ -8,18 +8,24 @@ event. All calls are synchronous and short: they run on the emulator's event loo
 from __future__ import annotations
 
 import copy
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import bson
 import mongomock
-from bson import SON, ObjectId, Regex, Timestamp
-from mongomock import helpers as mm_helpers
-from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
+from bson import SON, ObjectId, Timestamp
+from pymongo.errors import DuplicateKeyError
 
 from . import updates
+from .docstore import (
+    NO_KEY,
+    duplicate_key,
+    exact_id,
+    insert_into_store,
+    mongomock_error,
+    replace_in_store,
+)
 from .errors import CommandError
 from .oplog import Oplog, OplogEntry
 from .topology import ClusterClock, wall_time
@@ -56,91 +62,6 @@ class UpdateResult:
     modified: int = 0
     upserted_id: Any = None
     document: dict[str, Any] | None = None  # findAndModify: the chosen pre- or post-image
-
-
-def _mongomock_error(exc: Exception) -> CommandError:
-    if isinstance(exc, DuplicateKeyError):
-        return CommandError(11000, f"E11000 duplicate key error: {exc}")
-    if isinstance(exc, OperationFailure | WriteError):
-        return CommandError(exc.code or 2, str(exc))
-    if isinstance(exc, NotImplementedError):
-        return CommandError(2, f"not supported by the emulator: {exc}")
-    return CommandError(2, str(exc))
-
-
-_NO_KEY = object()
-
-
-def _exact_id(query: dict[str, Any]) -> Any:
-    """The `_id` value when ``query`` is exactly `{_id: <scalar>}` (or `$eq`), else _NO_KEY."""
-    if len(query) != 1 or "_id" not in query:
-        return _NO_KEY
-    value = query["_id"]
-    if isinstance(value, dict) and len(value) == 1 and "$eq" in value:
-        value = value["$eq"]
-    if isinstance(value, dict | list | bool | re.Pattern | Regex) or value is None:
-        return _NO_KEY
-    return value
-
-
-def _insert_into_store(col: Any, doc: dict[str, Any]) -> None:
-    """Insert straight into mongomock's store: its insert_one re-validates and re-encodes every document
-    (the client already did), which tripled the cost of an insert."""
-    key = doc["_id"]
-    if isinstance(key, dict):
-        col.insert_one(doc)
-        return
-    store = col._store
-    if key in store:
-        raise DuplicateKeyError("E11000 Duplicate Key Error", 11000)
-    # patch_datetime_awareness rebuilds every container, so the store gets its own copy.
-    store[key] = mm_helpers.patch_datetime_awareness_in_document(doc)
-    if any(index.get("unique") for index in store.indexes.values()):
-        try:
-            col._ensure_uniques(store[key])
-        except DuplicateKeyError:
-            del store[key]
-            raise
-
-
-def _replace_in_store(col: Any, _id: Any, doc: dict[str, Any]) -> None:
-    """Replace by `_id` in mongomock's store directly (its replace_one scans every document)."""
-    store = col._store
-    old = store[_id]
-    store[_id] = mm_helpers.patch_datetime_awareness_in_document(doc)
-    try:
-        col._ensure_uniques(store[_id])
-    except DuplicateKeyError:
-        store[_id] = old
-        raise
-
-
-def _key_value(doc: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path in fields:
-        cur: Any = doc
-        for part in path.split("."):
-            cur = cur.get(part) if isinstance(cur, dict) else None
-        out[path] = cur
-    return out
-
-
-def _duplicate_key(col: Any, ns: str, doc: dict[str, Any], own_id: Any) -> CommandError:
-    """E11000 naming the unique index that conflicts, with keyPattern/keyValue like the server."""
-    for name, spec in col.index_information().items():
-        if name != "_id_" and not spec.get("unique"):
-            continue
-        fields = [path for path, _ in spec["key"]]
-        value = _key_value(doc, fields)
-        for other in col.find(value, {"_id": 1}):
-            if other["_id"] != own_id:
-                shown = ", ".join(f"{k}: {v!r}" for k, v in value.items())
-                return CommandError(
-                    11000,
-                    f"E11000 duplicate key error collection: {ns} index: {name} dup key: {{ {shown} }}",
-                    extra={"keyPattern": dict(spec["key"]), "keyValue": value},
-                )
-    return CommandError(11000, f"E11000 duplicate key error collection: {ns}")
 
 
 class Storage:
@@ -221,11 +142,11 @@ class Storage:
             doc = {"_id": mongomock.ObjectId(), **doc}
         col = self.collection(db, coll)
         try:
-            _insert_into_store(col, doc)
+            insert_into_store(col, doc)
         except DuplicateKeyError as exc:
-            raise _duplicate_key(col, f"{db}.{coll}", doc, None) from exc
+            raise duplicate_key(col, f"{db}.{coll}", doc, None) from exc
         except Exception as exc:
-            raise _mongomock_error(exc) from exc
+            raise mongomock_error(exc) from exc
         self.record(
             "insert",
             db,
@@ -237,8 +158,8 @@ class Storage:
         )
 
     def _matching_ids(self, db: str, coll: str, query: dict[str, Any], sort: Any, limit: int) -> list[Any]:
-        key = _exact_id(query)
-        if key is not _NO_KEY:
+        key = exact_id(query)
+        if key is not NO_KEY:
             # The common `{_id: value}` write: a dictionary lookup instead of mongomock's full scan.
             return [key] if key in self.collection(db, coll)._store else []
         cursor = self.collection(db, coll).find(query, {"_id": 1})
@@ -250,8 +171,8 @@ class Storage:
 
     def by_exact_id(self, db: str, coll: str, query: Any) -> list[dict[str, Any]] | None:
         """[doc] or [] when ``query`` is exactly `{_id: value}`; None when it is any other query."""
-        key = _exact_id(query) if isinstance(query, dict) else _NO_KEY
-        if key is _NO_KEY:
+        key = exact_id(query) if isinstance(query, dict) else NO_KEY
+        if key is NO_KEY:
             return None
         doc = self.find_one_by_id(db, coll, key)
         return [doc] if doc is not None else []
@@ -288,7 +209,7 @@ class Storage:
         try:
             ids = self._matching_ids(db, coll, query, sort, 0 if multi else 1)
         except Exception as exc:
-            raise _mongomock_error(exc) from exc
+            raise mongomock_error(exc) from exc
         result = UpdateResult(matched=len(ids))
         if not ids:
             if upsert:
@@ -336,15 +257,15 @@ class Storage:
             raise CommandError(17419, f"Resulting document after update is larger than {MAX_DOCUMENT_SIZE}")
         try:
             if replace_id is None:
-                _insert_into_store(col, doc)
+                insert_into_store(col, doc)
             elif isinstance(replace_id, dict):
                 col.replace_one({"_id": replace_id}, doc)
             else:
-                _replace_in_store(col, replace_id, doc)
+                replace_in_store(col, replace_id, doc)
         except DuplicateKeyError as exc:
-            raise _duplicate_key(col, col.full_name, doc, replace_id) from exc
+            raise duplicate_key(col, col.full_name, doc, replace_id) from exc
         except Exception as exc:
-            raise _mongomock_error(exc) from exc
+            raise mongomock_error(exc) from exc
 
     def _upsert(
         self,
@@ -395,7 +316,12 @@ class Storage:
         replacement: bool,
     ) -> None:
         key = {"_id": post["_id"]}
-        if replacement:
+        desc: dict[str, Any] | None = None
+        if isinstance(update, list):
+            desc = updates.describe_diff(pre, post)  # None: the server would log a full replacement
+        elif not replacement:
+            desc = updates.describe_operator_update(pre, post, update)
+        if desc is None:
             self.record(
                 "replace",
                 db,
@@ -406,10 +332,6 @@ class Storage:
                 **self._images(meta, pre, post),
             )
             return
-        if isinstance(update, list):
-            desc = updates.describe_diff(pre, post)
-        else:
-            desc = updates.describe_operator_update(pre, post, update)
         ambiguous = updates.disambiguated_paths(pre, post, desc)
         self.record(
             "update",
@@ -522,7 +444,7 @@ class Storage:
             try:
                 col.create_index(list(key.items()), name=name, **options)
             except Exception as exc:
-                raise _mongomock_error(exc) from exc
+                raise mongomock_error(exc) from exc
             created.append({"v": 2, "key": SON(key.items()), "name": name, **options})
         if created:
             self.record(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import docdiff
+
 _MISSING = object()
 
 # Operators whose target path is removed rather than set.
@@ -95,6 +97,7 @@ def describe_operator_update(
             continue
         if (
             op in _ARRAY_OPERATORS
+            and before  # pushing onto an empty array logs the whole new array
             and isinstance(before, list)
             and isinstance(after, list)
             and len(after) > len(before)
@@ -134,11 +137,10 @@ def _diff_doc(before: dict[str, Any], after: dict[str, Any], prefix: str, desc: 
             _diff_value(before[name], value, prefix + name, desc)
 
 
-def describe_diff(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, Any]:
-    """Structural diff (pipeline updates), as the server's doc_diff computes it."""
-    desc: dict[str, Any] = {"updatedFields": {}, "removedFields": [], "truncatedArrays": []}
-    _diff_doc(pre, post, "", desc)
-    return desc
+def describe_diff(pre: dict[str, Any], post: dict[str, Any]) -> dict[str, Any] | None:
+    """Pipeline updates: the server's oplog delta as an updateDescription; None = logged as a replace."""
+    delta = docdiff.oplog_delta(pre, post)
+    return docdiff.describe_delta(delta) if delta is not None else None
 
 
 def _ambiguous_parts(doc: dict[str, Any], path: str) -> list[Any] | None:
