@@ -17,7 +17,7 @@ from mongomock import aggregate as mm_aggregate
 from mongomock import filtering as mm_filtering
 
 from .errors import CommandError
-from .expressions import REMOVE, evaluate, is_expression_free
+from .expressions import REMOVE, evaluate
 
 Stage = Callable[[list[dict[str, Any]], Any, Any], list[dict[str, Any]]]
 
@@ -297,4 +297,4 @@ def run_pipeline(
     return docs
 
 
-__all__ = ["STAGES", "is_expression_free", "run_pipeline"]
+__all__ = ["STAGES", "run_pipeline"]

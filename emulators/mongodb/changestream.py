@@ -33,9 +33,6 @@ from .oplog import (
 from .storage import SYSTEM_DATABASES, Storage
 from .wire import ENCODE_OPTIONS
 
-FullDocument = Literal["default", "updateLookup", "whenAvailable", "required"]
-BeforeChange = Literal["off", "whenAvailable", "required"]
-
 ALLOWED_STAGES = frozenset(
     {
         "$match",
@@ -137,7 +134,6 @@ class Options:
     full_document: str = "default"
     before_change: str = "off"
     show_expanded: bool = False
-    start_after_used: bool = False
 
     @property
     def default_shape(self) -> bool:
@@ -423,10 +419,6 @@ def _split_event(event: dict[str, Any], key: Key) -> list[RawBSONDocument]:
         doc.update(fields)
         fragments.append(RawBSONDocument(bson.encode(doc, codec_options=ENCODE_OPTIONS)))
     return fragments
-
-
-def key_of_event(event: dict[str, Any]) -> Key:
-    return decode_token(event["_id"])
 
 
 __all__ = [

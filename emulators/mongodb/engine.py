@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bson import Int64
-
 from .changestream import ChangeStreamCursor
 from .errors import STATE_CHANGE_CODES, CloseConnection, CommandError
 from .failpoints import RETRYABLE_WRITE_COMMANDS, FailPoints
@@ -215,7 +213,3 @@ class Engine:
         if action is not None and action.write_concern_error is not None:
             reply["writeConcernError"] = action.write_concern_error
         return reply
-
-
-def int64(value: int) -> Int64:
-    return Int64(value)

@@ -354,14 +354,3 @@ def evaluate(expr: Any, doc: Any, variables: dict[str, Any] | None = None) -> An
     if isinstance(expr, list):
         return [_null(evaluate(item, doc, variables)) for item in expr]
     return expr
-
-
-def is_expression_free(value: Any) -> bool:
-    """True when ``value`` contains no `$` strings or operators (a plain literal)."""
-    if isinstance(value, str):
-        return not value.startswith("$")
-    if isinstance(value, dict):
-        return all(not k.startswith("$") and is_expression_free(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(is_expression_free(v) for v in value)
-    return True

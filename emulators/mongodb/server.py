@@ -126,9 +126,6 @@ class MongoEmulator:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def serve_forever(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-
     # -- test hooks -----------------------------------------------------------------------------------
     def drop_all_connections(self) -> int:
         """Abort every client socket (drivers see a network error and reconnect)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import bson
 import mongomock
-from bson import SON, ObjectId, Timestamp
+from bson import SON, ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from . import updates
@@ -508,10 +508,3 @@ class Storage:
             extra={"operationDescription": description, "stateBeforeChange": {"collectionOptions": old}},
             expanded=True,
         )
-
-    # -- reads ----------------------------------------------------------------------------------------
-    def snapshot(self, doc: dict[str, Any] | None) -> dict[str, Any] | None:
-        return copy.deepcopy(doc) if doc is not None else None
-
-    def last_ts(self) -> Timestamp:
-        return self.clock.last_write
