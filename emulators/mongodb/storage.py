@@ -433,13 +433,19 @@ class Storage:
             name = spec.get("name")
             if not isinstance(key, dict) or not key or not name:
                 raise CommandError(9, "index specs need a non-empty 'key' document and a 'name'")
-            existing = col.index_information().get(name)
+            info = col.index_information()
+            existing = info.get(name)
             if existing is not None:
                 if list(existing["key"]) != list(key.items()):
                     raise CommandError(
                         86, f"An existing index has the same name as the requested index: {name}"
                     )
                 continue
+            same_key = [n for n, s in info.items() if list(s["key"]) == list(key.items())]
+            if same_key:
+                raise CommandError(
+                    85, f"Index already exists with a different name: {same_key[0]} (requested {name})"
+                )
             options = {k: v for k, v in spec.items() if k in ("unique", "sparse", "expireAfterSeconds")}
             try:
                 col.create_index(list(key.items()), name=name, **options)
