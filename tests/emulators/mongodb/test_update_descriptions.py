@@ -44,10 +44,16 @@ def described(
 async def test_unset_subfields_are_listed_as_removed(async_db: Any) -> None:
     result = await descriptions(
         async_db["c"],
-        [{"_id": "one", "contactMethods": CONTACT}, {"_id": "two", "contactMethods": CONTACT}],
         [
-            ({"_id": "one"}, {"$unset": {"contactMethods.email": ""}}),
-            ({"_id": "two"}, {"$unset": {"contactMethods.email": "", "contactMethods.phone": ""}}),
+            {"_id": "standard_remove_1_of_3", "contactMethods": CONTACT},
+            {"_id": "standard_remove_2_of_3", "contactMethods": CONTACT},
+        ],
+        [
+            ({"_id": "standard_remove_1_of_3"}, {"$unset": {"contactMethods.email": ""}}),
+            (
+                {"_id": "standard_remove_2_of_3"},
+                {"$unset": {"contactMethods.email": "", "contactMethods.phone": ""}},
+            ),
         ],
     )
     assert result == [
@@ -59,18 +65,23 @@ async def test_unset_subfields_are_listed_as_removed(async_db: Any) -> None:
 async def test_pipeline_unset_of_one_subfield_is_a_removal(async_db: Any) -> None:
     result = await descriptions(
         async_db["c"],
-        [{"_id": "one", "contactMethods": CONTACT}],
-        [({"_id": "one"}, [{"$unset": "contactMethods.email"}])],
+        [{"_id": "pipeline_remove_1_of_3", "contactMethods": CONTACT}],
+        [({"_id": "pipeline_remove_1_of_3"}, [{"$unset": "contactMethods.email"}])],
     )
     assert result == [described({}, ["contactMethods.email"])]
 
 
 async def test_pipeline_unset_of_most_subfields_reports_the_new_subdocument(async_db: Any) -> None:
-    """The server's diff picks the more concise form: here the remaining sub-document."""
+    """The server's diff picks the more concise form: here the remaining sub-document.
+
+    The `_id` is the manual's own: document sizes decide between a diff and a full replacement (a diff
+    plus 15 bytes of oplog metadata must be smaller than the new document), so a shorter `_id` would turn
+    this into a `replace` event.
+    """
     result = await descriptions(
         async_db["c"],
-        [{"_id": "two", "contactMethods": CONTACT}],
-        [({"_id": "two"}, [{"$unset": ["contactMethods.email", "contactMethods.phone"]}])],
+        [{"_id": "pipeline_remove_2_of_3", "contactMethods": CONTACT}],
+        [({"_id": "pipeline_remove_2_of_3"}, [{"$unset": ["contactMethods.email", "contactMethods.phone"]}])],
     )
     assert result == [described({"contactMethods": {"mobile": "555-0101"}}, [])]
 
@@ -139,3 +150,13 @@ async def test_pipeline_update_whose_diff_is_longer_than_the_document_is_a_repla
     assert event["operationType"] == "replace"
     assert event["fullDocument"] == {"_id": 1, "k": 1}
     assert "updateDescription" not in event
+
+
+async def test_same_pipeline_unset_on_a_smaller_document_is_a_replace_event(async_db: Any) -> None:
+    """With `_id: "two"` the new document is 60 bytes and the diff 55 + 15 bytes of metadata: a replace."""
+    coll = async_db["c"]
+    await coll.insert_one({"_id": "two", "contactMethods": CONTACT})
+    update = [{"$unset": ["contactMethods.email", "contactMethods.phone"]}]
+    event = await _one_event(coll, coll.update_one({"_id": "two"}, update))
+    assert event["operationType"] == "replace"
+    assert event["fullDocument"] == {"_id": "two", "contactMethods": {"mobile": "555-0101"}}
