@@ -369,6 +369,10 @@ def apply_update(doc: dict[str, Any], update: dict[str, Any], ctx: UpdateContext
             raise CommandError(
                 9, f"Modifiers operate on fields but we found type {type(spec).__name__} instead."
             )
+        if not spec:
+            raise CommandError(
+                9, f"'{op}' is empty. You must specify a field like so: {{{op}: {{<field>: ...}}}}"
+            )
         paths.extend(spec)
         if op == "$rename":
             paths.extend(str(v) for v in spec.values())
