@@ -70,7 +70,9 @@ async def measure_reads(
     coll = client.bench.items
     began = time.perf_counter()
     seen = 0
-    async with await coll.watch(pipeline, start_at_operation_time=start_time, max_await_time_ms=200) as stream:
+    async with await coll.watch(
+        pipeline, start_at_operation_time=start_time, max_await_time_ms=200
+    ) as stream:
         while seen < events:
             change = await stream.try_next()
             if change is None:
@@ -94,7 +96,9 @@ async def run(uri: str, events: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--uri", help="benchmark this server instead of starting the emulator")
     args = parser.parse_args()
