@@ -194,11 +194,15 @@ async def test_idle_streams_do_not_slow_writes(emulator_uri: str, database_name:
         finally:
             for stream in streams:
                 await stream.close()
+        # A second baseline after the streams are gone: load from elsewhere on this 2-core machine that
+        # rises during the test then raises both baselines' bound, not just the loaded sample.
+        after = await _write_latencies(target, WRITES_PER_SAMPLE)
         await writer.drop_database(database_name)
     finally:
         await readers.close()
         await writer.close()
-    base_p50, loaded_p50 = statistics.median(baseline), statistics.median(loaded)
+    base_p50 = max(statistics.median(baseline), statistics.median(after))
+    loaded_p50 = statistics.median(loaded)
     assert loaded_p50 < LATENCY_FACTOR * base_p50 + LATENCY_SLACK_S, (base_p50, loaded_p50)
 
 
