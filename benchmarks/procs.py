@@ -171,6 +171,10 @@ class ConnectorProcess:
         assert self.ps is not None
         return peak_rss(self.ps)
 
+    def rss(self) -> int:
+        assert self.ps is not None
+        return int(self.ps.memory_info().rss)
+
     @property
     def pid(self) -> int:
         assert self.proc is not None

@@ -25,8 +25,9 @@ def executable() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
-def start(pid: int, out: Path) -> subprocess.Popen[bytes]:
-    """Attach to `pid`; the recorder writes `out` when the process exits."""
+def start(pid: int, out: Path, idle: bool = False) -> subprocess.Popen[bytes]:
+    """Attach to `pid`; the recorder writes `out` when the process exits. `idle` also samples threads
+    that wait (the event loop in `select`): the share of time the loop had nothing to do."""
     command = [
         executable() or "py-spy",
         "record",
@@ -37,7 +38,7 @@ def start(pid: int, out: Path) -> subprocess.Popen[bytes]:
         "--rate",
         str(SAMPLE_RATE),
     ]
-    command += ["--output", str(out), "--nonblocking"]
+    command += ["--output", str(out), "--nonblocking"] + (["--idle"] if idle else [])
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--collection", default="", help="empty: watch the whole database")
     parser.add_argument("--start-at", required=True, help="seconds.increment of an operation time")
     parser.add_argument("--events", type=int, required=True, help="stop after this many events")
+    parser.add_argument("--batch-size", type=int, default=0, help="getMore batch size; 0: the server's")
     parser.add_argument("--ably-url", default="")
     parser.add_argument("--key", default="")
     return parser.parse_args(argv)
@@ -79,7 +80,8 @@ async def replay(args: argparse.Namespace, clock: Clock, http: httpx.AsyncClient
     try:
         db = client[args.db]
         target = db[args.collection] if args.collection else db
-        async with await target.watch(PIPELINE, start_at_operation_time=start) as stream:
+        options: dict[str, Any] = {"batch_size": args.batch_size} if args.batch_size else {}
+        async with await target.watch(PIPELINE, start_at_operation_time=start, **options) as stream:
             async for change in stream:
                 if http is not None:
                     channel = quote(change["_ablyChannel"], safe="")

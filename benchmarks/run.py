@@ -41,6 +41,9 @@ log = logging.getLogger("benchmarks")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PARTS = ("throughput", "latency", "backlog")
+READERS = ("limit", "naive", "connector")
+#: One RSS sample per this many seconds while the connector runs: enough to tell a plateau from growth.
+RSS_SAMPLE_S = 1.0
 SLOW_ABLY_MS = 20.0
 LIVE_RATES = (1000.0, 5000.0)
 #: The connector is done when the Ably emulator has every event; polling its stats this often bounds
@@ -76,7 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--backlog", type=int, help="backlog of the memory run (default 1000000, quick 50000)"
     )
+    parser.add_argument("--readers", default=",".join(READERS), help=f"comma list of {', '.join(READERS)}")
+    parser.add_argument(
+        "--connector-env", action="append", default=[], metavar="VAR=VALUE", help="extra connector setting"
+    )
     parser.add_argument("--profile", action="store_true", help="sample each connector run with py-spy")
+    parser.add_argument(
+        "--profile-idle", action="store_true", help="with --profile: sample waiting threads too"
+    )
     parser.add_argument("--dated", action="store_true", help="also write results/<date>-<quick|full>.json")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -90,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown part(s) {', '.join(sorted(unknown))}")
     args.workloads = [WORKLOADS[name] for name in (args.workload or WORKLOADS)]
+    args.readers = [r.strip() for r in args.readers.split(",") if r.strip()]
+    if set(args.readers) - set(READERS):
+        parser.error(f"--readers: choose from {', '.join(READERS)}")
+    if any("=" not in item for item in args.connector_env):
+        parser.error("--connector-env takes VAR=VALUE")
+    args.extra_env = dict(item.split("=", 1) for item in args.connector_env)
     if args.profile and profile.executable() is None:
         parser.error("--profile needs py-spy (pip install 'py-spy>=0.4')")
     return args
@@ -144,17 +160,24 @@ class Bench:
             "CONNECTOR_ID": f"bench-{os.getpid()}-{next(self._ids)}",
             "LOG_LEVEL": "WARNING",
             "LOG_FORMAT": "json",
+            **self.args.extra_env,
         }
 
-    def wait_delivered(self, conn: procs.ConnectorProcess, count: int, timeout: float) -> tuple[float, float]:
+    def wait_delivered(
+        self, conn: procs.ConnectorProcess, count: int, timeout: float, rss: list[tuple[float, int, float]]
+    ) -> tuple[float, float]:
         """Poll until the Ably emulator holds `count` messages; returns when the first one was seen and
-        the connector's CPU seconds at that moment."""
+        the connector's CPU seconds at that moment. Appends (seconds, delivered, RSS MiB) samples to `rss`."""
         deadline = time.monotonic() + timeout
-        first_seen = cpu_at_first = 0.0
+        first_seen = cpu_at_first = next_sample = 0.0
         while True:
             delivered = int(self.admin.stats()["messages_delivered"])
+            now = time.time()
             if delivered and not first_seen:
-                first_seen, cpu_at_first = time.time(), conn.cpu_seconds()
+                first_seen, cpu_at_first = now, conn.cpu_seconds()
+            if now >= next_sample:
+                rss.append((round(now - conn.started_at, 1), delivered, round(conn.rss() / measure.MIB, 1)))
+                next_sample = now + RSS_SAMPLE_S
             if delivered >= count:
                 return first_seen, cpu_at_first
             conn.check_alive()
@@ -210,8 +233,9 @@ class Bench:
         before = self.emulator_cpu(backlog.mongo)
         with procs.ConnectorProcess(env, self.log_path) as conn:
             if self.args.profile:
-                recorder = profile.start(conn.pid, raw)
-            first_seen, cpu_at_first = self.wait_delivered(conn, events, RUN_TIMEOUT_S)
+                recorder = profile.start(conn.pid, raw, idle=self.args.profile_idle)
+            rss: list[tuple[float, int, float]] = []
+            first_seen, cpu_at_first = self.wait_delivered(conn, events, RUN_TIMEOUT_S, rss)
             cpu, peak = conn.cpu_seconds(), conn.peak_rss()
             last = self.admin.messages(since=events - 1)
             stats = self.admin.stats()
@@ -224,6 +248,8 @@ class Bench:
             self.charge_emulators(result, backlog.mongo, before)
             result.extra["messages_delivered"] = int(stats["messages_delivered"])
             result.extra["duplicates_dropped"] = int(stats["duplicates_dropped"])
+            result.extra["rss_series"] = rss  # (s since spawn, delivered, RSS MiB)
+            result.extra["connector_env"] = self.args.extra_env
         if recorder is not None:
             profile.finish(recorder)
             result.extra["profile"] = profile.top_frames(raw)
@@ -256,14 +282,18 @@ class Bench:
 
     def throughput_part(self, workload: Workload) -> None:
         with self.written_backlog(workload, self.args.events, f"bench_{workload.name}") as backlog:
-            self.fresh_ably(0.0)
-            self.emit(self.run_reader("limit", backlog, backlog.events, 0.0))
+            readers = self.args.readers
+            if "limit" in readers:
+                self.fresh_ably(0.0)
+                self.emit(self.run_reader("limit", backlog, backlog.events, 0.0))
             for latency in (0.0, SLOW_ABLY_MS):
                 prefix = self.args.naive_events if latency == 0 else self.args.naive_events_slow
-                self.fresh_ably(latency)
-                self.emit(self.run_reader("naive", backlog, prefix, latency))
-                self.fresh_ably(latency)
-                self.emit(self.run_connector(backlog, latency))
+                if "naive" in readers:
+                    self.fresh_ably(latency)
+                    self.emit(self.run_reader("naive", backlog, prefix, latency))
+                if "connector" in readers:
+                    self.fresh_ably(latency)
+                    self.emit(self.run_connector(backlog, latency))
 
     def emit(self, row: ThroughputResult) -> None:
         row.extra["load_avg_1m"] = os.getloadavg()[0]
@@ -298,7 +328,7 @@ class Bench:
             writer.join(self.args.live_seconds + RUN_TIMEOUT_S)
             if writer.error is not None or writer.is_alive():
                 raise RuntimeError(f"live writer failed: {writer.error!r}")
-            self.wait_delivered(conn, writer.written, DRAIN_TIMEOUT_S)
+            self.wait_delivered(conn, writer.written, DRAIN_TIMEOUT_S, [])
             cpu, peak = conn.cpu_seconds(), conn.peak_rss()
         messages = self.admin.messages()
         commit, write = measure.latencies_of(messages)
@@ -340,6 +370,8 @@ class Bench:
                 "backlog": self.args.backlog,
                 "doc_bytes": 1024,
                 "pipeline": PIPELINE,
+                "readers": self.args.readers,
+                "connector_env": self.args.extra_env,
             },
             "notes": self.notes,
             "throughput": [r.as_dict() for r in self.throughput],
