@@ -109,10 +109,6 @@ class Oplog:
     def get(self, seq: int) -> OplogEntry:
         return self._entries[seq - self._base_seq]
 
-    def entries_from(self, seq: int, limit: int) -> list[OplogEntry]:
-        start = max(seq, self.first_seq) - self._base_seq
-        return self._entries[start : start + limit]
-
     def seq_after(self, key: Key) -> int:
         """The sequence number of the first entry strictly after ``key``; 286 if history was lost."""
         if self._evicted_key is not None and key < self._evicted_key:

@@ -230,25 +230,23 @@ class ThreadedEmulator:
             raise RuntimeError("mongodb emulator failed to start") from self._error
 
     def _run(self) -> None:
+        # The thread's top level: a failure is handed to the owner (start() raises it, stop() logs
+        # it) rather than re-raised here, where it would only reach threading.excepthook.
         try:
             asyncio.run(self._main())
-        except BaseException as exc:  # reported to the starting thread, then re-raised
+        except Exception as exc:
             self._error = exc
+            log.error("mongodb emulator thread failed: %r", exc)
+        finally:
             self._ready.set()
-            raise
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        try:
-            async with MongoEmulator(**self._kwargs) as server:
-                self.server = server
-                self._ready.set()
-                await self._stop.wait()
-        except BaseException as exc:
-            self._error = exc
+        async with MongoEmulator(**self._kwargs) as server:
+            self.server = server
             self._ready.set()
-            raise
+            await self._stop.wait()
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on the emulator's loop (awaiting a coroutine result); thread-safe."""
