@@ -116,3 +116,36 @@ async def test_motor_crud_and_watch(emulator_uri: str, database_name: str) -> No
         await client.drop_database(database_name)
     finally:
         client.close()
+
+
+async def test_motor_stream_resumes_after_a_dropped_get_more(
+    emulator_uri: str, async_client: Any, database_name: str
+) -> None:
+    """Motor runs PyMongo's sync resume logic on a thread pool; it must resume against the emulator too."""
+    client: Any = AsyncIOMotorClient(emulator_uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS)
+    fail_point = {
+        "configureFailPoint": "failCommand",
+        "mode": {"times": 1},
+        "data": {"failCommands": ["getMore"], "closeConnection": True},
+    }
+    try:
+        coll = client[database_name]["orders"]
+        async with coll.watch(max_await_time_ms=500) as stream:
+            await coll.insert_one({"_id": 0})
+            ids: list[Any] = []
+            async with asyncio.timeout(EVENT_WAIT_S):
+                while len(ids) < 1:
+                    event = await stream.try_next()
+                    if event is not None:
+                        ids.append(event["documentKey"]["_id"])
+                await async_client.admin.command(fail_point)
+                await coll.insert_many([{"_id": 1}, {"_id": 2}])
+                while len(ids) < 3:
+                    event = await stream.try_next()
+                    if event is not None:
+                        ids.append(event["documentKey"]["_id"])
+        assert ids == [0, 1, 2]
+        await client.drop_database(database_name)
+    finally:
+        await async_client.admin.command({"configureFailPoint": "failCommand", "mode": "off"})
+        client.close()
