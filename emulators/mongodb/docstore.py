@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bson import Regex
+from bson import Decimal128, Regex
 from mongomock import helpers as mm_helpers
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
@@ -23,6 +23,7 @@ __all__ = [
     "insert_into_store",
     "mongomock_error",
     "replace_in_store",
+    "store_key",
 ]
 
 
@@ -46,18 +47,30 @@ def exact_id(query: dict[str, Any]) -> Any:
     value = query["_id"]
     if isinstance(value, dict) and len(value) == 1 and "$eq" in value:
         value = value["$eq"]
-    if isinstance(value, dict | list | bool | re.Pattern | Regex) or value is None:
+    if isinstance(value, dict | list | bool | re.Pattern | Regex | Decimal128) or value is None:
         return NO_KEY
     return value
+
+
+class _DecimalKey(tuple[str, bytes]):
+    """Decimal128 is unhashable; the store keys such `_id`s by their 16 bytes."""
+
+
+def store_key(_id: Any) -> Any:
+    """The key mongomock's store files a document under (hashdict for documents, as mongomock does)."""
+    if isinstance(_id, dict):
+        return mm_helpers.hashdict(_id)
+    if isinstance(_id, Decimal128):
+        return _DecimalKey(("decimal128", _id.bid))
+    if isinstance(_id, list | re.Pattern | Regex):
+        raise CommandError(2, f"can't use a {type(_id).__name__} for _id")
+    return _id
 
 
 def insert_into_store(col: Any, doc: dict[str, Any]) -> None:
     """Insert straight into mongomock's store: its insert_one re-validates and re-encodes every document
     (the client already did), which tripled the cost of an insert."""
-    key = doc["_id"]
-    if isinstance(key, dict):
-        col.insert_one(doc)
-        return
+    key = store_key(doc["_id"])
     store = col._store
     if key in store:
         raise DuplicateKeyError("E11000 Duplicate Key Error", 11000)
@@ -73,6 +86,7 @@ def insert_into_store(col: Any, doc: dict[str, Any]) -> None:
 
 def replace_in_store(col: Any, _id: Any, doc: dict[str, Any]) -> None:
     """Replace by `_id` in mongomock's store directly (its replace_one scans every document)."""
+    _id = store_key(_id)
     store = col._store
     old = store[_id]
     store[_id] = mm_helpers.patch_datetime_awareness_in_document(doc)

@@ -25,6 +25,7 @@ from .docstore import (
     insert_into_store,
     mongomock_error,
     replace_in_store,
+    store_key,
 )
 from .errors import CommandError
 from .oplog import Oplog, OplogEntry
@@ -179,10 +180,8 @@ class Storage:
 
     def find_one_by_id(self, db: str, coll: str, _id: Any) -> dict[str, Any] | None:
         """A private copy of the document with this `_id` (mongomock 4.3.0 stores them by `_id`)."""
-        if isinstance(_id, dict):
-            return self.collection(db, coll).find_one({"_id": _id})
         try:
-            return copy.deepcopy(self.collection(db, coll)._store[_id])
+            return copy.deepcopy(self.collection(db, coll)._store[store_key(_id)])
         except KeyError:
             return None
 
@@ -258,8 +257,6 @@ class Storage:
         try:
             if replace_id is None:
                 insert_into_store(col, doc)
-            elif isinstance(replace_id, dict):
-                col.replace_one({"_id": replace_id}, doc)
             else:
                 replace_in_store(col, replace_id, doc)
         except DuplicateKeyError as exc:
@@ -357,10 +354,7 @@ class Storage:
             pre = self.find_one_by_id(db, coll, _id)
             if pre is None:
                 continue
-            if isinstance(_id, dict):
-                col.delete_one({"_id": _id})
-            else:
-                del col._store[_id]
+            del col._store[store_key(_id)]
             removed.append(pre)
             self.record(
                 "delete",
@@ -407,8 +401,8 @@ class Storage:
         self.meta.setdefault(to_db, {})[to_coll] = meta
         new = self.client[to_db][to_coll]
         self.client[to_db].create_collection(to_coll)
-        if docs:
-            new.insert_many(docs)
+        for doc in docs:
+            insert_into_store(new, doc)
         for name, spec in indexes.items():
             if name != "_id_":
                 new.create_index(spec["key"], name=name, unique=spec.get("unique", False))
