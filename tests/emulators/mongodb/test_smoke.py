@@ -12,10 +12,10 @@ from typing import Any
 
 import bson
 import pytest
-from bson import Binary, Int64, Timestamp
+from bson import Binary, Decimal128, Int64, Timestamp
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import AsyncMongoClient, MongoClient
-from pymongo.errors import NotPrimaryError, OperationFailure
+from pymongo.errors import NotPrimaryError, OperationFailure, WriteError
 
 from emulators.mongodb import MongoEmulator, run_in_thread
 
@@ -394,3 +394,23 @@ async def test_update_that_changes_nothing_writes_no_event(client: AsyncMongoCli
         event = await stream.next()
     assert result.modified_count == 0
     assert event["operationType"] == "insert"
+
+
+@pytest.mark.parametrize(
+    "key", [Decimal128("2.5"), {"tenant": 1, "n": 2}, "text", Int64(7), 1.5], ids=lambda k: type(k).__name__
+)
+async def test_any_bson_id_round_trips_through_writes(client: AsyncMongoClient, key: Any) -> None:
+    coll = client.db.ids
+    async with await coll.watch(max_await_time_ms=AWAIT_MS) as stream:
+        await coll.insert_one({"_id": key, "n": 0})
+        await coll.update_one({"_id": key}, {"$inc": {"n": 1}})
+        assert await coll.find_one({"_id": key}) == {"_id": key, "n": 1}
+        await coll.delete_one({"_id": key})
+        events = [await stream.next() for _ in range(3)]
+    assert [e["documentKey"] for e in events] == [{"_id": key}] * 3
+    assert await coll.count_documents({}) == 0
+
+
+async def test_array_id_is_refused(client: AsyncMongoClient) -> None:
+    with pytest.raises(WriteError):
+        await client.db.ids.insert_one({"_id": [1, 2]})
