@@ -44,7 +44,7 @@ PARTS = ("throughput", "latency", "backlog")
 READERS = ("limit", "naive", "connector")
 #: One RSS sample per this many seconds while the connector runs: enough to tell a plateau from growth.
 RSS_SAMPLE_S = 1.0
-SLOW_ABLY_MS = 20.0
+SLOW_ABLY_MS = measure.SLOW_ABLY_MS
 LIVE_RATES = (1000.0, 5000.0)
 #: The connector is done when the Ably emulator has every event; polling its stats this often bounds
 #: the error of "first event seen" (the last one is read exactly from `received_at`).
@@ -401,8 +401,12 @@ class Bench:
         if self.backlog:
             out += ["", "Catching up a big backlog (connector, Ably at 0 ms):"]
             out += measure.format_throughput([self.backlog])
-        out += ["", "Targets (reported, not asserted):"]
+        out += [
+            "",
+            "Targets (reported, not asserted; ratios of events/s from process start, steady in brackets):",
+        ]
         out += measure.format_targets(report["targets"])
+        out += measure.cpu_summary(self.throughput)
         print("\n".join(out))
 
 
@@ -411,7 +415,7 @@ def write_report(report: dict[str, Any], dated: bool) -> list[Path]:
     paths = [RESULTS_DIR / "latest.json"]
     if dated:
         paths.append(RESULTS_DIR / f"{dt.date.today().isoformat()}-{report['mode']}.json")
-    text = json.dumps(report, indent=2, default=str, allow_nan=True) + "\n"
+    text = json.dumps(measure.json_safe(report), indent=2, default=str, allow_nan=False) + "\n"
     for path in paths:
         path.write_text(text)
     return paths
