@@ -9,6 +9,8 @@ comparisons) are handled here before anything reaches mongomock.
 from __future__ import annotations
 
 import copy
+import functools
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -261,6 +263,35 @@ def _encode_timestamps(value: Any) -> Any:
     return value
 
 
+def _sort_value(doc: dict[str, Any], path: str) -> Any:
+    value = _get_path(doc, path)
+    if value is _MISSING:
+        return None
+    return _encode_timestamps(value)
+
+
+def _sort(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
+    """A stable multi-key sort in BSON order (mongomock's cannot order Timestamps)."""
+    if not isinstance(spec, dict) or not spec:
+        raise CommandError(15976, "$sort stage must have at least one sort key")
+    keys = list(spec.items())
+
+    def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
+        for path, direction in keys:
+            if not isinstance(direction, int) or direction not in (1, -1):
+                raise CommandError(
+                    15975, "$sort key ordering must be 1 (for ascending) or -1 (for descending)"
+                )
+            va, vb = _sort_value(a, path), _sort_value(b, path)
+            if mm_filtering.bson_compare(operator.lt, va, vb):
+                return -direction
+            if mm_filtering.bson_compare(operator.gt, va, vb):
+                return direction
+        return 0
+
+    return sorted(docs, key=functools.cmp_to_key(compare))
+
+
 STAGES: dict[str, Stage] = {
     "$addFields": _add_fields,
     "$set": _add_fields,
@@ -270,6 +301,7 @@ STAGES: dict[str, Stage] = {
     "$redact": _redact,
     "$project": _project,
     "$match": _match,
+    "$sort": _sort,
 }
 
 
