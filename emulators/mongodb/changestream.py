@@ -104,6 +104,8 @@ _UPDATE_LIKE = frozenset({"update", "replace", "delete"})
 
 @dataclass(slots=True)
 class Scope:
+    """What a stream watches; decides which oplog entries it sees and which one invalidates it."""
+
     kind: Literal["cluster", "db", "coll"]
     db: str
     coll: str | None = None
@@ -131,6 +133,8 @@ class Scope:
 
 @dataclass(slots=True)
 class Options:
+    """The $changeStream options that change how an event is rendered."""
+
     full_document: str = "default"
     before_change: str = "off"
     show_expanded: bool = False
@@ -162,6 +166,7 @@ def parse_options(spec: Any) -> tuple[Options, dict[str, Any]]:
 
 
 def validate_pipeline(stages: list[Any]) -> None:
+    """Refuse the user pipeline at aggregate time, as the server does (errors there never resume)."""
     for n, stage in enumerate(stages):
         if not isinstance(stage, dict) or len(stage) != 1:
             raise CommandError(40323, "A pipeline stage specification object must contain exactly one field.")
@@ -179,6 +184,8 @@ def validate_pipeline(stages: list[Any]) -> None:
 
 @dataclass(slots=True, eq=False)
 class ChangeStreamCursor:
+    """A server-side cursor: any connection may getMore it, one at a time (``busy``)."""
+
     cursor_id: int
     scope: Scope
     options: Options
