@@ -58,6 +58,12 @@ class Config:
     standalone: bool = False
 
     @property
+    def address(self) -> str:
+        """host:port as drivers write it (IPv6 literals in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
     def version_tuple(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.server_version.split(".")[:3] if p.isdigit())
 
@@ -120,7 +126,7 @@ class Engine:
         self.drop_connections: Callable[[], int] = lambda: 0
         # Set by the server: the live client connections (serverStatus, emulatorDropConnections).
         self.connections_snapshot: Callable[[], list[Connection]] = list
-        self.address = f"{config.host}:{config.port}"
+        self.address = config.address
 
     # -- cursors --------------------------------------------------------------------------------------
     def new_cursor_id(self) -> int:

@@ -84,7 +84,7 @@ class MongoEmulator:
 
     @property
     def uri(self) -> str:
-        base = f"mongodb://{self.config.host}:{self.config.port}/"
+        base = f"mongodb://{self.config.address}/"
         if self.config.standalone:
             return base + "?directConnection=true"
         return f"{base}?replicaSet={self.config.replset}"
@@ -97,7 +97,7 @@ class MongoEmulator:
         )
         sock = self._server.sockets[0]
         self.config.port = sock.getsockname()[1]
-        self.engine.address = f"{self.config.host}:{self.config.port}"
+        self.engine.address = self.config.address
         self._state = State.OPENED
         log.info("mongodb emulator listening on %s", self.uri)
 
