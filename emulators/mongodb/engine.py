@@ -218,4 +218,18 @@ class Engine:
         reply = await handler(self, conn, db, cmd)
         if action is not None and action.write_concern_error is not None:
             reply["writeConcernError"] = action.write_concern_error
+        elif name in WRITE_COMMANDS and _unsatisfiable(cmd.get("writeConcern")):
+            # A one-member set applies the write but can never acknowledge w > 1.
+            reply["writeConcernError"] = {
+                "code": 100,
+                "codeName": "UnsatisfiableWriteConcern",
+                "errmsg": "Not enough data-bearing nodes",
+            }
         return reply
+
+
+def _unsatisfiable(write_concern: Any) -> bool:
+    if not isinstance(write_concern, dict):
+        return False
+    w = write_concern.get("w")
+    return isinstance(w, int) and not isinstance(w, bool) and w > 1
