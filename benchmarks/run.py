@@ -373,6 +373,7 @@ class Bench:
                 "readers": self.args.readers,
                 "connector_env": self.args.extra_env,
             },
+            "code": code_version(),
             "notes": self.notes,
             "throughput": [r.as_dict() for r in self.throughput],
             "latency": [r.as_dict() for r in self.latency],
@@ -390,6 +391,11 @@ class Bench:
             f"  1-minute load average {load['load_avg_1m_at_start']:.2f} at start, "
             f"{load['load_avg_1m_at_end']:.2f} at end (anything above ~1 before we start is someone else)"
         )
+        code = report["code"]
+        changed = (
+            f", with uncommitted changes to {', '.join(code['uncommitted'])}" if code["uncommitted"] else ""
+        )
+        out.append(f"  code: {code['commit'][:10]}{changed}")
         out += [f"  {note}" for note in self.notes]
         if self.throughput:
             out += ["", "Replaying the same backlog (1 KiB docs); CPU and RSS are the reader process's own:"]
@@ -408,6 +414,17 @@ class Bench:
         out += measure.format_targets(report["targets"])
         out += measure.cpu_summary(self.throughput)
         print("\n".join(out))
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and which files under test differed from it (others may be mid-change)."""
+
+    def git(*command: str) -> str:
+        done = subprocess.run(["git", *command], cwd=procs.ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.rstrip("\n") if done.returncode == 0 else ""
+
+    dirty = git("status", "--porcelain", "--", "connector", "emulators").splitlines()
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted": [line[3:] for line in dirty if line]}
 
 
 def write_report(report: dict[str, Any], dated: bool) -> list[Path]:
