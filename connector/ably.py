@@ -186,8 +186,10 @@ def _mapped_errors(host: str) -> Iterator[None]:
 
 
 def encode_spec(msg: OutboundMessage) -> bytes:
-    """One BatchSpec as JSON bytes; its length is what the message costs in a request body."""
-    return orjson.dumps({"channels": msg.channel, "messages": msg.message})
+    """One BatchSpec as JSON bytes (encoded once, then cached); its length is its cost in a request body."""
+    if msg.spec is None:
+        msg.spec = orjson.dumps({"channels": msg.channel, "messages": msg.message})
+    return msg.spec
 
 
 def _chunks(specs: Sequence[tuple[str, bytes]]) -> Iterator[tuple[int, int]]:

@@ -21,7 +21,8 @@ class OutboundMessage:
     """A routed change event, ready to publish.
 
     `seq` is the event's position in the stream as read by this process (0, 1, 2 ...);
-    the in-flight ledger acknowledges by `seq`. `size` is the size as Ably counts it.
+    the in-flight ledger acknowledges by `seq`. `size` is the size as Ably counts it. `spec` caches the
+    encoded BatchSpec (the publisher measures it at submit and the client sends the same bytes).
     """
 
     seq: int
@@ -29,3 +30,4 @@ class OutboundMessage:
     message: AblyMessage
     size: int
     token: dict[str, Any] = field(repr=False)
+    spec: bytes | None = field(default=None, repr=False)

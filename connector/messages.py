@@ -36,6 +36,7 @@ __all__ = [
     "Encoder",
     "channel_problem",
     "decimal128_str",
+    "encode_driver_event",
     "encode_fast",
     "encode_reference",
     "message_size",
@@ -100,14 +101,12 @@ _BSON_SCALARS: frozenset[type] = frozenset(
 def _naive_datetime_iso(value: datetime.datetime) -> dict[str, str]:
     """json_util's relaxed `$date` for a naive (UTC) datetime from 1970 on, without strftime.
 
-    The driver decodes BSON dates as naive UTC datetimes, so this is the shape seen on the hot path;
-    aware datetimes and earlier dates go through json_util.
+    The connector decodes BSON dates as naive UTC datetimes, so this is the shape seen on the hot path;
+    aware datetimes and earlier dates go through json_util. Like json_util: milliseconds (truncated)
+    when there is at least one, none otherwise.
     """
-    millis = value.microsecond // 1000
-    fraction = f".{millis:03d}" if millis else ""
     return {
-        "$date": f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
-        f"{value.second:02d}{fraction}Z"
+        "$date": value.isoformat(timespec="milliseconds" if value.microsecond >= 1000 else "seconds") + "Z"
     }
 
 
@@ -169,6 +168,45 @@ def _relaxed_fast(event: Mapping[str, Any]) -> bytes:
 
 def _canonical_fast(event: Mapping[str, Any]) -> bytes:
     return encode_fast(event, "canonical")
+
+
+_DRIVER_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def _relaxed_default(value: Any) -> Any:
+    """orjson's hook for what it cannot (or must not) write itself, in relaxed Extended JSON."""
+    kind = type(value)
+    if kind is ObjectId:
+        return {"$oid": str(value)}
+    if kind is Int64:
+        return int(value)
+    if kind is datetime.datetime and value.tzinfo is None and value >= _EPOCH_NAIVE:
+        return _naive_datetime_iso(value)
+    if kind is Decimal128:
+        return {"$numberDecimal": decimal128_str(value)}
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return json_util.default(value, _RELAXED)
+
+
+def encode_driver_event(event: Mapping[str, Any]) -> bytes:
+    """Relaxed Extended JSON of an event as the driver decoded it, with no Python walk over the event.
+
+    orjson writes the JSON-native values itself and calls `_relaxed_default` only for BSON types (subclasses
+    such as Int64 and Code included, datetimes too). Two things orjson would get wrong are kept off this
+    path: native `uuid.UUID` (it writes a plain string; the connector's codec options decode binary
+    subtype 4 as `Binary`, never UUID) and NaN/Infinity (it writes `null`): any output containing `null`
+    is re-encoded by `encode_fast`, which is exact. Parses equal to `encode_reference` (hypothesis test).
+    """
+    try:
+        out = orjson.dumps(event, default=_relaxed_default, option=_DRIVER_OPTS)
+    except (orjson.JSONEncodeError, TypeError):
+        return encode_reference(event, "relaxed")
+    if b"null" in out:
+        return encode_fast(event, "relaxed")
+    return out
 
 
 #: JSON_MODE -> encoder used by `to_message`; swap an entry to try another encoder.

@@ -17,10 +17,11 @@ from pymongo import WriteConcern
 
 DriverName = Literal["pymongo", "motor"]
 
-# Change events decode with naive UTC datetimes (the fast path of the Extended JSON encoder; json_util
-# writes the same `$date` for naive and aware values) and standard UUIDs, so what we publish round-trips.
+# Change events decode with naive UTC datetimes and binary subtype 4 left as `Binary` (never uuid.UUID):
+# the shapes `messages.encode_driver_event` writes exactly without a Python walk. The Extended JSON is
+# the same either way (json_util writes one `$date` for naive and aware values, one `$binary` for both).
 CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
-    tz_aware=False, uuid_representation=UuidRepresentation.STANDARD
+    tz_aware=False, uuid_representation=UuidRepresentation.UNSPECIFIED
 )
 MAJORITY = WriteConcern(w="majority")
 SERVER_SELECTION_TIMEOUT_MS = 10_000
@@ -50,7 +51,7 @@ class Mongo:
         kwargs: dict[str, Any] = {
             "appname": app_name or "livesync-connector",
             "tz_aware": False,
-            "uuidRepresentation": "standard",
+            "uuidRepresentation": "unspecified",
         }
         if "serverselectiontimeoutms" not in uri.lower():  # keyword arguments would override the URI's
             kwargs["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS

@@ -23,7 +23,7 @@ from connector.errors import AblyError, ConnectorError, FatalError, StreamError
 from connector.events import OutboundMessage
 from connector.health import HealthServer
 from connector.ledger import InFlightLedger
-from connector.messages import to_message
+from connector.messages import encode_driver_event, to_message
 from connector.metrics import build_registry
 from connector.mongo import Mongo
 from connector.pipeline import pipeline_hash, sets_channel
@@ -72,6 +72,8 @@ class Worker:
         self._owns_mongo = mongo is None
         self.mongo = mongo or mongo_from(settings)
         self.ably = ably or ably_from(settings)
+        # Events arrive decoded with connector.mongo.CODEC_OPTIONS: the walk-free encoder applies.
+        self._encoder = encode_driver_event if settings.json_mode == "relaxed" else None
         self.stages = settings.pipeline_stages()
         self.pipeline_hash = pipeline_hash(self.stages)
         self.namespace = settings.watch_label
@@ -123,7 +125,11 @@ class Worker:
 
     def _route(self, seq: int, event: Mapping[str, Any]) -> OutboundMessage:
         return to_message(
-            seq, event, json_mode=self.settings.json_mode, max_message_size=self.settings.max_message_size
+            seq,
+            event,
+            json_mode=self.settings.json_mode,
+            max_message_size=self.settings.max_message_size,
+            encoder=self._encoder,
         )
 
     async def _on_rejected(self, msg: OutboundMessage, error: AblyError) -> None:

@@ -22,11 +22,13 @@ from connector.messages import (
     ENCODERS,
     MISSING,
     decimal128_str,
+    encode_driver_event,
     encode_fast,
     encode_reference,
     message_size,
     to_message,
 )
+from connector.mongo import CODEC_OPTIONS
 
 OID = ObjectId("65a1b2c3d4e5f60718293a4b")
 TOKEN = {"_data": "8265A1B2C3000000012B022C0100296E5A1004"}
@@ -359,6 +361,28 @@ def test_fast_encoder_equals_json_util_after_bson_round_trip(doc: dict[str, Any]
             decoded, json_options=json_options.with_options(uuid_representation=4)
         )
         assert json.loads(encode_fast(decoded, mode)) == json.loads(reference)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents)
+def test_driver_event_encoder_equals_json_util(doc: dict[str, Any]) -> None:
+    """The hot-path encoder, on events decoded with the connector's codec options (subtype 4 as Binary)."""
+    standard: bson.CodecOptions[dict[str, Any]] = bson.CodecOptions(
+        uuid_representation=bson.binary.UuidRepresentation.STANDARD
+    )
+    raw = bson.encode(doc, codec_options=standard)
+    reference = bson.json_util.dumps(
+        bson.decode(raw, codec_options=standard),
+        json_options=RELAXED_JSON_OPTIONS.with_options(uuid_representation=4),
+    )
+    assert json.loads(encode_driver_event(bson.decode(raw, codec_options=CODEC_OPTIONS))) == json.loads(
+        reference
+    )
+
+
+def test_driver_event_encoder_is_exact_for_non_finite_floats() -> None:
+    event = {"a": float("nan"), "b": float("inf"), "c": None, "d": Int64(7), "e": Code("x")}
+    assert json.loads(encode_driver_event(event)) == json.loads(encode_reference(event, "relaxed"))
 
 
 @settings(max_examples=500, deadline=None)
