@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=10000, gt=0)
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     ably_request_timeout_s: float = Field(default=10.0, gt=0)
+    stream_batch_size: int = Field(default=1000, gt=0)
 
     _stages: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 

@@ -110,6 +110,7 @@ class Worker:
                 pipeline=settings.stream_pipeline(),
                 full_document=settings.full_document,
                 full_document_before_change=settings.full_document_before_change,
+                batch_size=settings.stream_batch_size,
             ),
             ledger=self.ledger,
             checkpointer=self.checkpointer,
