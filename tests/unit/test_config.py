@@ -341,3 +341,9 @@ def test_unknown_keyword_is_rejected_but_unknown_variables_ignored() -> None:
     with pytest.raises(ValidationError):
         Settings(mongodb_database="d", ably_api_key=KEY, pipeline=PIPELINE, log_levle="DEBUG")  # type: ignore[arg-type, call-arg]
     assert load(LOG_LEVLE="DEBUG", HOME="/root").log_level == "INFO"
+
+
+def test_stream_batch_size_defaults_to_1000_and_must_be_positive() -> None:
+    assert load().stream_batch_size == 1000
+    assert load(STREAM_BATCH_SIZE="250").stream_batch_size == 250
+    assert only_problem(STREAM_BATCH_SIZE="0") == "STREAM_BATCH_SIZE: must be > 0 (got '0')"
