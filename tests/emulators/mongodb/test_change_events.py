@@ -14,6 +14,9 @@ import pytest
 from bson import Timestamp
 from pymongo.errors import OperationFailure
 
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
+
 #: Bound on waiting for one expected event; an idle awaitData getMore returns within MAX_AWAIT_MS.
 EVENT_WAIT_S = 10.0
 MAX_AWAIT_MS = 300

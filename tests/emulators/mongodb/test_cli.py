@@ -18,6 +18,9 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[3]
 #: Bound on start-up (import + bind) and on a clean shutdown after SIGTERM.
 START_TIMEOUT_S = 20.0

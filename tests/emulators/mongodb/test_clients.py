@@ -10,10 +10,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import MongoClient
 
 from tests.emulators.mongodb.conftest import SERVER_SELECTION_TIMEOUT_MS
+
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
 
 #: Upper bound on waiting for one expected change event (awaitData returns within ~1 s when idle).
 EVENT_WAIT_S = 10.0

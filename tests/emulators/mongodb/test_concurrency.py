@@ -10,7 +10,11 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from pymongo import AsyncMongoClient
+
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
 
 SERVER_SELECTION_TIMEOUT_MS = 10_000
 

@@ -11,7 +11,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from bson import ObjectId, json_util
+
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
 
 PIPELINES_DIR = Path(__file__).resolve().parents[3] / "pipelines"
 EVENT_WAIT_S = 10.0

@@ -11,6 +11,9 @@ from pymongo import ASCENDING, ReturnDocument, WriteConcern
 from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError, OperationFailure, WriteError
 from pymongo.read_concern import ReadConcern
 
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
+
 #: MongoDB's BSON document limit; hello must report it and the server must enforce it.
 MAX_BSON_SIZE = 16 * 1024 * 1024
 

@@ -15,6 +15,9 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import AutoReconnect, OperationFailure
 
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
+
 SERVER_SELECTION_TIMEOUT_MS = 10_000
 
 #: An arbitrary non-retryable, non-state-change code (InternalError) so PyMongo surfaces it unchanged.

@@ -16,6 +16,9 @@ import pytest
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.errors import AutoReconnect, NotPrimaryError
 
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
+
 #: Bound on collecting the expected events (each idle getMore returns within MAX_AWAIT_MS).
 EVENT_WAIT_S = 20.0
 MAX_AWAIT_MS = 300

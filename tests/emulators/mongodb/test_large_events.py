@@ -14,6 +14,9 @@ import bson
 import pytest
 from pymongo.errors import OperationFailure
 
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
+
 EVENT_WAIT_S = 20.0
 MAX_AWAIT_MS = 200
 BSON_OBJECT_TOO_LARGE = 10334

@@ -12,6 +12,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 import bson
+import pytest
+
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
 
 OP_REPLY = 1
 OP_QUERY = 2004

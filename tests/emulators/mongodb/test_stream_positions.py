@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 from pymongo.errors import BulkWriteError, OperationFailure
 
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
+
 #: Bound on collecting expected events; an idle getMore returns within MAX_AWAIT_MS.
 EVENT_WAIT_S = 20.0
 MAX_AWAIT_MS = 200

@@ -11,6 +11,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+#: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
+pytestmark = pytest.mark.integration
+
 EVENT_WAIT_S = 10.0
 MAX_AWAIT_MS = 200
 
