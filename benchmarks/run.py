@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import hashlib
 import itertools
 import json
 import logging
@@ -297,6 +298,7 @@ class Bench:
 
     def emit(self, row: ThroughputResult) -> None:
         row.extra["load_avg_1m"] = os.getloadavg()[0]
+        row.extra["connector_tree"] = tree_digest()
         self.throughput.append(row)
         for line in measure.format_throughput([row])[2:3]:
             log.info("%s", line)
@@ -345,6 +347,7 @@ class Bench:
             self.backlog = self.run_connector(backlog, 0.0)
             self.backlog.workload = f"backlog-{events // 1000}k"
             self.backlog.extra["load_avg_1m"] = os.getloadavg()[0]
+            self.backlog.extra["connector_tree"] = tree_digest()
             log.info("%s", measure.format_throughput([self.backlog])[2])
 
     # ------------------------------------------------------------ output
@@ -416,6 +419,15 @@ class Bench:
         print("\n".join(out))
 
 
+def tree_digest() -> str:
+    """A short digest of the connector's source as it is now: rows measured on different code (others
+    commit while a long run goes on) can be told apart."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for path in sorted((procs.ROOT / "connector").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def code_version() -> dict[str, Any]:
     """The commit measured, and which files under test differed from it (others may be mid-change)."""
 
@@ -424,7 +436,11 @@ def code_version() -> dict[str, Any]:
         return done.stdout.rstrip("\n") if done.returncode == 0 else ""
 
     dirty = git("status", "--porcelain", "--", "connector", "emulators").splitlines()
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted": [line[3:] for line in dirty if line]}
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted": [line[3:] for line in dirty if line],
+        "connector_tree": tree_digest(),
+    }
 
 
 def write_report(report: dict[str, Any], dated: bool) -> list[Path]:
