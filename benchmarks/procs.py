@@ -27,6 +27,7 @@ ABLY_KEY = "bench.key:secret"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 READY_POLL_S = 0.05
+METRICS_TIMEOUT_S = 2.0
 
 
 def free_port() -> int:
@@ -170,6 +171,17 @@ class ConnectorProcess:
     def peak_rss(self) -> int:
         assert self.ps is not None
         return peak_rss(self.ps)
+
+    def in_flight(self) -> int | None:
+        """The connector's in-flight ledger size from its metrics endpoint, None if it cannot say."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=METRICS_TIMEOUT_S).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("livesync_in_flight_events "):
+                return int(float(line.split()[1]))
+        return None
 
     def rss(self) -> int:
         assert self.ps is not None

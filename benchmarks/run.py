@@ -165,10 +165,15 @@ class Bench:
         }
 
     def wait_delivered(
-        self, conn: procs.ConnectorProcess, count: int, timeout: float, rss: list[tuple[float, int, float]]
+        self,
+        conn: procs.ConnectorProcess,
+        count: int,
+        timeout: float,
+        rss: list[tuple[float, int, float, int | None]],
     ) -> tuple[float, float]:
         """Poll until the Ably emulator holds `count` messages; returns when the first one was seen and
-        the connector's CPU seconds at that moment. Appends (seconds, delivered, RSS MiB) samples to `rss`."""
+        the connector's CPU seconds at that moment. Appends (seconds, delivered, RSS MiB, in-flight events)
+        samples to `rss`."""
         deadline = time.monotonic() + timeout
         first_seen = cpu_at_first = next_sample = 0.0
         while True:
@@ -177,7 +182,8 @@ class Bench:
             if delivered and not first_seen:
                 first_seen, cpu_at_first = now, conn.cpu_seconds()
             if now >= next_sample:
-                rss.append((round(now - conn.started_at, 1), delivered, round(conn.rss() / measure.MIB, 1)))
+                mib = round(conn.rss() / measure.MIB, 1)
+                rss.append((round(now - conn.started_at, 1), delivered, mib, conn.in_flight()))
                 next_sample = now + RSS_SAMPLE_S
             if delivered >= count:
                 return first_seen, cpu_at_first
@@ -235,7 +241,7 @@ class Bench:
         with procs.ConnectorProcess(env, self.log_path) as conn:
             if self.args.profile:
                 recorder = profile.start(conn.pid, raw, idle=self.args.profile_idle)
-            rss: list[tuple[float, int, float]] = []
+            rss: list[tuple[float, int, float, int | None]] = []
             first_seen, cpu_at_first = self.wait_delivered(conn, events, RUN_TIMEOUT_S, rss)
             cpu, peak = conn.cpu_seconds(), conn.peak_rss()
             last = self.admin.messages(since=events - 1)
@@ -249,7 +255,7 @@ class Bench:
             self.charge_emulators(result, backlog.mongo, before)
             result.extra["messages_delivered"] = int(stats["messages_delivered"])
             result.extra["duplicates_dropped"] = int(stats["duplicates_dropped"])
-            result.extra["rss_series"] = rss  # (s since spawn, delivered, RSS MiB)
+            result.extra["rss_series"] = rss  # (s since spawn, delivered, RSS MiB, in flight)
             result.extra["connector_env"] = self.args.extra_env
         if recorder is not None:
             profile.finish(recorder)
