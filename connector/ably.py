@@ -188,7 +188,9 @@ def _mapped_errors(host: str) -> Iterator[None]:
 def encode_spec(msg: OutboundMessage) -> bytes:
     """One BatchSpec as JSON bytes (encoded once, then cached); its length is its cost in a request body."""
     if msg.spec is None:
-        msg.spec = orjson.dumps({"channels": msg.channel, "messages": msg.message})
+        # Copied to an exact-size object: orjson's result keeps its whole working buffer (16 KiB for a
+        # 1.5 KB spec), and the publisher holds one spec per in-flight message (10k: 160 MB against 15 MB).
+        msg.spec = bytes(memoryview(orjson.dumps({"channels": msg.channel, "messages": msg.message})))
     return msg.spec
 
 
