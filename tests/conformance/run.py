@@ -11,8 +11,9 @@ Usage (from the repository root):
 
 The server is `MONGODB_TEST_URI` if set, else an in-process emulator (by default a 7.0 single-node
 replica set; the runOnRequirements are judged against whatever version and topology the server reports); the
-spec files come from `MONGODB_SPECS_DIR` (default `../shared/mongodb-specs`). The same tests run under
-pytest as `tests/conformance/test_change_stream_spec.py` (marker `conformance`). Exit status 1 if any failed.
+spec files come from `MONGODB_SPECS_DIR` (default: the pinned copy in `tests/conformance/spec-tests/`).
+The same tests run under pytest as `tests/conformance/test_change_stream_spec.py` (marker
+`conformance`). Exit status 1 if any failed.
 """
 
 from __future__ import annotations

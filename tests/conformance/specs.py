@@ -1,7 +1,7 @@
 """Loading unified-format spec files and judging `runOnRequirements` against the server under test.
 
-The spec directory comes from env `MONGODB_SPECS_DIR`, defaulting to `../shared/mongodb-specs` next to the
-repository (the driver specification's change-stream tests, see /work/shared/EMULATOR-NOTES.md).
+The spec directory comes from env `MONGODB_SPECS_DIR`, defaulting to the pinned copy in `spec-tests/`
+(the driver specification's change-stream tests).
 """
 
 from __future__ import annotations
@@ -41,12 +41,11 @@ _KNOWN_REQUIREMENT_KEYS: Final = frozenset(
 
 
 def specs_dir() -> Path:
-    """Return the spec directory: `MONGODB_SPECS_DIR`, else `<repo>/../shared/mongodb-specs`."""
+    """Return the spec directory: `MONGODB_SPECS_DIR`, else the pinned copy in `spec-tests/`."""
     configured = os.environ.get("MONGODB_SPECS_DIR")
     if configured:
         return Path(configured)
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "mongodb-specs"
+    return Path(__file__).resolve().parent / "spec-tests"
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
