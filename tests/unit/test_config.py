@@ -49,7 +49,7 @@ def test_defaults() -> None:
     assert (s.checkpoint_interval_ms, s.idle_checkpoint_interval_s, s.http_port) == (1000, 60.0, 8080)
     assert (s.log_level, s.log_format, s.mongo_driver, s.json_mode) == ("INFO", "json", "pymongo", "relaxed")
     assert (s.publish_batch_size, s.publish_linger_ms, s.publish_concurrency) == (500, 0, 8)
-    assert (s.max_in_flight, s.shutdown_grace_s, s.ably_request_timeout_s) == (10000, 25.0, 10.0)
+    assert (s.max_in_flight, s.shutdown_grace_s, s.ably_request_timeout_s) == (5000, 25.0, 10.0)
 
 
 def test_connector_id_derived_from_namespace() -> None:
