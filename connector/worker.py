@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # Longest wait between publish rounds while Ably fails. Short, so delivery resumes within about two seconds
 # of an outage ending; the client already backs off inside each round (429s grow to 10 s there).
 PUBLISH_RETRY_BACKOFF_MAX_S = 2.0
+# How long a stopping reader may take to notice: one awaitData poll (stream.MAX_AWAIT_TIME_MS) plus margin.
+READER_STOP_GRACE_S = 2.0
 # Waiting for MongoDB at start-up (a sidecar often starts before the replica set is ready).
 STARTUP_RETRY_MAX_S = 30.0
 
@@ -239,8 +241,9 @@ class Worker:
 
     async def _shutdown(self, drain: bool) -> None:
         self.stop_event.set()
-        # 1. stop reading
-        await self._cancel("reader")
+        # 1. stop reading: the reader sees the stop event after its current poll (bounded by the
+        # awaitData wait); cancelling it mid-getMore would leave the driver a half-used socket.
+        await self._cancel("reader", grace=READER_STOP_GRACE_S)
         # 2. drain in-flight publishes within the grace period
         grace = self.settings.shutdown_grace_s
         if drain and not self.ledger.is_idle():
@@ -274,8 +277,11 @@ class Worker:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _cancel(self, name: str) -> None:
+    async def _cancel(self, name: str, grace: float = 0.0) -> None:
+        """Stop an owned task: let it finish within `grace` seconds, then cancel it."""
         for task in [t for t in self._tasks if t.get_name() == name]:
+            if grace > 0:
+                await asyncio.wait({task}, timeout=grace)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
