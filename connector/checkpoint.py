@@ -154,7 +154,6 @@ class Checkpointer:
         self._idle_interval = idle_interval
         self._clock = clock
         self._mark: StreamMark | None = None
-        self._cluster_times: dict[int, Timestamp] = {}
         self._stored_seq = -1
         self._stored_token: Mapping[str, Any] | None = None
         self._last_store_at = clock()
@@ -174,10 +173,6 @@ class Checkpointer:
 
     def note_stream_mark(self, mark: StreamMark) -> None:
         self._mark = mark
-
-    def note_cluster_time(self, seq: int, cluster_time: Timestamp | None) -> None:
-        if cluster_time is not None:
-            self._cluster_times[seq] = cluster_time
 
     def candidate(self) -> tuple[Mapping[str, Any], int, bool, bool] | None:
         """(token, seq, invalidated, idle_refresh) worth storing now, or None."""
@@ -202,7 +197,7 @@ class Checkpointer:
         if chosen is None:
             return False
         token, seq, invalidated, _ = chosen
-        cluster_time = cluster_time_of(token) or self._cluster_times.get(seq)
+        cluster_time = cluster_time_of(token)
         try:
             await self._store.store(
                 token,
@@ -225,8 +220,6 @@ class Checkpointer:
         self._last_store_at = self._clock()
         self.stores += 1
         self.last_stored_cluster_time = cluster_time
-        for old in [s for s in self._cluster_times if s <= seq]:
-            del self._cluster_times[old]
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -54,7 +54,7 @@ class ReaderStats:
     unpublishable: int = 0
     reopens: int = 0
     invalidations: int = 0
-    last_event_cluster_time: Timestamp | None = None
+    last_event_cluster_time: Timestamp | None = None  # as found on the event (a pipeline may change it)
     last_event_wall_time: datetime | None = None
     last_event_read_at: float | None = None  # time.time() when read
     stream_open: bool = False
@@ -132,9 +132,11 @@ class Reader:
             try:
                 change = await stream.try_next()
             except PyMongoError as exc:
+                self._note_position(stream)
                 raise classify(exc, self.position) from exc
             if change is None:
                 if not stream.alive:
+                    self._note_position(stream)
                     raise StreamError("change stream closed by the server")
                 token = stream.resume_token
                 if token is not None:
@@ -146,9 +148,14 @@ class Reader:
                 await self._invalidated(change, stop)
                 return
             await self._accept(change)
-            token = stream.resume_token
-            if token is not None:
-                self.position = StartPosition(token=token)
+        self._note_position(stream)
+
+    def _note_position(self, stream: ChangeStreamLike) -> None:
+        """Remember the last position read, to reopen from it. Not done per event: PyMongo's
+        `resume_token` returns a deep copy each time."""
+        token = stream.resume_token
+        if token is not None:
+            self.position = StartPosition(token=token)
 
     async def _accept(self, change: Mapping[str, Any]) -> None:
         self._seq += 1
@@ -157,13 +164,8 @@ class Reader:
         stats = self.stats
         stats.events_read += 1
         stats.last_event_read_at = time.time()
-        cluster_time = change.get("clusterTime")
-        if isinstance(cluster_time, Timestamp):
-            stats.last_event_cluster_time = cluster_time
-            self._checkpointer.note_cluster_time(seq, cluster_time)
-        wall_time = change.get("wallTime")
-        if isinstance(wall_time, datetime):
-            stats.last_event_wall_time = wall_time
+        stats.last_event_cluster_time = change.get("clusterTime")
+        stats.last_event_wall_time = change.get("wallTime")
         try:
             msg = self._route(seq, change)
         except UnpublishableEvent as exc:

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from bson import json_util
+from bson import Timestamp, json_util
 
 from connector.ably import AblyRestClient
 from connector.checkpoint import Checkpointer, StoredPosition, TokenStore
@@ -323,7 +323,7 @@ class Worker:
             "ready": int(ready),
             "lag_seconds": (
                 r.last_event_read_at - r.last_event_cluster_time.time
-                if r.last_event_cluster_time and r.last_event_read_at
+                if isinstance(r.last_event_cluster_time, Timestamp) and r.last_event_read_at
                 else None
             ),
             "checkpoint_cluster_time_seconds": stored.time if stored else None,
