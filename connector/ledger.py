@@ -60,6 +60,12 @@ class InFlightLedger:
         while self._pending >= self._capacity:
             self._space.clear()
             await self._space.wait()
+        self.add(seq, token)
+
+    def add(self, seq: int, token: Token) -> None:
+        """`reserve()` for a caller that has checked `full` (no coroutine per event on the hot path)."""
+        if self._pending >= self._capacity:
+            raise RuntimeError("ledger is full: use reserve() to wait for space")
         if self._entries and seq <= self._entries[-1][0]:
             raise ValueError(f"sequence numbers must increase: {seq} after {self._entries[-1][0]}")
         entry = [seq, token, False]
@@ -81,7 +87,8 @@ class InFlightLedger:
             self._safe = head_token
         if self._pending == 0:
             self._idle.set()
-        self._space.set()
+        if not self._space.is_set():  # only a reserver waiting on a full ledger clears it
+            self._space.set()
 
     def checkpoint(self) -> Token | None:
         """Token of the newest event with everything at or before it completed."""

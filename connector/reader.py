@@ -160,7 +160,11 @@ class Reader:
     async def _accept(self, change: Mapping[str, Any]) -> None:
         self._seq += 1
         seq = self._seq
-        await self._ledger.reserve(seq, change["_id"])
+        ledger = self._ledger
+        if ledger.full:
+            await ledger.reserve(seq, change["_id"])  # backpressure: wait for Ably to catch up
+        else:
+            ledger.add(seq, change["_id"])
         stats = self.stats
         stats.events_read += 1
         stats.last_event_read_at = time.time()

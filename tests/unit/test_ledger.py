@@ -83,3 +83,13 @@ async def test_wait_idle_is_bounded() -> None:
     assert await ledger.wait_idle(0.01) is False
     ledger.complete(0)
     assert await ledger.wait_idle(0.01) is True
+
+
+async def test_add_refuses_a_full_ledger() -> None:
+    ledger = InFlightLedger(capacity=1)
+    ledger.add(0, token(0))
+    with pytest.raises(RuntimeError):
+        ledger.add(1, token(1))
+    ledger.complete(0)
+    ledger.add(1, token(1))
+    assert ledger.pending == 1
