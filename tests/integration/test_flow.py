@@ -6,19 +6,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from tests.integration.harness import connector, delivered, until, wait_delivered
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def db(mongo_uri: str, db_name: str) -> Any:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    yield client[db_name]
-    await client.drop_database(db_name)
-    await client.close()
 
 
 async def test_every_operation_type_reaches_its_channel_in_order(

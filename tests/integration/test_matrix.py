@@ -19,14 +19,6 @@ PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 PER_DOCUMENT = (PIPELINES / "channel-per-document.json").read_text()
 
 
-@pytest.fixture
-async def db(mongo_uri: str, db_name: str) -> Any:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
-    yield client[db_name]
-    await client.drop_database(db_name)
-    await client.close()
-
-
 async def four_operations(db: Any) -> None:
     await db.orders.insert_one({"_id": "a", "v": 1, "channel": "room:1"})
     await db.orders.update_one({"_id": "a"}, {"$set": {"v": 2}})
