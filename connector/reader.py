@@ -82,7 +82,7 @@ class Reader:
         self._route = route
         self._unpublishable = unpublishable
         self._on_history_lost = on_history_lost
-        self._stored_cluster_time = stored_cluster_time
+        self.stored_cluster_time = stored_cluster_time
         self._seq = -1
         self._failures = 0
         self.position = StartPosition()
@@ -198,7 +198,7 @@ class Reader:
             await asyncio.wait_for(stop.wait(), INVALIDATE_REOPEN_DELAY_S)
 
     async def _history_lost(self, exc: HistoryLostError) -> None:
-        since = self._stored_cluster_time
+        since = self.stored_cluster_time
         gap = (
             f"events between {_ts_text(since)} and {datetime.now(UTC).isoformat()} may be missing"
             if since is not None
@@ -216,7 +216,7 @@ class Reader:
             extra={"code": 72008},
         )
         self.position = StartPosition()
-        self._stored_cluster_time = None
+        self.stored_cluster_time = None
 
     async def _backoff(self, exc: StreamError, stop: asyncio.Event) -> None:
         self._failures += 1

@@ -165,7 +165,9 @@ class Worker:
         try:
             fatal = await self._serve(start)
         finally:
-            await self._shutdown(fatal is None)
+            # Events read before a fatal error still get their chance to publish, unless Ably is the
+            # problem (then draining would only wait out the grace period).
+            await self._shutdown(drain=not isinstance(fatal, AblyError))
         if fatal is not None:
             code = getattr(fatal, "code", 72000)
             log.critical("stopping: %s", fatal, extra={"code": code})
@@ -183,7 +185,12 @@ class Worker:
             )
         if settings.http_port:
             self.health = HealthServer(settings.http_port, self.readiness, build_registry(self.snapshot))
-            await self.health.start()
+            try:
+                await self.health.start()
+            except OSError as exc:
+                raise FatalError(
+                    f"cannot serve health checks on HTTP_PORT {settings.http_port}: {exc}"
+                ) from exc
         attempt = 0
         while True:
             try:
@@ -211,7 +218,7 @@ class Worker:
                 )
             if stored.pipeline_hash and stored.pipeline_hash != self.pipeline_hash:
                 log.warning("the pipeline changed since the token was stored; resuming anyway")
-            self.reader._stored_cluster_time = stored.cluster_time
+            self.reader.stored_cluster_time = stored.cluster_time
             log.info("resuming from stored token %s", stored.token.get("_data"))
             return StartPosition(token=stored.token, start_after=stored.invalidated)
         if start_at != "now":

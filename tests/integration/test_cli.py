@@ -112,3 +112,16 @@ def test_unreadable_stored_token_exits_1_with_72006(
     sync_db.ably.insert_one({"_id": env["MONGODB_DATABASE"] + ".orders", "resumeToken": "garbage"})
     assert main(["run"]) == 1
     assert any(getattr(r, "code", None) == 72006 for r in caplog.records)
+
+
+def test_busy_http_port_exits_1_with_a_clear_line(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        monkeypatch.setenv("HTTP_PORT", str(busy.getsockname()[1]))
+        assert main(["run"]) == 1
+    assert any("cannot serve health checks on HTTP_PORT" in r.getMessage() for r in caplog.records)

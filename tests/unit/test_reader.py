@@ -228,7 +228,7 @@ async def test_invalidate_reopens_with_start_after() -> None:
 async def test_history_lost_under_fail_is_fatal_72008_with_the_range() -> None:
     mongo = FakeMongo([OperationFailure("gone", code=286)])
     reader, _, _, _ = build(mongo, history="fail")
-    reader._stored_cluster_time = Timestamp(1_700_000_000, 1)
+    reader.stored_cluster_time = Timestamp(1_700_000_000, 1)
     with pytest.raises(FatalError) as info:
         await reader.run(StartPosition(token=ev(1)["_id"]), asyncio.Event())
     assert info.value.code == 72008
