@@ -25,14 +25,9 @@ SERVER_SELECTION_TIMEOUT_MS = 10_000
 
 
 @pytest.fixture(scope="session")
-def emulator_uri() -> Iterator[str]:
-    """Connection string of the shared server (emulator unless MONGODB_TEST_URI is set)."""
-    if not os.environ.get(URI_ENV):
-        reason = emulator_unavailable_reason()
-        if reason is not None:
-            pytest.skip(reason)
-    with mongodb_uri() as uri:
-        yield uri
+def emulator_uri(mongo_uri: str) -> str:
+    """The session's one MongoDB (tests/conftest.py): the emulator unless `MONGODB_TEST_URI` is set."""
+    return mongo_uri
 
 
 @pytest.fixture
