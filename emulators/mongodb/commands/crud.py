@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import bson
@@ -49,85 +50,88 @@ def _check_insert_size(doc: Any) -> None:
         )
 
 
-@command("insert")
-async def insert(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
-    coll = _coll_name(cmd)
-    docs = cmd.get("documents") or []
-    ordered = cmd.get("ordered", True)
-    # Only a message bigger than the document limit can hold a too-large document.
-    check_size = conn.extra.get("last_request_size", 0) > MAX_BSON_OBJECT_SIZE
+def _each_statement(
+    statements: list[Any], ordered: bool, apply: Callable[[int, Any], None]
+) -> list[dict[str, Any]]:
+    """Apply write statements in order, as mongod does: errors are collected per statement, and an
+    ordered batch stops at the first one."""
     errors: list[dict[str, Any]] = []
-    n = 0
-    for index, doc in enumerate(docs):
+    for index, stmt in enumerate(statements):
         try:
-            if check_size:
-                _check_insert_size(doc)
-            engine.storage.insert(db, coll, doc)
-            n += 1
+            apply(index, stmt)
         except CommandError as exc:
             errors.append(_write_error(index, exc))
             if ordered:
                 break
-    reply: dict[str, Any] = {"n": n, "ok": 1.0}
+    return errors
+
+
+def _write_reply(reply: dict[str, Any], errors: list[dict[str, Any]]) -> dict[str, Any]:
     if errors:
         reply["writeErrors"] = errors
     return reply
 
 
+@command("insert")
+async def insert(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    coll = _coll_name(cmd)
+    # Only a message bigger than the document limit can hold a too-large document.
+    check_size = conn.extra.get("last_request_size", 0) > MAX_BSON_OBJECT_SIZE
+    n = 0
+
+    def apply(index: int, doc: Any) -> None:
+        nonlocal n
+        if check_size:
+            _check_insert_size(doc)
+        engine.storage.insert(db, coll, doc)
+        n += 1
+
+    errors = _each_statement(cmd.get("documents") or [], cmd.get("ordered", True), apply)
+    return _write_reply({"n": n, "ok": 1.0}, errors)
+
+
 @command("update")
 async def update(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
     coll = _coll_name(cmd)
-    ordered = cmd.get("ordered", True)
-    errors: list[dict[str, Any]] = []
     upserted: list[dict[str, Any]] = []
     n = modified = 0
-    for index, stmt in enumerate(cmd.get("updates") or []):
-        try:
-            result = engine.storage.update(
-                db,
-                coll,
-                stmt.get("q") or {},
-                stmt.get("u"),
-                multi=bool(stmt.get("multi")),
-                upsert=bool(stmt.get("upsert")),
-                array_filters=stmt.get("arrayFilters"),
-            )
-        except CommandError as exc:
-            errors.append(_write_error(index, exc))
-            if ordered:
-                break
-            continue
+
+    def apply(index: int, stmt: Any) -> None:
+        nonlocal n, modified
+        result = engine.storage.update(
+            db,
+            coll,
+            stmt.get("q") or {},
+            stmt.get("u"),
+            multi=bool(stmt.get("multi")),
+            upsert=bool(stmt.get("upsert")),
+            array_filters=stmt.get("arrayFilters"),
+        )
         if result.upserted_id is not None:
             n += 1
             upserted.append({"index": index, "_id": result.upserted_id})
         else:
             n += result.matched
             modified += result.modified
+
+    errors = _each_statement(cmd.get("updates") or [], cmd.get("ordered", True), apply)
     reply: dict[str, Any] = {"n": n, "nModified": modified, "ok": 1.0}
     if upserted:
         reply["upserted"] = upserted
-    if errors:
-        reply["writeErrors"] = errors
-    return reply
+    return _write_reply(reply, errors)
 
 
 @command("delete")
 async def delete(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
     coll = _coll_name(cmd)
-    ordered = cmd.get("ordered", True)
-    errors: list[dict[str, Any]] = []
     n = 0
-    for index, stmt in enumerate(cmd.get("deletes") or []):
-        try:
-            n += len(engine.storage.delete(db, coll, stmt.get("q") or {}, int(stmt.get("limit", 0))))
-        except CommandError as exc:
-            errors.append(_write_error(index, exc))
-            if ordered:
-                break
-    reply: dict[str, Any] = {"n": n, "ok": 1.0}
-    if errors:
-        reply["writeErrors"] = errors
-    return reply
+
+    def apply(index: int, stmt: Any) -> None:
+        nonlocal n
+        n += len(engine.storage.delete(db, coll, stmt.get("q") or {}, int(stmt.get("limit", 0))))
+
+    errors = _each_statement(cmd.get("deletes") or [], cmd.get("ordered", True), apply)
+    return _write_reply({"n": n, "ok": 1.0}, errors)
 
 
 @command("findAndModify", "findandmodify")
