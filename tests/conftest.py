@@ -44,6 +44,17 @@ def db_name() -> str:
     return f"t_{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture
+def sync_db(mongo_uri: str, db_name: str) -> Iterator[Any]:
+    """The test's own database through a blocking client, dropped afterwards."""
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
+    yield client[db_name]
+    client.drop_database(db_name)
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def ably_server() -> Iterator[Any]:
     from emulators.ably import run_in_thread

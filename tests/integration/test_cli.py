@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
 from connector.cli import main
 
@@ -18,14 +17,6 @@ def env(connector_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path
     for name, value in connector_env.items():
         monkeypatch.setenv(name, value)
     return connector_env
-
-
-@pytest.fixture
-def sync_db(mongo_uri: str, db_name: str) -> Any:
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri)
-    yield client[db_name]
-    client.drop_database(db_name)
-    client.close()
 
 
 def test_check_passes_and_publishes_nothing(
