@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "run":
         return asyncio.run(_run(settings))
     if command == "check":
-        from connector.check import run_checks
+        from connector.sources.mongodb.check import run_checks
 
         return asyncio.run(run_checks(settings, out=print))
     if args.token_command == "reset" and not args.yes:
@@ -103,8 +103,8 @@ async def _run(settings: Settings) -> int:
 
 
 async def _token(settings: Settings, action: str, *, out: Callable[[str], None]) -> int:
-    from connector.checkpoint import TokenStore
     from connector.errors import ConnectorError
+    from connector.sources.mongodb.checkpoint import TokenStore
     from connector.worker import mongo_from
 
     mongo = mongo_from(settings)

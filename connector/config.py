@@ -38,7 +38,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connector.errors import ConfigError, PipelineError
-from connector.pipeline import exclusion_stage, parse_pipeline
+from connector.sources.mongodb.pipeline import exclusion_stage, parse_pipeline
 
 __all__ = [
     "DEFAULT_ABLY_REST_URL",

@@ -15,21 +15,21 @@ from typing import Any
 
 from bson import Timestamp, json_util
 
-from connector.ably import AblyRestClient
-from connector.checkpoint import Checkpointer, StoredPosition, TokenStore
+from connector.ably.client import AblyRestClient
+from connector.ably.ledger import InFlightLedger
+from connector.ably.outbound import OutboundMessage
+from connector.ably.publisher import Publisher
 from connector.config import Settings
-from connector.deadletter import UnpublishableHandler
 from connector.errors import AblyError, ConnectorError, FatalError, StreamError
-from connector.events import OutboundMessage
 from connector.health import HealthServer
-from connector.ledger import InFlightLedger
-from connector.messages import encode_driver_event, to_message
 from connector.metrics import build_registry
-from connector.mongo import Mongo
-from connector.pipeline import pipeline_hash, sets_channel
-from connector.publisher import Publisher
-from connector.reader import Reader
-from connector.stream import StartPosition, StreamOptions
+from connector.sources.mongodb.checkpoint import Checkpointer, StoredPosition, TokenStore
+from connector.sources.mongodb.client import Mongo
+from connector.sources.mongodb.deadletter import UnpublishableHandler
+from connector.sources.mongodb.messages import encode_driver_event, to_message
+from connector.sources.mongodb.pipeline import pipeline_hash, sets_channel
+from connector.sources.mongodb.reader import Reader
+from connector.sources.mongodb.stream import StartPosition, StreamOptions
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Worker:
         self._owns_mongo = mongo is None
         self.mongo = mongo or mongo_from(settings)
         self.ably = ably or ably_from(settings)
-        # Events arrive decoded with connector.mongo.CODEC_OPTIONS: the walk-free encoder applies.
+        # Events arrive decoded with the MongoDB client's CODEC_OPTIONS: the walk-free encoder applies.
         self._encoder = encode_driver_event if settings.json_mode == "relaxed" else None
         self.stages = settings.pipeline_stages()
         self.pipeline_hash = pipeline_hash(self.stages)

@@ -242,7 +242,7 @@ async def test_readyz_and_metrics_while_running(connector_env: dict[str, str], d
 
 
 async def test_motor_stream_has_no_token_until_its_lazy_open(mongo_uri: str, db_name: str) -> None:
-    from connector.mongo import Mongo
+    from connector.sources.mongodb.client import Mongo
 
     mongo = Mongo(mongo_uri, db_name, driver="motor")
     stream = await mongo.watch("orders", [], max_await_time_ms=100)

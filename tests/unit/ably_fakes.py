@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from connector.events import AblyMessage, OutboundMessage
+from connector.ably.outbound import AblyMessage, OutboundMessage
 
 API_KEY = "appid.keyid:s3cr3t-K3Y-value"
 KEY_SECRET = "s3cr3t-K3Y-value"

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
-import connector.ably as ably_module
+import connector.ably.client as ably_module
 from connector import __version__
-from connector.ably import (
+from connector.ably.client import (
     DEFAULT_FALLBACK_HOSTS,
     FALLBACK_RETENTION_S,
     MAX_BODY_BYTES,

@@ -10,9 +10,9 @@ from bson import Timestamp
 from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import AutoReconnect
 
-from connector.checkpoint import Checkpointer, StreamMark, TokenStore, cluster_time_of
+from connector.ably.ledger import InFlightLedger
 from connector.errors import CheckpointError, CorruptCheckpointError
-from connector.ledger import InFlightLedger
+from connector.sources.mongodb.checkpoint import Checkpointer, StreamMark, TokenStore, cluster_time_of
 
 
 def tok(n: int) -> dict[str, str]:

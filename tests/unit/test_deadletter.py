@@ -9,9 +9,9 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import AutoReconnect
 
-from connector import deadletter
-from connector.deadletter import UnpublishableHandler
 from connector.errors import FatalError
+from connector.sources.mongodb import deadletter
+from connector.sources.mongodb.deadletter import UnpublishableHandler
 
 EVENT = {"_id": {"_data": "8200AA"}, "operationType": "insert", "fullDocument": {"x": 1}, "_ablyChannel": ""}
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.ledger import InFlightLedger
+from connector.ably.ledger import InFlightLedger
 
 
 def token(seq: int) -> dict[str, str]:

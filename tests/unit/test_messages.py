@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.errors import NoChannelError, UnpublishableEvent
-from connector.messages import (
+from connector.sources.mongodb.client import CODEC_OPTIONS
+from connector.sources.mongodb.messages import (
     ENCODERS,
     MISSING,
     decimal128_str,
@@ -28,7 +29,6 @@ from connector.messages import (
     message_size,
     to_message,
 )
-from connector.mongo import CODEC_OPTIONS
 
 OID = ObjectId("65a1b2c3d4e5f60718293a4b")
 TOKEN = {"_data": "8265A1B2C3000000012B022C0100296E5A1004"}

@@ -12,8 +12,8 @@ import pytest
 from bson import ObjectId, Timestamp
 
 from connector.errors import PipelineError, UnpublishableEvent
-from connector.messages import to_message
-from connector.pipeline import (
+from connector.sources.mongodb.messages import to_message
+from connector.sources.mongodb.pipeline import (
     ALLOWED_STAGES,
     exclusion_stage,
     parse_pipeline,

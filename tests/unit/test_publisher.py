@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.ably import MAX_BODY_BYTES, AblyRestClient
+from connector.ably.client import MAX_BODY_BYTES, AblyRestClient
+from connector.ably.ledger import InFlightLedger
+from connector.ably.outbound import OutboundMessage
+from connector.ably.publisher import Publisher
 from connector.errors import AblyAuthError, AblyError, AblyRetryableError
-from connector.events import OutboundMessage
-from connector.ledger import InFlightLedger
-from connector.publisher import Publisher
 from tests.unit.ably_fakes import API_KEY, FakeAbly, SleepRecorder, error_response, make_message
 
 PRIMARY = "http://ably.test"

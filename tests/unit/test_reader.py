@@ -11,14 +11,14 @@ from bson import Timestamp
 from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import OperationFailure
 
-from connector import reader as reader_module
-from connector.checkpoint import Checkpointer, TokenStore
-from connector.deadletter import UnpublishableHandler
+from connector.ably.ledger import InFlightLedger
+from connector.ably.outbound import OutboundMessage
 from connector.errors import FatalError, NoChannelError
-from connector.events import OutboundMessage
-from connector.ledger import InFlightLedger
-from connector.reader import Reader
-from connector.stream import StartPosition, StreamOptions
+from connector.sources.mongodb import reader as reader_module
+from connector.sources.mongodb.checkpoint import Checkpointer, TokenStore
+from connector.sources.mongodb.deadletter import UnpublishableHandler
+from connector.sources.mongodb.reader import Reader
+from connector.sources.mongodb.stream import StartPosition, StreamOptions
 
 END = object()  # script marker: the stream dies with a non-resumable error
 

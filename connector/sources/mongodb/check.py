@@ -14,9 +14,9 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from connector.config import Settings
 from connector.errors import AblyError
-from connector.mongo import Mongo
-from connector.pipeline import sets_channel
-from connector.stream import StartPosition, StreamOptions, open_stream
+from connector.sources.mongodb.client import Mongo
+from connector.sources.mongodb.pipeline import sets_channel
+from connector.sources.mongodb.stream import StartPosition, StreamOptions, open_stream
 from connector.worker import ably_from, mongo_from
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from typing import Any
 from bson import Timestamp
 from pymongo.errors import PyMongoError
 
+from connector.ably.ledger import InFlightLedger
 from connector.errors import CheckpointError, CorruptCheckpointError, StreamError
-from connector.ledger import InFlightLedger
 
 log = logging.getLogger(__name__)
 

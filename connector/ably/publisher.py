@@ -25,10 +25,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from connector.ably import MAX_BODY_BYTES, MAX_CHANNELS_PER_REQUEST, encode_spec
+from connector.ably.client import MAX_BODY_BYTES, MAX_CHANNELS_PER_REQUEST, encode_spec
+from connector.ably.ledger import InFlightLedger
+from connector.ably.outbound import OutboundMessage
 from connector.errors import AblyError, AblyRateLimitError, AblyRejectedError, AblyRetryableError
-from connector.events import OutboundMessage
-from connector.ledger import InFlightLedger
 
 __all__ = ["BatchClient", "Publisher", "PublisherStats", "RejectHandler"]
 

@@ -27,8 +27,8 @@ from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Rege
 from bson.binary import UuidRepresentation
 from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS, JSONOptions
 
+from connector.ably.outbound import AblyMessage, OutboundMessage
 from connector.errors import NoChannelError, UnpublishableEvent
-from connector.events import AblyMessage, OutboundMessage
 
 __all__ = [
     "ENCODERS",

@@ -19,7 +19,7 @@ from bson import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
 from connector.errors import HistoryLostError, StreamError
-from connector.mongo import ChangeStreamLike, Mongo
+from connector.sources.mongodb.client import ChangeStreamLike, Mongo
 
 log = logging.getLogger(__name__)
 

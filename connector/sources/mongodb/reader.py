@@ -22,13 +22,13 @@ from typing import Any, Literal, Protocol
 from bson import Timestamp
 from pymongo.errors import PyMongoError
 
-from connector.checkpoint import Checkpointer, StreamMark
-from connector.deadletter import UnpublishableHandler
+from connector.ably.ledger import InFlightLedger
+from connector.ably.outbound import OutboundMessage
 from connector.errors import FatalError, HistoryLostError, StreamError, UnpublishableEvent
-from connector.events import OutboundMessage
-from connector.ledger import InFlightLedger
-from connector.mongo import ChangeStreamLike, Mongo
-from connector.stream import StartPosition, StreamOptions, classify, open_stream
+from connector.sources.mongodb.checkpoint import Checkpointer, StreamMark
+from connector.sources.mongodb.client import ChangeStreamLike, Mongo
+from connector.sources.mongodb.deadletter import UnpublishableHandler
+from connector.sources.mongodb.stream import StartPosition, StreamOptions, classify, open_stream
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from connector import __version__
+from connector.ably.outbound import AblyMessage, OutboundMessage
 from connector.errors import (
     AblyAuthError,
     AblyError,
@@ -48,7 +49,6 @@ from connector.errors import (
     AblyRetryableError,
     ConfigError,
 )
-from connector.events import AblyMessage, OutboundMessage
 
 __all__ = [
     "ABLY_PROTOCOL_VERSION",

@@ -1,0 +1,1 @@
+"""Where changes come from: one subpackage per database, each producing `OutboundMessage`s."""

@@ -1,0 +1,1 @@
+"""The MongoDB source: a change stream, its resume-token store and the event → message mapping."""
