@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import socket
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,6 +105,11 @@ def _uri_password(uri: str) -> str | None:
     return parts[2] or None if parts else None
 
 
+def default_instance_id() -> str:
+    """`<hostname>-<pid>`: unique per process, and readable in logs and the lease document."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 class Settings(BaseSettings):
     """Every setting of the connector; names match the environment variables in lower case."""
 
@@ -142,6 +148,8 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     ably_request_timeout_s: float = Field(default=10.0, gt=0)
     stream_batch_size: int = Field(default=1000, gt=0)
+    lease_ttl_s: float = Field(default=10.0, ge=2)
+    instance_id: str = ""
 
     _stages: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
@@ -265,6 +273,8 @@ class Settings(BaseSettings):
             self.ably_fallback_hosts = list(DEFAULT_FALLBACK_HOSTS)
         if not self.connector_id:
             self.connector_id = self.watch_label
+        if not self.instance_id:
+            self.instance_id = default_instance_id()
         own = {self.resume_token_collection: "RESUME_TOKEN_COLLECTION"}
         if self.deadletter_collection in own:
             problems.append("DEADLETTER_COLLECTION: must differ from RESUME_TOKEN_COLLECTION")
