@@ -165,6 +165,22 @@ def parse_options(spec: Any) -> tuple[Options, dict[str, Any]]:
     return opts, spec
 
 
+def check_read_concern(read_concern: Any) -> None:
+    """A change stream reads only majority-committed history: mongod refuses any other explicit level
+    (document_source_change_stream.h, ``onlySingleReadConcernSupported``). No readConcern, or one with
+    no level (empty, or only ``afterClusterTime`` from a causally consistent session), is accepted:
+    the server upgrades the implicit default to majority."""
+    if not isinstance(read_concern, dict) or "level" not in read_concern:
+        return
+    level = read_concern["level"]
+    if level != "majority":
+        raise CommandError(
+            72,
+            "Aggregation stage $changeStream cannot run with a readConcern other than 'majority'. "
+            f"Current readConcern: {level}",
+        )
+
+
 def validate_pipeline(stages: list[Any]) -> None:
     """Refuse the user pipeline at aggregate time, as the server does (errors there never resume)."""
     for n, stage in enumerate(stages):
@@ -433,6 +449,7 @@ __all__ = [
     "ChangeStreamCursor",
     "Options",
     "Scope",
+    "check_read_concern",
     "parse_options",
     "position_cursor",
     "validate_pipeline",

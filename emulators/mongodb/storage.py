@@ -30,7 +30,7 @@ from .docstore import (
 from .errors import CommandError
 from .oplog import Oplog, OplogEntry
 from .topology import ClusterClock, wall_time
-from .update_ops import UpdateContext, apply_update
+from .update_ops import UpdateContext, apply_update, check_replacement_fields, validate_update
 from .update_ops import upsert_seed as updates_seed
 from .wire import ENCODE_OPTIONS
 
@@ -62,6 +62,8 @@ class UpdateResult:
     matched: int = 0
     modified: int = 0
     upserted_id: Any = None
+    # True when an upsert inserted a document (its `_id` may be null, so upserted_id cannot tell).
+    upserted: bool = False
     document: dict[str, Any] | None = None  # findAndModify: the chosen pre- or post-image
 
 
@@ -197,14 +199,16 @@ class Storage:
         sort: Any = None,
         array_filters: Any = None,
     ) -> UpdateResult:
-        if self.get_meta(db, coll) is None and not upsert:
-            return UpdateResult()  # like the server: no implicit creation without an upsert
-        meta = self.ensure(db, coll)
         replacement = not isinstance(update, list) and not updates.is_operator_update(update)
         if replacement and not isinstance(update, dict):
             raise CommandError(9, "the update must be a document or a pipeline")
         if replacement and multi:
             raise CommandError(9, "multi update is not supported for replacement-style update")
+        if not replacement and not isinstance(update, list):
+            validate_update(update)  # parsed before matching, as mongod does
+        if self.get_meta(db, coll) is None and not upsert:
+            return UpdateResult()  # like the server: no implicit creation without an upsert
+        meta = self.ensure(db, coll)
         try:
             ids = self._matching_ids(db, coll, query, sort, 0 if multi else 1)
         except Exception as exc:
@@ -236,6 +240,7 @@ class Storage:
                     66,
                     "After applying the update, the (immutable) field '_id' was found to have been altered",
                 )
+            check_replacement_fields(update)
             return {"_id": pre["_id"], **{k: v for k, v in update.items() if k != "_id"}}
         if isinstance(update, list):
             from .aggregation import run_pipeline
@@ -251,16 +256,18 @@ class Storage:
             return post
         return apply_update(pre, update, ctx)
 
-    def _store(self, col: Any, doc: dict[str, Any], replace_id: Any = None) -> None:
+    def _store(self, col: Any, doc: dict[str, Any], replace_id: Any = NO_KEY) -> None:
+        """Insert ``doc``, or replace the document with `_id` ``replace_id`` (which may be null)."""
         if len(bson.encode(doc, codec_options=ENCODE_OPTIONS)) > MAX_DOCUMENT_SIZE:
             raise CommandError(17419, f"Resulting document after update is larger than {MAX_DOCUMENT_SIZE}")
         try:
-            if replace_id is None:
+            if replace_id is NO_KEY:
                 insert_into_store(col, doc)
             else:
                 replace_in_store(col, replace_id, doc)
         except DuplicateKeyError as exc:
-            raise duplicate_key(col, col.full_name, doc, replace_id) from exc
+            own_id = None if replace_id is NO_KEY else replace_id
+            raise duplicate_key(col, col.full_name, doc, own_id) from exc
         except Exception as exc:
             raise mongomock_error(exc) from exc
 
@@ -284,6 +291,7 @@ class Storage:
             else:
                 post = apply_update(seed, update, ctx)
         else:
+            check_replacement_fields(update)
             post = {k: v for k, v in update.items()}
             if "_id" in seed and "_id" not in post:
                 post = {"_id": seed["_id"], **post}
@@ -291,6 +299,7 @@ class Storage:
             post = {"_id": ObjectId(), **post}
         self._store(self.collection(db, coll), post)
         result.upserted_id = post["_id"]
+        result.upserted = True
         result.document = post
         self.record(
             "insert",

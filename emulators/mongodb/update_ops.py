@@ -356,23 +356,45 @@ def _apply_rename(doc: dict[str, Any], spec: dict[str, Any], ctx: UpdateContext)
             _put(*target, value)
 
 
-def apply_update(doc: dict[str, Any], update: dict[str, Any], ctx: UpdateContext) -> dict[str, Any]:
-    """Return a new document: ``update`` (operator form) applied to ``doc``."""
-    new = copy.deepcopy(doc)
-    paths: list[str] = []
+def validate_update(update: dict[str, Any]) -> None:
+    """Parse-time checks of an operator update, made before any document is matched (mongod's
+    UpdateDriver::parse): an unknown operator is FailedToParse even when nothing would match.
+
+    An empty operand (``{$set: {}}``) is a no-op since MongoDB 5.0, not an error.
+    """
     for op, spec in update.items():
         if op not in OPERATORS and op != "$rename":
             raise CommandError(
-                9, f"Unknown modifier: {op}. Expected a valid update modifier or pipeline-style update"
+                9,
+                f"Unknown modifier: {op}. Expected a valid update modifier or pipeline-style update "
+                "specified as an array",
             )
         if not isinstance(spec, dict):
             raise CommandError(
-                9, f"Modifiers operate on fields but we found type {type(spec).__name__} instead."
+                9,
+                f"Modifiers operate on fields but we found type {type(spec).__name__} instead. "
+                f"For example: {{$mod: {{<field>: ...}}}} not {{{op}: {spec!r}}}",
             )
-        if not spec:
+
+
+def check_replacement_fields(replacement: dict[str, Any]) -> None:
+    """A replacement document may not have top-level `$`-prefixed fields (nested ones are allowed since
+    5.0); mongod checks this when it stores the result (storage_validation::scanDocument)."""
+    for name in replacement:
+        if isinstance(name, str) and name.startswith("$"):
             raise CommandError(
-                9, f"'{op}' is empty. You must specify a field like so: {{{op}: {{<field>: ...}}}}"
+                52,
+                f"The dollar ($) prefixed field '{name}' in '{name}' is not allowed in the context of an "
+                "update's replacement document. Consider using an aggregation pipeline with $replaceWith.",
             )
+
+
+def apply_update(doc: dict[str, Any], update: dict[str, Any], ctx: UpdateContext) -> dict[str, Any]:
+    """Return a new document: ``update`` (operator form) applied to ``doc``."""
+    validate_update(update)
+    new = copy.deepcopy(doc)
+    paths: list[str] = []
+    for op, spec in update.items():
         paths.extend(spec)
         if op == "$rename":
             paths.extend(str(v) for v in spec.values())

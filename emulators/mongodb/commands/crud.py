@@ -18,6 +18,7 @@ from ..changestream import (
     MAX_BATCH_BYTES,
     ChangeStreamCursor,
     Scope,
+    check_read_concern,
     parse_options,
     position_cursor,
     validate_pipeline,
@@ -107,7 +108,7 @@ async def update(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any])
             upsert=bool(stmt.get("upsert")),
             array_filters=stmt.get("arrayFilters"),
         )
-        if result.upserted_id is not None:
+        if result.upserted:
             n += 1
             upserted.append({"index": index, "_id": result.upserted_id})
         else:
@@ -163,13 +164,13 @@ async def find_and_modify(engine: Engine, conn: Connection, db: str, cmd: dict[s
         array_filters=cmd.get("arrayFilters"),
     )
     last_error: dict[str, Any] = {
-        "n": 1 if (result.matched or result.upserted_id is not None) else 0,
+        "n": 1 if (result.matched or result.upserted) else 0,
         "updatedExisting": bool(result.matched),
     }
-    if result.upserted_id is not None:
+    if result.upserted:
         last_error["upserted"] = result.upserted_id
     value = result.document if cmd.get("new") else before
-    if result.upserted_id is not None and not cmd.get("new"):
+    if result.upserted and not cmd.get("new"):
         value = None
     return {"lastErrorObject": last_error, "value": _project_one(value, fields), "ok": 1.0}
 
@@ -384,6 +385,7 @@ async def aggregate(engine: Engine, conn: Connection, db: str, cmd: dict[str, An
         )
     batch = _batch_size(cursor_opts.get("batchSize"), DEFAULT_FIRST_BATCH)
     if pipeline and isinstance(pipeline[0], dict) and "$changeStream" in pipeline[0]:
+        check_read_concern(cmd.get("readConcern"))
         return _open_change_stream(engine, db, target, pipeline, batch)
     if not isinstance(target, str):
         raise CommandError(2, "collectionless aggregate is not supported by the emulator")
