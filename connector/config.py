@@ -19,6 +19,10 @@ Derived values:
   none with a custom one, unless given explicitly.
 - `pipeline_stages()` is the parsed user pipeline; `stream_pipeline()` is what to pass to `watch()`
   (with the own-collection exclusion in front for a database-wide watch).
+
+`SOURCE` picks the source: `mongodb` (default) requires `MONGODB_DATABASE` and a pipeline; `postgres`
+(the outbox) requires `POSTGRES_URI` and ignores the MongoDB settings. Ably's Postgres connector
+variables (`ADBC_*`) are read as aliases of ours (`connector.sources.postgres.adbc`).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from connector.errors import ConfigError, PipelineError
 from connector.sources.mongodb.pipeline import exclusion_stage, parse_pipeline
+from connector.sources.postgres.adbc import apply_adbc_aliases
+from connector.sources.postgres.names import parse_table_name
 
 __all__ = [
     "DEFAULT_ABLY_REST_URL",
@@ -57,6 +63,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["json", "text"]
 MongoDriver = Literal["pymongo", "motor"]
 JsonMode = Literal["relaxed", "canonical"]
+Source = Literal["mongodb", "postgres"]
 
 DEFAULT_ABLY_REST_URL = "https://main.realtime.ably.net"
 #: Ably's documented fallback hosts for the default endpoint (client library spec RSC15).
@@ -74,9 +81,14 @@ _BAD_DB_CHARS = frozenset('/\\. "$\x00')
 _MAX_DB_NAME_BYTES = 63
 #: A fallback entry: `host`, `host:port` or `http(s)://host[:port]` (a local emulator speaks plain http).
 _HOST_RE = re.compile(r"^(https?://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
+_CONNINFO_PASSWORD_RE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
 _TIMESTAMP_CALL_RE = re.compile(r"^Timestamp\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 _SECONDS_RE = re.compile(r"^(\d+)(?:\.(\d+))?$")
 _UINT32_MAX = 2**32 - 1
+#: Longest wait for a missing sequence_id before it is logged and skipped. A gap is normally resolved
+#: within one poll round by proof (see connector/sources/postgres/gaps.py); the timeout only bites when
+#: a transaction that drew a number stays open this long. Chosen from the measurements in the README.
+GAP_TIMEOUT_MS_DEFAULT = 5000
 
 
 def _split_userinfo(uri: str) -> tuple[str, str, str | None, str] | None:
@@ -105,6 +117,25 @@ def _uri_password(uri: str) -> str | None:
     return parts[2] or None if parts else None
 
 
+def mask_conninfo(conninfo: str) -> str:
+    """A libpq URI or `key=value` string with its password masked."""
+    if "://" in conninfo:
+        return mask_uri(conninfo)
+    return _CONNINFO_PASSWORD_RE.sub(r"\1***", conninfo)
+
+
+def _conninfo_password(conninfo: str) -> str | None:
+    if "://" in conninfo:
+        return _uri_password(conninfo)
+    match = _CONNINFO_PASSWORD_RE.search(conninfo)
+    if match is None:
+        return None
+    value = match.group(2)
+    if value.startswith("'"):
+        value = re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value or None
+
+
 def default_instance_id() -> str:
     """`<hostname>-<pid>`: unique per process, and readable in logs and the lease document."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -116,8 +147,10 @@ class Settings(BaseSettings):
     # extra="forbid": a misspelt keyword in code (tests) fails loudly; the environment is filtered first.
     model_config = SettingsConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    # First: the validators of the source-specific settings look at it.
+    source: Source = "mongodb"
     mongodb_uri: str = Field(default="mongodb://localhost:27017", repr=False)
-    mongodb_database: str
+    mongodb_database: str = Field(default="", validate_default=True)
     mongodb_collection: str = ""
     full_document: FullDocument = "off"
     full_document_before_change: FullDocumentBeforeChange = "off"
@@ -150,6 +183,13 @@ class Settings(BaseSettings):
     stream_batch_size: int = Field(default=1000, gt=0)
     lease_ttl_s: float = Field(default=10.0, ge=2)
     instance_id: str = ""
+    # The Postgres outbox source (SOURCE=postgres)
+    postgres_uri: str = Field(default="", repr=False, validate_default=True)
+    outbox_table: str = "public.outbox"
+    nodes_table: str = "public.nodes"
+    poll_interval_ms: int = Field(default=1000, gt=0)
+    gap_timeout_ms: int = Field(default=GAP_TIMEOUT_MS_DEFAULT, gt=0)
+    outbox_batch_size: int = Field(default=1000, gt=0)
 
     _stages: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
@@ -176,6 +216,7 @@ class Settings(BaseSettings):
         "log_format",
         "mongo_driver",
         "json_mode",
+        "source",
         mode="before",
     )
     @classmethod
@@ -196,7 +237,9 @@ class Settings(BaseSettings):
 
     @field_validator("mongodb_database")
     @classmethod
-    def _check_database(cls, value: str) -> str:
+    def _check_database(cls, value: str, info: Any) -> str:
+        if not value and info.data.get("source") != "mongodb":
+            return value  # only the MongoDB source needs it (an invalid SOURCE is reported on its own)
         if not value:
             raise ValueError("required")
         bad = sorted(set(value) & _BAD_DB_CHARS)
@@ -205,6 +248,23 @@ class Settings(BaseSettings):
         if len(value.encode()) > _MAX_DB_NAME_BYTES:
             raise ValueError(f"must be at most {_MAX_DB_NAME_BYTES} bytes long")
         return value
+
+    @field_validator("postgres_uri")
+    @classmethod
+    def _check_postgres_uri(cls, value: str, info: Any) -> str:
+        if not value:
+            if info.data.get("source") == "postgres":
+                raise ValueError("required")
+            return value
+        if "://" in value and not value.startswith(("postgres://", "postgresql://")):
+            # Never echo the value: it may hold a password.
+            raise ValueError("must be a postgresql:// URI or a libpq key=value connection string")
+        return value
+
+    @field_validator("outbox_table", "nodes_table")
+    @classmethod
+    def _check_table(cls, value: str) -> str:
+        return parse_table_name(value).text
 
     @field_validator("mongodb_collection", "resume_token_collection", "deadletter_collection")
     @classmethod
@@ -275,6 +335,10 @@ class Settings(BaseSettings):
             self.connector_id = self.watch_label
         if not self.instance_id:
             self.instance_id = default_instance_id()
+        if self.source == "postgres":
+            if self.outbox_table == self.nodes_table:
+                raise ValueError("NODES_TABLE: must differ from OUTBOX_TABLE")
+            return self
         own = {self.resume_token_collection: "RESUME_TOKEN_COLLECTION"}
         if self.deadletter_collection in own:
             problems.append("DEADLETTER_COLLECTION: must differ from RESUME_TOKEN_COLLECTION")
@@ -317,7 +381,10 @@ class Settings(BaseSettings):
 
     @property
     def watch_label(self) -> str:
-        """`<db>` or `<db>.<coll>`: the watched namespace for logs and the default connector id."""
+        """`<db>` or `<db>.<coll>` (the outbox table for SOURCE=postgres): the watched namespace for logs
+        and the default connector id."""
+        if self.source == "postgres":
+            return self.outbox_table
         if self.mongodb_collection:
             return f"{self.mongodb_database}.{self.mongodb_collection}"
         return self.mongodb_database
@@ -340,12 +407,16 @@ class Settings(BaseSettings):
         password = _uri_password(self.mongodb_uri)
         if password:
             out.extend({password, unquote(password)})
+        pg_password = _conninfo_password(self.postgres_uri)
+        if pg_password:
+            out.extend({pg_password, unquote(pg_password)})
         return [s for s in out if s]
 
     def redacted(self) -> dict[str, Any]:
         """All settings with secrets masked, for the startup log line."""
-        out = self.model_dump(exclude={"ably_api_key", "mongodb_uri"})
+        out = self.model_dump(exclude={"ably_api_key", "mongodb_uri", "postgres_uri"})
         out["mongodb_uri"] = mask_uri(self.mongodb_uri)
+        out["postgres_uri"] = mask_conninfo(self.postgres_uri)
         out["ably_api_key"] = self.ably_api_key.get_secret_value().partition(":")[0] + ":***"
         out["start_at"] = _format_start_at(self.start_at)
         out["pipeline_file"] = str(self.pipeline_file) if self.pipeline_file else None
@@ -406,7 +477,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | Path 
         merged.update({k.upper(): v for k, v in dotenv_values(env_file).items() if v is not None})
     merged.update({k.upper(): v for k, v in (os.environ if env is None else env).items()})
 
+    merged, alias_problems = apply_adbc_aliases(merged)
     values, problems = _collect(merged)
+    problems = alias_problems + problems
     if problems:
         raise ConfigError(problems)
     try:
@@ -455,6 +528,8 @@ def _describe(err: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
         shown = "***"
     elif name == "mongodb_uri" and isinstance(shown, str):
         shown = mask_uri(shown)
+    elif name == "postgres_uri" and isinstance(shown, str):
+        shown = mask_conninfo(shown)
     text: str
     if kind == "missing":
         text = "required"

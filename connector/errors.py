@@ -11,7 +11,10 @@
     │   ├── AblyRejectedError       permanent 4xx for a message (unpublishable)
     │   └── AblyAuthError           72001 with 40101 etc.: fatal
     ├── StreamError                 72003 cannot open / keep the change stream
-    │   └── HistoryLostError        72008 the stored position fell off the oplog
+    │   ├── HistoryLostError        72008 the stored position fell off the oplog
+    │   └── DatabaseUnavailable     72003 PostgreSQL unreachable or the connection broke (retry)
+    ├── SchemaError                 72003 the outbox/nodes tables are missing or not Ably's shape
+    ├── LeadershipLost              this instance is no longer the outbox's one publisher
     ├── CheckpointError             72007 cannot store the resume token
     │   └── CorruptCheckpointError  72006 stored token unreadable
     └── FatalError                  stop the connector (exit 1) with one clear line
@@ -109,6 +112,20 @@ class HistoryLostError(StreamError):
     """Raised when the stored position is no longer in the oplog (server code 286)."""
 
     code = 72008
+
+
+class DatabaseUnavailable(StreamError):
+    """Raised when PostgreSQL cannot be reached or a connection to it broke (retried)."""
+
+
+class SchemaError(ConnectorError):
+    """Raised when the outbox, nodes or connector tables are missing, misshapen or not accessible."""
+
+    code = 72003
+
+
+class LeadershipLost(ConnectorError):
+    """Raised when this instance stops being the outbox's publisher (its lock session ended)."""
 
 
 class CheckpointError(ConnectorError):
