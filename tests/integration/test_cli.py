@@ -41,6 +41,15 @@ def test_check_reports_a_wrong_ably_key(
     assert "not-the-secret" not in out
 
 
+def test_check_names_an_unreachable_mongodb_in_one_line(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MONGODB_URI", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300")
+    assert main(["check"]) == 1
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "MongoDB" in line]
+    assert line == "FAIL  MongoDB unreachable: cannot connect to 127.0.0.1:1: connection refused (code 72003)"
+
+
 def test_check_reports_missing_pre_images(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sync_db: Any
 ) -> None:

@@ -14,7 +14,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from connector.config import Settings
 from connector.errors import AblyError
-from connector.sources.mongodb.client import Mongo
+from connector.sources.mongodb.client import Mongo, brief_error
 from connector.sources.mongodb.pipeline import sets_channel
 from connector.sources.mongodb.stream import StartPosition, StreamOptions, open_stream
 from connector.worker import ably_from, mongo_from
@@ -62,7 +62,8 @@ async def _check_mongo(settings: Settings, mongo: Mongo, report: _Report) -> Non
     try:
         hello = await mongo.command({"hello": 1}, db="admin")
     except PyMongoError as exc:
-        report.fail(f"MongoDB unreachable: {exc}", 72003)
+        log.debug("MongoDB unreachable", exc_info=exc)
+        report.fail(f"MongoDB unreachable: {brief_error(exc)}", 72003)
         return
     if hello.get("msg") == "isdbgrid":
         report.ok("MongoDB reachable (sharded cluster via mongos)")
@@ -85,7 +86,7 @@ async def _check_mongo(settings: Settings, mongo: Mongo, report: _Report) -> Non
         await stream.close()
         report.ok(f"change stream opens on {settings.watch_label} with the pipeline and options")
     except Exception as exc:  # reported, not raised: `check` lists every problem it can find
-        report.fail(f"cannot open a change stream on {settings.watch_label}: {exc}", 72003)
+        report.fail(f"cannot open a change stream on {settings.watch_label}: {brief_error(exc)}", 72003)
     await _check_images(settings, mongo, report)
 
 
@@ -104,7 +105,7 @@ async def _check_images(settings: Settings, mongo: Mongo, report: _Report) -> No
         cursor = await mongo.db.list_collections(filter=flt)
         infos: list[Mapping[str, Any]] = [info async for info in cursor]
     except (OperationFailure, PyMongoError) as exc:
-        report.fail(f"cannot list collections to check pre- and post-images: {exc}", 72003)
+        report.fail(f"cannot list collections to check pre- and post-images: {brief_error(exc)}", 72003)
         return
     missing = [
         info["name"]

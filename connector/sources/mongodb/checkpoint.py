@@ -23,6 +23,7 @@ from pymongo.errors import PyMongoError
 
 from connector.ably.ledger import InFlightLedger
 from connector.errors import CheckpointError, CorruptCheckpointError, StreamError
+from connector.sources.mongodb.client import brief_error
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class TokenStore:
             doc = await self._collection.find_one({"_id": self.connector_id})
         except PyMongoError as exc:
             # MongoDB not reachable (yet): the caller retries; this is not a corrupt token.
-            raise StreamError(f"cannot read the stored resume token: {exc}") from exc
+            raise StreamError(f"cannot read the stored resume token: {brief_error(exc)}") from exc
         if doc is None:
             return None
         token = doc.get("resumeToken")
@@ -107,13 +108,13 @@ class TokenStore:
         try:
             await self._collection.update_one({"_id": self.connector_id}, {"$set": document}, upsert=True)
         except PyMongoError as exc:
-            raise CheckpointError(f"cannot store resume token: {exc}") from exc
+            raise CheckpointError(f"cannot store resume token: {brief_error(exc)}") from exc
 
     async def delete(self) -> bool:
         try:
             result = await self._collection.delete_one({"_id": self.connector_id})
         except PyMongoError as exc:
-            raise CheckpointError(f"cannot delete resume token: {exc}") from exc
+            raise CheckpointError(f"cannot delete resume token: {brief_error(exc)}") from exc
         return bool(result.deleted_count)
 
 
@@ -209,7 +210,8 @@ class Checkpointer:
         except CheckpointError as exc:
             self.healthy = False
             self.last_error = str(exc)
-            log.error("cannot store resume token: %s", exc, extra={"code": 72007})
+            log.error("%s", exc, extra={"code": 72007})
+            log.debug("checkpoint write failed in full", exc_info=exc.__cause__)
             return False
         if not self.healthy:
             log.info("resume token stored again after failures", extra={"code": 72007})

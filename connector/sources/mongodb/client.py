@@ -8,12 +8,15 @@ here and never imports a driver module directly.
 from __future__ import annotations
 
 import inspect
+import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 from pymongo import WriteConcern
+from pymongo.errors import ServerSelectionTimeoutError
 
 DriverName = Literal["pymongo", "motor"]
 
@@ -125,3 +128,28 @@ class MotorStreamAdapter:
         result = self._stream.close()
         if inspect.isawaitable(result):
             await result
+
+
+# "host:port: [Errno 111] Connect call failed ('127.0.0.1', 1)" — one per server in PyMongo's message.
+_SERVER_ERRNO = re.compile(r"(?P<address>[^\s,]+:\d+): \[Errno (?P<errno>-?\d+)\] (?P<text>[^(,]*)")
+
+
+def brief_error(exc: BaseException) -> str:
+    """PyMongo's error in one line: the cause per server, without the topology description.
+
+    A server-selection timeout's text carries the whole topology description (hundreds of characters);
+    the reader needs only `cannot connect to 127.0.0.1:1: connection refused`. Callers log the full text
+    at DEBUG.
+    """
+    text = str(exc)
+    if not isinstance(exc, ServerSelectionTimeoutError):
+        return text.split(", Topology Description: ")[0]
+    head = text.split(", Timeout: ")[0]
+    causes = []
+    for match in _SERVER_ERRNO.finditer(head):
+        errno = int(match["errno"])
+        reason = os.strerror(errno) if errno > 0 else match["text"].strip()
+        causes.append(f"cannot connect to {match['address']}: {reason.lower()}")
+    if causes:
+        return "; ".join(causes)
+    return re.sub(r"\s*\(configured timeouts:[^)]*\)", "", head)

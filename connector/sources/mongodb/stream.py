@@ -19,7 +19,7 @@ from bson import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
 from connector.errors import HistoryLostError, StreamError
-from connector.sources.mongodb.client import ChangeStreamLike, Mongo
+from connector.sources.mongodb.client import ChangeStreamLike, Mongo, brief_error
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,10 @@ def is_history_lost(exc: BaseException) -> bool:
 def classify(exc: PyMongoError, position: StartPosition) -> StreamError:
     """Map a driver error to ours (the one boundary between PyMongo errors and the reader)."""
     if is_history_lost(exc):
-        return HistoryLostError(f"change stream history lost resuming from {position.describe()}: {exc}")
-    return StreamError(f"change stream failed ({type(exc).__name__}): {exc}")
+        return HistoryLostError(
+            f"change stream history lost resuming from {position.describe()}: {brief_error(exc)}"
+        )
+    return StreamError(f"change stream failed ({type(exc).__name__}): {brief_error(exc)}")
 
 
 async def open_stream(mongo: Mongo, options: StreamOptions, position: StartPosition) -> ChangeStreamLike:
