@@ -29,6 +29,7 @@ from .docstore import (
 )
 from .errors import CommandError
 from .oplog import Oplog, OplogEntry
+from .scan import matching_now, sort_documents
 from .topology import ClusterClock, wall_time
 from .update_ops import UpdateContext, apply_update, check_replacement_fields, validate_update
 from .update_ops import upsert_seed as updates_seed
@@ -165,12 +166,12 @@ class Storage:
         if key is not NO_KEY:
             # The common `{_id: value}` write: a dictionary lookup instead of mongomock's full scan.
             return [key] if key in self.collection(db, coll)._store else []
-        cursor = self.collection(db, coll).find(query, {"_id": 1})
+        docs = matching_now(self.collection(db, coll), query)
         if sort:
-            cursor = cursor.sort(list(sort.items()))
+            docs = sort_documents(docs, dict(sort))
         if limit:
-            cursor = cursor.limit(limit)
-        return [d["_id"] for d in cursor]
+            docs = docs[:limit]
+        return [d["_id"] for d in docs]
 
     def by_exact_id(self, db: str, coll: str, query: Any) -> list[dict[str, Any]] | None:
         """[doc] or [] when ``query`` is exactly `{_id: value}`; None when it is any other query."""
@@ -400,7 +401,7 @@ class Storage:
         target = self.get_meta(to_db, to_coll)
         if target is not None and not drop_target:
             raise CommandError(48, f"target namespace exists: {to_db}.{to_coll}")
-        docs = list(self.collection(db, coll).find())
+        docs = matching_now(self.collection(db, coll), {})
         indexes = self.collection(db, coll).index_information()
         if target is not None:
             self.meta[to_db].pop(to_coll)

@@ -11,6 +11,7 @@ import mongomock
 from bson import Int64
 from bson.raw_bson import RawBSONDocument
 
+from .. import scan
 from ..aggregation import run_pipeline
 from ..changestream import (
     DEFAULT_AWAIT_S,
@@ -191,25 +192,31 @@ def _cursor_reply(cursor_id: int, ns: str, docs: list[Any], first: bool, pbrt: A
     return {"cursor": cursor, "ok": 1.0}
 
 
-def _take_batch(cursor: FindCursor, batch_size: int | None) -> list[Any]:
-    """Up to ``batch_size`` documents (all if None), and never much more than 16 MiB."""
+async def _take_batch(cursor: FindCursor, batch_size: int | None) -> list[Any]:
+    """Up to ``batch_size`` documents (all if None), and never much more than 16 MiB; encoding yields to
+    the event loop (a default getMore can hold 100k small documents)."""
     limit = len(cursor.docs) if batch_size is None else batch_size
     start = cursor.position
     out: list[Any] = []
     size = 0
+    pacer = scan.Pacer()
     for doc in cursor.docs[start : start + limit]:
         raw = RawBSONDocument(bson.encode(doc, codec_options=ENCODE_OPTIONS))
         if out and size + len(raw.raw) > MAX_BATCH_BYTES:
             break
         out.append(raw)
         size += len(raw.raw)
+        if len(out) % scan.SCAN_SLICE == 0:
+            await pacer.pause()
     cursor.position = start + len(out)
     return out
 
 
-def _register_find_cursor(engine: Engine, ns: str, docs: list[Any], batch_size: int | None) -> dict[str, Any]:
+async def _register_find_cursor(
+    engine: Engine, ns: str, docs: list[Any], batch_size: int | None
+) -> dict[str, Any]:
     cursor = FindCursor(0, ns, docs)
-    first = _take_batch(cursor, batch_size)
+    first = await _take_batch(cursor, batch_size)
     cursor_id = 0
     if cursor.position < len(docs):
         cursor_id = engine.new_cursor_id()
@@ -230,44 +237,58 @@ def _batch_size(spec: Any, default: int | None) -> int | None:
 async def find(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
     coll = _coll_name(cmd)
     ns = f"{db}.{coll}"
-    meta = engine.storage.get_meta(db, coll)
+    storage = engine.storage
+    meta = storage.get_meta(db, coll)
     docs: list[Any] = []
-    exact = engine.storage.by_exact_id(db, coll, cmd.get("filter") or {}) if meta is not None else None
+    exact = storage.by_exact_id(db, coll, cmd.get("filter") or {}) if meta is not None else None
     if meta is not None and meta.is_view:
-        docs = run_pipeline(_view_docs(engine, db, coll), _find_as_pipeline(cmd))
+        docs = run_pipeline(await _view_docs(engine, db, coll), _find_as_pipeline(cmd))
     elif exact is not None:
         docs = run_pipeline(exact, _find_as_pipeline(cmd)[1:]) if exact else []
     elif meta is not None:
-        col = engine.storage.collection(db, coll)
-        try:
-            cursor = col.find(cmd.get("filter") or {}, cmd.get("projection") or None)
-            if cmd.get("sort"):
-                cursor = cursor.sort(list(cmd["sort"].items()))
-            if cmd.get("skip"):
-                cursor = cursor.skip(int(cmd["skip"]))
-            if cmd.get("limit"):
-                cursor = cursor.limit(abs(int(cmd["limit"])))
-            docs = list(cursor)
-        except NotImplementedError:
-            # mongomock cannot order some types (Timestamps); the emulator's own $match can.
-            docs = run_pipeline(list(col.find()), _find_as_pipeline(cmd))
-        except (mongomock.OperationFailure, ValueError, TypeError) as exc:
-            raise CommandError(2, str(exc)) from exc
+        docs = await _scan_find(storage.collection(db, coll), cmd)
     batch = _batch_size(cmd.get("batchSize"), DEFAULT_FIRST_BATCH)
     if cmd.get("singleBatch") or (cmd.get("limit") or 0) < 0:
         return _cursor_reply(0, ns, docs[: batch or None], True)
-    return _register_find_cursor(engine, ns, docs, batch)
+    return await _register_find_cursor(engine, ns, docs, batch)
 
 
-def _find_docs(engine: Engine, db: str, coll: str, query: Any) -> list[Any]:
+async def _scan_find(col: Any, cmd: dict[str, Any]) -> list[Any]:
+    """find over a collection: a linear scan that yields to the loop (scan.py), then sort, skip, limit
+    and projection. Unprojected results are the stored documents themselves: they are only encoded."""
+    try:
+        docs = await scan.matching(col, cmd.get("filter") or {})
+        if cmd.get("sort"):
+            docs = scan.sort_documents(docs, dict(cmd["sort"]))
+        skip = int(cmd.get("skip") or 0)
+        limit = abs(int(cmd.get("limit") or 0))
+        docs = docs[skip : skip + limit] if limit else docs[skip:]
+        if cmd.get("projection"):
+            docs = await scan.project(col, docs, dict(cmd["projection"]))
+        return docs
+    except NotImplementedError:
+        # mongomock cannot order some types (Timestamps); the emulator's own $match and $sort can.
+        return run_pipeline(await scan.copies(await scan.matching(col, {})), _find_as_pipeline(cmd))
+    except (mongomock.OperationFailure, ValueError, TypeError) as exc:
+        raise CommandError(2, str(exc)) from exc
+
+
+async def _find_docs(engine: Engine, db: str, coll: str, query: Any) -> list[Any]:
+    """Copies of the documents matching ``query``, for a pipeline to work on."""
     exact = engine.storage.by_exact_id(db, coll, query)
     if exact is not None:
         return exact
+    return await scan.copies(await _matching(engine, db, coll, query))
+
+
+async def _matching(engine: Engine, db: str, coll: str, query: Any) -> list[Any]:
+    """References to the stored documents matching ``query`` (never to be modified)."""
     col = engine.storage.collection(db, coll)
     try:
-        return list(col.find(query))
+        return await scan.matching(col, query)
     except NotImplementedError:
-        return run_pipeline(list(col.find()), [{"$match": query}])
+        docs = await scan.matching(col, {})
+        return run_pipeline(await scan.copies(docs), [{"$match": query}])
     except (mongomock.OperationFailure, ValueError, TypeError) as exc:
         raise CommandError(2, str(exc)) from exc
 
@@ -285,13 +306,13 @@ def _find_as_pipeline(cmd: dict[str, Any]) -> list[dict[str, Any]]:
     return pipeline
 
 
-def _view_docs(engine: Engine, db: str, view: str, depth: int = 0) -> list[Any]:
+async def _view_docs(engine: Engine, db: str, view: str, depth: int = 0) -> list[Any]:
     meta = engine.storage.get_meta(db, view)
     if meta is None or depth > 20:
         return []
     if not meta.is_view:
-        return list(engine.storage.collection(db, view).find())
-    source = _view_docs(engine, db, meta.options["viewOn"], depth + 1)
+        return await scan.copies(await scan.matching(engine.storage.collection(db, view), {}))
+    source = await _view_docs(engine, db, meta.options["viewOn"], depth + 1)
     return run_pipeline(source, list(meta.options.get("pipeline", [])), engine.storage.client[db])
 
 
@@ -326,7 +347,7 @@ async def get_more(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any
         elif cursor_id not in engine.cursors:
             cursor_id = 0
         return _cursor_reply(cursor_id, cursor.ns, docs, False, pbrt)
-    docs = _take_batch(cursor, batch)
+    docs = await _take_batch(cursor, batch)
     cursor.last_used = time.monotonic()
     if cursor.position >= len(cursor.docs):
         engine.cursors.pop(cursor_id, None)
@@ -356,7 +377,7 @@ async def count(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) 
     coll = _coll_name(cmd)
     if engine.storage.get_meta(db, coll) is None:
         return {"n": 0, "ok": 1.0}
-    n = engine.storage.collection(db, coll).count_documents(cmd.get("query") or {})
+    n = len(await _matching(engine, db, coll, cmd.get("query") or {}))
     n = max(0, n - int(cmd.get("skip") or 0))
     if cmd.get("limit"):
         n = min(n, abs(int(cmd["limit"])))
@@ -368,8 +389,11 @@ async def distinct(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any
     coll = _coll_name(cmd)
     if engine.storage.get_meta(db, coll) is None:
         return {"values": [], "ok": 1.0}
-    values = engine.storage.collection(db, coll).distinct(cmd["key"], cmd.get("query") or {})
-    return {"values": list(values), "ok": 1.0}
+    key = cmd.get("key")
+    if not isinstance(key, str):
+        raise CommandError(14, "BSON field 'distinct.key' is the wrong type, expected type 'string'")
+    docs = await _matching(engine, db, coll, cmd.get("query") or {})
+    return {"values": scan.distinct_values(docs, key), "ok": 1.0}
 
 
 @command("aggregate")
@@ -390,15 +414,23 @@ async def aggregate(engine: Engine, conn: Connection, db: str, cmd: dict[str, An
     if not isinstance(target, str):
         raise CommandError(2, "collectionless aggregate is not supported by the emulator")
     meta = engine.storage.get_meta(db, target)
-    docs: list[Any] = []
-    if meta is not None and not meta.is_view and pipeline and "$match" in pipeline[0]:
-        # Let the leading $match select (and copy) only matching documents.
-        docs = _find_docs(engine, db, target, pipeline[0]["$match"])
-        pipeline = pipeline[1:]
-    elif meta is not None:
-        docs = _view_docs(engine, db, target)
+    ns = f"{db}.{target}"
+    if meta is not None and not meta.is_view:
+        # The leading $match selects by a scan that yields to the loop; a count needs no copies.
+        query: dict[str, Any] = {}
+        if pipeline and isinstance(pipeline[0], dict) and "$match" in pipeline[0]:
+            query, pipeline = pipeline[0]["$match"], pipeline[1:]
+        counter = scan.count_shape(pipeline)
+        if counter is not None:
+            out = counter(len(await _matching(engine, db, target, query)))
+        else:
+            out = run_pipeline(
+                await _find_docs(engine, db, target, query), pipeline, engine.storage.client[db]
+            )
+        return await _register_find_cursor(engine, ns, out, batch)
+    docs = await _view_docs(engine, db, target) if meta is not None else []
     out = run_pipeline(docs, pipeline, engine.storage.client[db])
-    return _register_find_cursor(engine, f"{db}.{target}", out, batch)
+    return await _register_find_cursor(engine, ns, out, batch)
 
 
 def _open_change_stream(

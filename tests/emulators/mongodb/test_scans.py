@@ -1,0 +1,104 @@
+"""Collection scans are linear and leave other clients answered (issue 8, item 4.2).
+
+mongomock's cursor made every read of n documents cost O(n²): a count at 100k documents stalled the
+whole emulator for over a minute, so every change stream on it stopped getting answers. These tests load
+the documents straight into the emulator's storage (fast, no wire round trips), then measure through a
+real driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from emulators.mongodb import run_in_thread
+from emulators.mongodb.engine import Engine
+
+pytestmark = pytest.mark.integration
+
+SMALL, LARGE = 10_000, 100_000
+#: Filters that match every document but must be evaluated per document (no count fast path).
+MATCH_ALL = {"a": {"$gte": 0}}
+#: Per-document scan time at LARGE may be at most this multiple of that at SMALL (quadratic: ~10x).
+MAX_GROWTH = 2.0
+#: A getMore on a change stream must be answered within this much of its own awaitData wait.
+MAX_EXTRA_LATENCY_S = 0.1
+AWAIT_MS = 10
+TIMING_RUNS = 3
+
+
+def _load(engine: Engine, db: str, start: int, stop: int) -> None:
+    for i in range(start, stop):
+        engine.storage.insert(db, "c", {"_id": i, "a": i % 7, "pad": "x" * 100})
+
+
+@pytest.fixture
+def emulator(emulator_only: None) -> Iterator[Any]:
+    with run_in_thread(port=0, oplog_size=1000) as server:
+        yield server
+
+
+async def _best_of(runs: int, operation: Any) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        await operation()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+async def test_scan_time_per_document_does_not_grow_with_the_collection(emulator: Any) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(emulator.uri)
+    coll = client["scan"]["c"]
+    per_doc: dict[int, dict[str, float]] = {}
+    try:
+        loaded = 0
+        for size in (SMALL, LARGE):
+            emulator.call(_load, emulator.server.engine, "scan", loaded, size)
+            loaded = size
+            assert await coll.count_documents({}) == size
+            per_doc[size] = {
+                "count": await _best_of(TIMING_RUNS, lambda: coll.count_documents(MATCH_ALL)) / size,
+                "find": await _best_of(TIMING_RUNS, lambda: coll.find(MATCH_ALL).to_list()) / size,
+            }
+    finally:
+        await client.close()
+    for kind in ("count", "find"):
+        growth = per_doc[LARGE][kind] / per_doc[SMALL][kind]
+        assert growth <= MAX_GROWTH, f"{kind}: {per_doc}"
+
+
+async def test_change_stream_get_more_is_answered_while_another_client_counts(emulator: Any) -> None:
+    emulator.call(_load, emulator.server.engine, "scan", 0, LARGE)
+    counter: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(emulator.uri)
+    watcher: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(emulator.uri)
+    try:
+        stream = await watcher["scan"]["c"].watch(max_await_time_ms=AWAIT_MS)
+        await stream.try_next()  # connection and cursor ready before the measurement
+        latencies: list[float] = []
+        counting = True
+
+        async def poll() -> None:
+            while counting:
+                started = time.perf_counter()
+                await stream.try_next()
+                latencies.append(time.perf_counter() - started)
+
+        poller = asyncio.ensure_future(poll())
+        try:
+            n = await counter["scan"]["c"].count_documents(MATCH_ALL)
+        finally:
+            counting = False
+            await poller
+        await stream.close()
+    finally:
+        await counter.close()
+        await watcher.close()
+    assert n == LARGE
+    assert len(latencies) >= 2, "the count finished before the stream was polled twice"
+    assert max(latencies) - AWAIT_MS / 1000 <= MAX_EXTRA_LATENCY_S, latencies
