@@ -1,10 +1,14 @@
 """`make demo` / `python -m demo`: watch changes flow from MongoDB to Ably channels, live.
 
-Starts three real processes — the MongoDB replica-set emulator, the Ably REST emulator and the connector
+Starts three real processes — the MongoDB replica-set emulator, the Ably emulator and the connector
 (`python -m connector run`, configured only by environment variables, as in production) — then writes a
 stream of sample changes (inserts, updates, deletes on a few orders) and prints what each Ably channel
-receives as it arrives. Ctrl-C stops everything cleanly (the connector drains and stores its token).
-DEMO_SECONDS=N stops by itself after N seconds (used by the test suite).
+receives as it arrives.
+
+Ctrl-C (or SIGTERM) stops it in the order the data flows: no more writes; wait (boundedly) until Ably has
+received every change written; SIGTERM the connector, which drains and stores its resume token; then
+stop the emulators; print a one-paragraph summary and exit 0. The children run in their own sessions,
+so a terminal's Ctrl-C reaches only the demo. DEMO_SECONDS=N stops by itself after N seconds.
 """
 
 from __future__ import annotations
@@ -12,25 +16,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import socket
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import httpx
 import orjson
 from pymongo import AsyncMongoClient
 
+from demo.processes import ROOT, STARTUP_TIMEOUT_S, Child
+from demo.summary import RunSummary
 from emulators.ably import AblyEmulatorAdmin
 
-ROOT = Path(__file__).resolve().parent.parent
-API_KEY = "demo.key:demo-secret"
-ORDERS = ["order-1", "order-2", "order-3"]
-STARTUP_TIMEOUT_S = 30.0
-COLOURS = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m"]
-RESET = "\033[0m"
+API_KEY: Final = "demo.key:demo-secret"
+DATABASE: Final = "shop"
+COLLECTION: Final = "orders"
+ORDERS: Final = ["order-1", "order-2", "order-3"]
+STATUSES: Final = ["placed", "paid", "packed", "shipped", "delivered"]
+WRITE_PAUSE_S: Final = 0.3  # between sample writes: slow enough to read along
+POLL_S: Final = 0.1  # how often the terminal view asks the Ably emulator for new messages
+CATCH_UP_TIMEOUT_S: Final = 10.0  # at stop: longest wait for Ably to receive what was written
+COLOURS: Final = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m"]
+RESET: Final = "\033[0m"
 
 
 def free_port() -> int:
@@ -39,96 +48,162 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def start(
-    name: str, args: list[str], env: dict[str, str] | None = None
-) -> tuple[asyncio.subprocess.Process, str]:
-    """Start a Python module and wait for its first stdout line (its ready line)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", *args, stdout=asyncio.subprocess.PIPE, env=env, cwd=ROOT
-    )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_TIMEOUT_S)
-    if not line:
-        raise RuntimeError(f"{name} exited before it was ready (status {await proc.wait()})")
-    return proc, line.decode().strip()
+async def write_changes(uri: str, stopping: asyncio.Event, summary: RunSummary) -> None:
+    """A live stream of sample changes across a few orders (each order is its own channel).
 
-
-async def stop(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> int:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return await asyncio.wait_for(proc.wait(), timeout)
-    except TimeoutError:
-        proc.kill()
-        return await proc.wait()
-
-
-async def write_changes(uri: str, stopping: asyncio.Event) -> None:
-    """A live stream of sample changes across a few orders (each order is its own channel)."""
+    Checks ``stopping`` between writes (never cancelled mid-write), so the count of writes is exact.
+    """
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri)
-    orders = client["shop"]["orders"]
-    rng = random.Random(7)
-    statuses = ["placed", "paid", "packed", "shipped", "delivered"]
+    orders = client[DATABASE][COLLECTION]
+    total = 10
+
+    async def pause() -> bool:
+        """Wait between writes; True when the demo is stopping."""
+        try:
+            await asyncio.wait_for(stopping.wait(), WRITE_PAUSE_S)
+        except TimeoutError:
+            return False
+        return True
+
     try:
         while not stopping.is_set():
             for order_id in ORDERS:
-                await orders.insert_one(
-                    {"_id": order_id, "status": statuses[0], "total": rng.randint(10, 99)}
-                )
-                await asyncio.sleep(0.3)
-            for status in statuses[1:]:
+                total = total % 90 + 7
+                await orders.insert_one({"_id": order_id, "status": STATUSES[0], "total": total})
+                summary.written += 1
+                if await pause():
+                    return
+            for status in STATUSES[1:]:
                 for order_id in ORDERS:
                     await orders.update_one({"_id": order_id}, {"$set": {"status": status}})
-                    await asyncio.sleep(0.3)
+                    summary.written += 1
+                    if await pause():
+                        return
             for order_id in ORDERS:
                 await orders.delete_one({"_id": order_id})
-                await asyncio.sleep(0.3)
+                summary.written += 1
+                if await pause():
+                    return
     finally:
         await client.close()
 
 
-async def show_channels(admin: AblyEmulatorAdmin, stopping: asyncio.Event) -> None:
-    """Print each message as the Ably emulator receives it, as a subscriber would see it."""
-    seen = 0
-    colours: dict[str, str] = {}
-    while not stopping.is_set():
-        for msg in await admin.amessages(since=seen):
-            seen += 1
-            channel = msg["channel"]
-            colour = colours.setdefault(channel, COLOURS[len(colours) % len(COLOURS)])
-            event = orjson.loads(msg["data"]) if msg.get("encoding") == "json" else msg["data"]
-            detail = (
-                event.get("fullDocument") or event.get("updateDescription", {}).get("updatedFields") or {}
-            )
-            print(
-                f"{colour}[{channel}]{RESET} {msg.get('name') or '':<8} {orjson.dumps(detail).decode()}",
-                flush=True,
-            )
-        await asyncio.sleep(0.1)
+class ChannelView:
+    """Prints each message as the Ably emulator receives it, as a subscriber would see it."""
+
+    def __init__(self, admin: AblyEmulatorAdmin, summary: RunSummary) -> None:
+        self._admin = admin
+        self._summary = summary
+        self._colours: dict[str, str] = {}
+        self._tty = sys.stdout.isatty()
+
+    async def poll(self) -> None:
+        """Print the messages that arrived since the last poll."""
+        for msg in await self._admin.amessages(since=self._summary.delivered):
+            self._summary.record_delivery(msg["channel"], msg["id"])
+            self._print(msg)
+
+    def _print(self, msg: dict[str, Any]) -> None:
+        channel = msg["channel"]
+        label = f"[{channel}]"
+        if self._tty:
+            colour = self._colours.setdefault(channel, COLOURS[len(self._colours) % len(COLOURS)])
+            label = f"{colour}{label}{RESET}"
+        event = orjson.loads(msg["data"]) if msg.get("encoding") == "json" else msg["data"]
+        detail = event.get("fullDocument") or event.get("updateDescription", {}).get("updatedFields") or {}
+        print(f"{label} {msg.get('name') or '':<8} {orjson.dumps(detail).decode()}", flush=True)
+
+    async def follow(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            await self.poll()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), POLL_S)
+
+    async def catch_up(self, timeout: float = CATCH_UP_TIMEOUT_S) -> bool:
+        """Poll until Ably has received as many messages as changes were written (bounded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.poll()
+            if self._summary.delivered >= self._summary.written:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(POLL_S)
 
 
-async def main() -> int:
-    mongo_port, ably_port = free_port(), free_port()
-    procs: list[asyncio.subprocess.Process] = []
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
+async def stored_token(uri: str) -> str | None:
+    """The resume token the connector stored (`ably` collection, `_id` = `<db>.<collection>`)."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5000)
     try:
-        mongo, uri = await start("MongoDB emulator", ["emulators.mongodb", "--port", str(mongo_port)])
-        procs.append(mongo)
+        doc = await client[DATABASE]["ably"].find_one({"_id": f"{DATABASE}.{COLLECTION}"})
+    finally:
+        await client.close()
+    token = (doc or {}).get("resumeToken") or {}
+    data = token.get("_data")
+    return data if isinstance(data, str) else None
+
+
+async def wait_ready(connector: Child, url: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
+    """Wait until the connector's change stream is open (`/readyz` answers 200), so no write is missed."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            if not connector.running:
+                raise RuntimeError(f"the connector exited with status {connector.proc.returncode}")
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            await asyncio.sleep(POLL_S)
+    raise RuntimeError(f"the connector was not ready within {timeout:.0f}s")
+
+
+class Demo:
+    """The demo's lifecycle: start children, run the writer and the view, stop in data-flow order."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.summary = RunSummary()
+        self.children: list[Child] = []
+
+    def on_signal(self, signum: int) -> None:
+        """Signal handler: only records the request (a second signal just says we are on it)."""
+        if self.stopping.is_set():
+            print("already stopping; this takes a few seconds", file=sys.stderr, flush=True)
+            return
+        print(f"\n{signal.Signals(signum).name}: stopping…", flush=True)
+        self.stopping.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        try:
+            return await self._run()
+        except (RuntimeError, OSError, httpx.HTTPError) as exc:
+            print(f"demo failed: {exc}", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            for child in reversed(self.children):  # only children still running after an error
+                await child.stop()
+
+    async def _run(self) -> int:
+        mongo, uri = await Child.start("MongoDB emulator", ["emulators.mongodb", "--port", str(free_port())])
+        self.children.append(mongo)
         print(f"MongoDB replica-set emulator: {uri}")
-        ably, ready = await start(
+        ably_port = free_port()
+        ably, ready = await Child.start(
             "Ably emulator", ["emulators.ably", "--port", str(ably_port), "--key", API_KEY]
         )
-        procs.append(ably)
+        self.children.append(ably)
         ably_url = f"http://127.0.0.1:{ably_port}"
-        print(f"Ably REST emulator: {ready}")
+        print(f"Ably emulator: {ready}")
         env = {
             **os.environ,
             "MONGODB_URI": uri,
-            "MONGODB_DATABASE": "shop",
-            "MONGODB_COLLECTION": "orders",
+            "MONGODB_DATABASE": DATABASE,
+            "MONGODB_COLLECTION": COLLECTION,
             "PIPELINE_FILE": str(ROOT / "pipelines" / "channel-per-document.json"),
             "FULL_DOCUMENT": "updateLookup",
             "ABLY_API_KEY": API_KEY,
@@ -137,37 +212,37 @@ async def main() -> int:
             "LOG_FORMAT": "text",
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
         }
-        connector = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "connector", "run", env=env, cwd=ROOT
-        )
-        procs.append(connector)
+        connector, _ = await Child.start("connector", ["connector", "run"], env, ready_line=False)
+        self.children.append(connector)
+        await wait_ready(connector, f"http://127.0.0.1:{env['HTTP_PORT']}/readyz")
         print(f"connector started (health on :{env['HTTP_PORT']}); writing sample changes — Ctrl-C to stop\n")
         seconds = float(os.environ.get("DEMO_SECONDS", "0"))
         if seconds:
-            loop.call_later(seconds, stopping.set)
+            asyncio.get_running_loop().call_later(seconds, self.stopping.set)
+
         admin = AblyEmulatorAdmin(ably_url)
-        tasks = [
-            asyncio.create_task(write_changes(uri, stopping)),
-            asyncio.create_task(show_channels(admin, stopping)),
-            asyncio.create_task(stopping.wait()),
-            asyncio.create_task(connector.wait()),
-        ]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        stopping.set()
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        view = ChannelView(admin, self.summary)
+        connector_exit = asyncio.create_task(connector.proc.wait())
+        stop_requested = asyncio.create_task(self.stopping.wait())
+        async with asyncio.TaskGroup() as group:
+            group.create_task(write_changes(uri, self.stopping, self.summary))
+            group.create_task(view.follow(self.stopping))
+            await asyncio.wait([connector_exit, stop_requested], return_when=asyncio.FIRST_COMPLETED)
+            self.stopping.set()  # the writer and the view end at their next check
+        stop_requested.cancel()
+
+        self.summary.caught_up = connector.running and await view.catch_up()
         started = time.monotonic()
-        status = await stop(connector)
-        print(f"\nconnector stopped with status {status} in {time.monotonic() - started:.1f}s")
-        stats = await admin.astats()
-        print(f"Ably emulator received {stats.get('messages_delivered', stats)} messages")
-        return 0 if status == 0 else 1
-    finally:
-        for proc in reversed(procs):
-            await stop(proc, 10.0)
+        self.summary.connector_status = await connector.stop()
+        self.summary.connector_stop_s = time.monotonic() - started
+        self.summary.token = await stored_token(uri)
+        await view.poll()  # anything the connector published while draining
+        self.summary.duplicates_dropped = int((await admin.astats())["duplicates_dropped"])
+        for child in (ably, mongo):
+            await child.stop()
+        print("\n" + self.summary.text(f"{DATABASE}.{COLLECTION}"), flush=True)
+        return 0 if self.summary.connector_status == 0 else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    raise SystemExit(asyncio.run(Demo().run()))
