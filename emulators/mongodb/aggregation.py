@@ -27,24 +27,32 @@ _REMOVED = REMOVE
 
 
 def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path in a shallow copy: embedded documents on the path are copied, never mutated
+    (they are shared with the input document, e.g. an update's pre-image)."""
     parts = path.split(".")
     cur = doc
     for part in parts[:-1]:
         nxt = cur.get(part)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            cur[part] = nxt
+        nxt = dict(nxt) if isinstance(nxt, dict) else {}
+        cur[part] = nxt
         cur = nxt
     cur[parts[-1]] = value
 
 
 def _unset_path(doc: dict[str, Any], path: str) -> None:
+    """Remove a dotted path, copying what it changes (see ``_set_path``)."""
     parts = path.split(".")
     cur: Any = doc
     for part in parts[:-1]:
-        cur = cur.get(part) if isinstance(cur, dict) else None
-        if cur is None:
+        nxt = cur.get(part) if isinstance(cur, dict) else None
+        if isinstance(nxt, dict):
+            nxt = dict(nxt)
+        elif isinstance(nxt, list):
+            nxt = [dict(item) if isinstance(item, dict) else item for item in nxt]
+        else:
             return
+        cur[part] = nxt
+        cur = nxt
     if isinstance(cur, dict):
         cur.pop(parts[-1], None)
     elif isinstance(cur, list):

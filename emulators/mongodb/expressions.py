@@ -56,11 +56,19 @@ def _variable(name: str, doc: Any, variables: dict[str, Any]) -> Any:
         base = doc
     elif head == "REMOVE":
         return REMOVE
+    elif head == "NOW" and head not in variables:
+        return now()
     elif head in variables:
         base = variables[head]
     else:
         raise CommandError(17276, f"Use of undefined variable: {head}")
     return _lookup(base, rest.split(".")) if rest else base
+
+
+def now() -> datetime.datetime:
+    """`$$NOW`: the server's clock as a BSON date (millisecond precision, naive UTC like stored dates)."""
+    moment = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _null(value: Any) -> Any:
@@ -261,6 +269,28 @@ def _op_type(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
     return bson_type_name(evaluate(args[0], doc, variables))
 
 
+def _op_add(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    """`$add` of numbers and at most one date (milliseconds are added to the date), as mongod does."""
+    values = [evaluate(item, doc, variables) for item in _arg_list(spec)]
+    if any(v is None or v is REMOVE for v in values):
+        return None
+    dates = [v for v in values if isinstance(v, datetime.datetime)]
+    numbers = [v for v in values if not isinstance(v, datetime.datetime)]
+    if len(dates) > 1:
+        raise CommandError(16612, "only one date allowed in an $add expression")
+    if not all(isinstance(v, int | float | Int64 | Decimal128) and not isinstance(v, bool) for v in numbers):
+        bad = next(
+            v for v in numbers if not isinstance(v, int | float | Int64 | Decimal128) or isinstance(v, bool)
+        )
+        raise CommandError(16554, f"$add only supports numeric or date types, not {bson_type_name(bad)}")
+    if any(isinstance(v, Decimal128) for v in numbers):
+        return _op_fallback("$add", spec, doc, variables)
+    total = sum(numbers)
+    if dates:
+        return dates[0] + datetime.timedelta(milliseconds=round(total))
+    return total
+
+
 _SPECIAL: dict[str, Callable[[Any, Any, dict[str, Any]], Any]] = {
     "$getField": _op_get_field,
     "$setField": _op_set_field,
@@ -278,6 +308,7 @@ _SPECIAL: dict[str, Callable[[Any, Any, dict[str, Any]], Any]] = {
     "$toString": _op_to_string,
     "$type": _op_type,
     "$literal": lambda spec, doc, v: spec,
+    "$add": _op_add,
 }
 
 _COMPARISONS: dict[str, Callable[[list[Any]], Any]] = {
@@ -354,3 +385,14 @@ def evaluate(expr: Any, doc: Any, variables: dict[str, Any] | None = None) -> An
     if isinstance(expr, list):
         return [_null(evaluate(item, doc, variables)) for item in expr]
     return expr
+
+
+def _query_expr(expression: Any, doc: Any, ignore_missing_keys: bool = False) -> bool:
+    """`$expr` inside a query filter (find, update, findAndModify, delete), evaluated like any other
+    expression here: mongomock's own evaluator lacks `$type`, `$$NOW` and the rest of this module."""
+    return truthy(evaluate(expression, doc))
+
+
+# mongomock's filter calls the one registered expression evaluator for `$expr` (its aggregate module
+# registers its own on import, which happened above).
+mm_filtering.register_parse_expression(_query_expr)
