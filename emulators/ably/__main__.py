@@ -12,7 +12,12 @@ import logging
 import signal
 import sys
 
-from emulators.ably.config import DEFAULT_DEDUPE_WINDOW_S, DEFAULT_KEY
+from emulators.ably.config import (
+    DEFAULT_CONNECTION_STATE_TTL_S,
+    DEFAULT_DEDUPE_WINDOW_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_KEY,
+)
 from emulators.ably.messages import DEFAULT_MAX_MESSAGE_SIZE
 from emulators.ably.server import AblyEmulator
 
@@ -21,7 +26,9 @@ logger = logging.getLogger("emulators.ably")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(prog="python -m emulators.ably", description="Ably REST emulator")
+    parser = argparse.ArgumentParser(
+        prog="python -m emulators.ably", description="Ably emulator (REST and realtime)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081, help="0 picks a free port (printed)")
     parser.add_argument(
@@ -34,6 +41,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--channel-rate-limit", type=float, default=0.0, help="messages/s per channel, 0 = off"
     )
     parser.add_argument("--dedupe-window-s", type=float, default=DEFAULT_DEDUPE_WINDOW_S)
+    parser.add_argument(
+        "--connection-state-ttl-s",
+        type=float,
+        default=DEFAULT_CONNECTION_STATE_TTL_S,
+        help="how long a dropped realtime connection can be resumed (sent to clients)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval-s",
+        type=float,
+        default=DEFAULT_HEARTBEAT_INTERVAL_S,
+        help="most idle time on a realtime connection before a heartbeat (maxIdleInterval)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -73,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             max_message_size=args.max_message_size,
             channel_rate_limit=args.channel_rate_limit,
             dedupe_window_s=args.dedupe_window_s,
+            connection_state_ttl_s=args.connection_state_ttl_s,
+            heartbeat_interval_s=args.heartbeat_interval_s,
         )
     except ValueError as exc:  # an invalid key or setting
         print(f"ably emulator: {exc}", file=sys.stderr, flush=True)

@@ -9,10 +9,23 @@ from emulators.ably.messages import DEFAULT_MAX_MESSAGE_SIZE
 
 DEFAULT_DEDUPE_WINDOW_S: Final = 120.0  # Ably detects duplicate message ids for 2 minutes
 DEFAULT_KEY: Final = "app.key:secret"
+# Ably's defaults (ably-js reads both from CONNECTED's connectionDetails): a disconnected client may resume
+# its connection for 2 minutes; the server promises some traffic (a heartbeat at least) every 15 s.
+DEFAULT_CONNECTION_STATE_TTL_S: Final = 120.0
+DEFAULT_HEARTBEAT_INTERVAL_S: Final = 15.0
 
 # Settings a running emulator accepts through configure() / POST /_emulator/config.
 RUNTIME_FIELDS: Final = frozenset(
-    {"latency_ms", "max_message_size", "channel_rate_limit", "dedupe_window_s", "keys", "tokens"}
+    {
+        "latency_ms",
+        "max_message_size",
+        "channel_rate_limit",
+        "dedupe_window_s",
+        "keys",
+        "tokens",
+        "connection_state_ttl_s",
+        "heartbeat_interval_s",
+    }
 )
 
 
@@ -26,6 +39,8 @@ class EmulatorConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     channel_rate_limit: float = 0.0
     dedupe_window_s: float = DEFAULT_DEDUPE_WINDOW_S
+    connection_state_ttl_s: float = DEFAULT_CONNECTION_STATE_TTL_S
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
     # Derived: keyName → secret, rebuilt whenever keys change.
     secrets_by_key_name: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -42,6 +57,8 @@ class EmulatorConfig:
             raise ValueError("latency_ms, channel_rate_limit and dedupe_window_s must be >= 0")
         if self.max_message_size <= 0:
             raise ValueError("max_message_size must be > 0")
+        if self.connection_state_ttl_s <= 0 or self.heartbeat_interval_s <= 0:
+            raise ValueError("connection_state_ttl_s and heartbeat_interval_s must be > 0")
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply runtime changes after validating every field (all or nothing)."""
@@ -56,6 +73,8 @@ class EmulatorConfig:
             max_message_size=int(merged["max_message_size"]),
             channel_rate_limit=float(merged["channel_rate_limit"]),
             dedupe_window_s=float(merged["dedupe_window_s"]),
+            connection_state_ttl_s=float(merged["connection_state_ttl_s"]),
+            heartbeat_interval_s=float(merged["heartbeat_interval_s"]),
         )
         self.__dict__.update(candidate.__dict__)
 

@@ -91,7 +91,9 @@ class ControlApi:
             return _bad_request(str(exc))
         refusals = [f for f in faults if f.mode == "refuse"]
         for fault in faults:
-            if fault.mode != "refuse":
+            if fault.mode == "disconnect":
+                self._emulator.disconnect_realtime(fault.duration_s or DEFAULT_REFUSE_S)
+            elif fault.mode != "refuse":
                 self._emulator.faults.add(fault)
         response = json_response({"faults": [f.public() for f in faults]})
         if not refusals:

@@ -1,7 +1,8 @@
 """Fault injection: what the next matching requests suffer (an error status, a delay, a dropped
 connection, per-channel batch failures) and for how long (a request count, a duration, or until cleared).
 
-``refuse`` (stop listening) is not a per-request fault; the server acts on it directly.
+``refuse`` (stop listening) and ``disconnect`` (drop realtime connections and refuse new ones for a while,
+REST unaffected) are not per-request faults; the server acts on them directly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Final, Literal, cast, get_args
 
 from emulators.ably.errors import INTERNAL, status_for_code
 
-FaultMode = Literal["status", "delay", "drop", "refuse", "partial"]
+FaultMode = Literal["status", "delay", "drop", "refuse", "partial", "disconnect"]
 FaultTarget = Literal["publish", "all"]
 RequestKind = Literal["publish", "other"]
 
@@ -92,7 +93,7 @@ def parse_fault(spec: dict[str, Any], now: float) -> Fault:
         raise ValueError("count must be a positive integer")
     if duration is not None and (not isinstance(duration, int | float) or duration <= 0):
         raise ValueError("duration_s must be a positive number")
-    if mode == "refuse" and duration is None:
+    if mode in ("refuse", "disconnect") and duration is None:
         duration = DEFAULT_REFUSE_S
     delay_ms = spec.get("delay_ms", 0)
     if mode == "delay" and (not isinstance(delay_ms, int | float) or delay_ms <= 0):

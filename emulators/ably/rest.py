@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import orjson
 from aiohttp import web
@@ -29,11 +30,13 @@ from emulators.ably.errors import (
 )
 from emulators.ably.faults import Fault, FaultBook, RequestKind
 from emulators.ably.messages import MESSAGE_FIELDS, normalize_message, unit_id, validate_channel
+from emulators.ably.protocol import parse_channel_serial
 from emulators.ably.store import Store
 
 logger = logging.getLogger(__name__)
 
 ADMIN_PREFIX: Final = "/_emulator"
+REALTIME_PATH: Final = "/"
 MAX_BODY_BYTES: Final = 2 * 1024 * 1024  # Ably: a request body must be smaller than 2 MiB
 MAX_BATCH_CHANNELS: Final = 100  # distinct channels per batch publish request
 MAX_BATCH_MESSAGES: Final = 1000  # messages per BatchSpec
@@ -72,8 +75,8 @@ class RestApi:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Latency, header checks, request-wide faults, Ably error rendering and request counting."""
-        if request.path.startswith(ADMIN_PREFIX):
-            return await handler(request)
+        if request.path.startswith(ADMIN_PREFIX) or request.path == REALTIME_PATH:
+            return await handler(request)  # the realtime endpoint checks version and credentials itself
         latency_ms = self._config.latency_ms
         if latency_ms > 0:
             await asyncio.sleep(latency_ms / 1000)
@@ -241,7 +244,11 @@ class RestApi:
         return failed
 
     async def history(self, request: web.Request) -> web.Response:
-        """GET /channels/{channel}/messages: newest first unless direction=forwards; limit ≤ 1000."""
+        """GET /channels/{channel}/messages: newest first unless direction=forwards; limit ≤ 1000.
+
+        ``from_serial`` (what ably-js sends for ``history({untilAttach: true})``) ends the history at that
+        channel serial, the attach point; a longer history is paginated with a ``Link: rel="next"`` header.
+        """
         channel = request.match_info["channel"]
         validate_channel(channel)
         query = request.query
@@ -253,13 +260,38 @@ class RestApi:
             raise AblyHttpError(INVALID_PARAMETER, 400, f"limit must be between 1 and {MAX_HISTORY_LIMIT}")
         start = _int_param(query, "start", None)
         end = _int_param(query, "end", None)
+        cursor = _int_param(query, "cursor", None)
         items = self._store.history(channel)
+        upto = len(items)
+        if "from_serial" in query:
+            position = parse_channel_serial(query["from_serial"], self._store.epoch)
+            if position is None:
+                raise AblyHttpError(
+                    INVALID_PARAMETER,
+                    400,
+                    f"from_serial {query['from_serial']!r} is not a serial of this emulator "
+                    "(malformed, or from before a reset)",
+                )
+            upto = min(position, upto)
+        positioned = list(enumerate(items[:upto], 1))
         if start is not None or end is not None:
             lo, hi = start or 0, end if end is not None else 2**63
-            items = [m for m in items if lo <= m["received_at"] <= hi]
+            positioned = [(p, m) for p, m in positioned if lo <= m["received_at"] <= hi]
         if direction == "backwards":
-            items = items[::-1]
-        return json_response([history_view(m) for m in items[:limit]])
+            positioned.reverse()
+            if cursor is not None:
+                positioned = [(p, m) for p, m in positioned if p < cursor]
+        elif cursor is not None:
+            positioned = [(p, m) for p, m in positioned if p > cursor]
+        page = positioned[:limit]
+        headers = None
+        if len(positioned) > limit:
+            params = {k: v for k, v in query.items() if k != "cursor"}
+            headers = {
+                "Link": f'<./messages?{urlencode(params)}>; rel="first", '
+                f'<./messages?{urlencode({**params, "cursor": page[-1][0]})}>; rel="next"'
+            }
+        return json_response([history_view(m) for _, m in page], headers=headers)
 
     async def time(self, request: web.Request) -> web.Response:
         """GET /time: ``[server time in ms]``."""

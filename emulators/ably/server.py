@@ -1,6 +1,6 @@
-"""The emulator's lifecycle: an aiohttp app served from a socket the emulator binds itself, so that a
-``refuse`` fault can stop listening and later listen again on the SAME port; plus the thread-safe
-Python inspection API and ``run_in_thread`` for synchronous tests.
+"""The emulator's lifecycle: an aiohttp app (REST, realtime WebSockets, admin) served from a socket the
+emulator binds itself, so that a ``refuse`` fault can stop listening and later listen again on the SAME
+port; plus the thread-safe Python inspection API and ``run_in_thread`` for synchronous tests.
 """
 
 from __future__ import annotations
@@ -17,10 +17,18 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from emulators.ably.config import DEFAULT_DEDUPE_WINDOW_S, DEFAULT_KEY, EmulatorConfig
+from emulators.ably.config import (
+    DEFAULT_CONNECTION_STATE_TTL_S,
+    DEFAULT_DEDUPE_WINDOW_S,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_KEY,
+    EmulatorConfig,
+)
 from emulators.ably.control import ControlApi
+from emulators.ably.cors import cors_middleware
 from emulators.ably.faults import DEFAULT_REFUSE_S, FaultBook, parse_fault
 from emulators.ably.messages import DEFAULT_MAX_MESSAGE_SIZE
+from emulators.ably.realtime import RealtimeHub
 from emulators.ably.rest import MAX_BODY_BYTES, RestApi
 from emulators.ably.store import Store
 
@@ -41,7 +49,7 @@ class _State(enum.Enum):
 
 
 class AblyEmulator:
-    """An Ably REST emulator on ``host:port`` (port 0 = pick a free one).
+    """An Ably emulator (REST and realtime) on ``host:port`` (port 0 = pick a free one).
 
     ``async with AblyEmulator(keys=["app.key:secret"]) as ably: ... ably.url ...``. The inspection
     methods (messages, stats, inject_fault, clear_faults, reset, configure) are safe from any thread.
@@ -57,6 +65,8 @@ class AblyEmulator:
         channel_rate_limit: float = 0.0,
         dedupe_window_s: float = DEFAULT_DEDUPE_WINDOW_S,
         tokens: Iterable[str] = (),
+        connection_state_ttl_s: float = DEFAULT_CONNECTION_STATE_TTL_S,
+        heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -67,10 +77,13 @@ class AblyEmulator:
             max_message_size=max_message_size,
             channel_rate_limit=channel_rate_limit,
             dedupe_window_s=dedupe_window_s,
+            connection_state_ttl_s=connection_state_ttl_s,
+            heartbeat_interval_s=heartbeat_interval_s,
         )
         # reset() returns to these, so a session-wide emulator shared by tests starts each test the same.
         self._initial_settings = self.config.public()
         self.store = Store(self.config)
+        self.realtime = RealtimeHub(self.config, self.store)
         self.faults = FaultBook()
         self.stopping = False
         self._state = _State.UNOPENED
@@ -112,8 +125,9 @@ class AblyEmulator:
         self._loop_thread = threading.get_ident()
         rest = self._rest = RestApi(self.config, self.store, self.faults)
         control = self._control = ControlApi(self)
-        app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[rest.middleware])
+        app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[cors_middleware, rest.middleware])
         rest.add_routes(app)
+        self.realtime.add_routes(app)
         control.add_routes(app)
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S
@@ -139,6 +153,7 @@ class AblyEmulator:
             self._rest.closing.set()
         if self._control is not None:
             self._control.close_streams()
+        await self.realtime.close_all()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -263,8 +278,9 @@ class AblyEmulator:
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, publish_requests, messages_delivered, duplicates_dropped, messages_rejected,
-        rate_limited, faults_served, status_counts, channels (messages per channel)."""
-        return self.store.stats()
+        rate_limited, faults_served, status_counts, channels (messages per channel), and ``realtime``:
+        open connections and attached connections per channel."""
+        return {**self.store.stats(), "realtime": self.realtime.stats()}
 
     def inject_fault(self, **spec: Any) -> dict[str, Any]:
         """Activate a fault (same fields as ``POST /_emulator/faults``); returns its description.
@@ -274,9 +290,15 @@ class AblyEmulator:
         fault = parse_fault(spec, time.monotonic())
         if fault.mode == "refuse":
             self.refuse_for(fault.duration_s or DEFAULT_REFUSE_S)
+        elif fault.mode == "disconnect":
+            self.disconnect_realtime(fault.duration_s or DEFAULT_REFUSE_S)
         else:
             self.faults.add(fault)
         return fault.public()
+
+    def disconnect_realtime(self, duration_s: float) -> None:
+        """Drop every realtime connection and refuse new ones for ``duration_s``; REST keeps working."""
+        self._in_loop(self.realtime.disconnect_all, duration_s)
 
     def active_faults(self) -> list[dict[str, Any]]:
         """The faults in force, plus a ``refuse`` entry while refusing."""
@@ -284,12 +306,16 @@ class AblyEmulator:
         until = self._refusing_until
         if until is not None:
             active.append({"mode": "refuse", "remaining_s": max(0.0, until - time.monotonic())})
+        realtime_remaining = self.realtime.refusing_remaining_s()
+        if realtime_remaining is not None:
+            active.append({"mode": "disconnect", "remaining_s": realtime_remaining})
         return active
 
     def clear_faults(self) -> None:
         """Deactivate every fault and end a refusal now (listening again before this returns)."""
         self.faults.clear()
         self._in_loop(self._end_refusal)
+        self._in_loop(self.realtime.end_refusal)
 
     def reset(self) -> None:
         """Forget messages, dedupe state, counters and faults; restore the settings given at construction."""

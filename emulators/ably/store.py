@@ -19,6 +19,8 @@ from emulators.ably.config import EmulatorConfig
 from emulators.ably.errors import CHANNEL_RATE_LIMIT, AblyHttpError
 
 Listener = Callable[[dict[str, Any]], None]
+# (channel, position of the first message (1-based), the messages, origin): one call per published unit.
+DeliveryListener = Callable[[str, int, list[dict[str, Any]], str | None], None]
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,13 @@ class Store:
         self._wall_ms = wall_ms
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._delivery_listeners: list[DeliveryListener] = []
         self._id_prefix = secrets.token_hex(4)
         self._clear()
 
     def _clear(self) -> None:
+        # Names this generation of the store in channel serials: a serial from before a reset is stale.
+        self.epoch = secrets.token_hex(4)
         self._messages: list[dict[str, Any]] = []
         self._by_channel: dict[str, list[dict[str, Any]]] = {}
         # (channel, unit id) → monotonic time first seen; the deque expires them in arrival order.
@@ -71,6 +76,10 @@ class Store:
         """Stop calling ``listener``; unknown listeners are ignored."""
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def add_delivery_listener(self, listener: DeliveryListener) -> None:
+        """Call ``listener(channel, first_position, messages, origin)`` once per delivered unit."""
+        self._delivery_listeners.append(listener)
 
     def _expire_seen(self, now: float) -> None:
         horizon = now - self._config.dedupe_window_s
@@ -99,12 +108,18 @@ class Store:
         bucket[0] = tokens - cost
 
     def publish(
-        self, channel: str, messages: list[dict[str, Any]], unit_id: str | None, cost: int | None = None
+        self,
+        channel: str,
+        messages: list[dict[str, Any]],
+        unit_id: str | None,
+        cost: int | None = None,
+        origin: str | None = None,
     ) -> PublishResult:
         """Deliver ``messages`` (normalised, see messages.normalize_message) to ``channel`` as one unit.
 
         A unit whose id was seen on this channel within the dedupe window is accepted but not stored.
         ``cost`` is what the publish counts toward the channel rate limit (default: one per message).
+        ``origin`` is the realtime connection that published it (None for REST), for delivery listeners.
         Raises 42913 when the channel rate limit is exceeded.
         """
         now = self._clock()
@@ -125,6 +140,7 @@ class Store:
             history = self._by_channel.get(channel)
             if history is None:
                 history = self._by_channel[channel] = []
+            first_position = len(history) + 1
             delivered = []
             for idx, msg in enumerate(messages):
                 stored = dict(msg, channel=channel, received_at=received_at)
@@ -137,6 +153,8 @@ class Store:
         for listener in self._listeners:
             for stored in delivered:
                 listener(stored)
+        for delivery_listener in self._delivery_listeners:
+            delivery_listener(channel, first_position, delivered, origin)
         return PublishResult(base, False)
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -160,6 +178,11 @@ class Store:
         """A snapshot of the channel's messages, oldest first (the stored dicts: do not mutate)."""
         with self._lock:
             return list(self._by_channel.get(channel, ()))
+
+    def channel_length(self, channel: str) -> int:
+        """How many messages ``channel`` has received: its current position."""
+        with self._lock:
+            return len(self._by_channel.get(channel, ()))
 
     def stats(self) -> dict[str, Any]:
         """Counters as JSON-able data."""
