@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import bson
-from bson import Timestamp
+from bson import Int64, Timestamp
 from bson.raw_bson import RawBSONDocument
 
 from .aggregation import run_pipeline
@@ -233,6 +233,10 @@ class ChangeStreamCursor:
         opts = self.options
         if opts.show_expanded and entry.collection_uuid is not None:
             event["collectionUUID"] = entry.collection_uuid
+        if entry.lsid is not None:
+            # Operations of a committed transaction name the session and transaction that made them.
+            event["lsid"] = entry.lsid
+            event["txnNumber"] = Int64(entry.txn_number or 0)
         if entry.op in ("insert", "replace"):
             event["fullDocument"] = entry.full_document
         event["ns"] = {"db": entry.db, "coll": entry.coll} if entry.coll is not None else {"db": entry.db}
@@ -319,7 +323,7 @@ class ChangeStreamCursor:
 
     def _invalidate_event(self, entry: OplogEntry) -> list[RawBSONDocument]:
         event = {
-            "_id": encode_token((entry.ts.time, entry.ts.inc, KIND_INVALIDATE)),
+            "_id": encode_token(entry.key_of(KIND_INVALIDATE)),
             "operationType": "invalidate",
             "clusterTime": entry.ts,
             "wallTime": entry.wall,
@@ -348,7 +352,7 @@ class ChangeStreamCursor:
                 continue
             rendered = self._event(entry)
             # A split event's last fragment carries kind N (of N); an unsplit one the event's own key.
-            token = encode_token((entry.ts.time, entry.ts.inc, len(rendered))) if len(rendered) > 1 else None
+            token = encode_token(entry.key_of(len(rendered))) if len(rendered) > 1 else None
             if self.skip_fragments:
                 rendered, self.skip_fragments = rendered[self.skip_fragments :], 0
             added = sum(len(raw.raw) for raw in rendered)
@@ -371,7 +375,7 @@ class ChangeStreamCursor:
     def _finish_invalidate(self, entry: OplogEntry, docs: list[RawBSONDocument]) -> tuple[list, dict]:
         docs.extend(self._invalidate_event(entry))
         self.exhausted = True
-        return docs, encode_token((entry.ts.time, entry.ts.inc, KIND_INVALIDATE))
+        return docs, encode_token(entry.key_of(KIND_INVALIDATE))
 
     async def next_batch(self, batch_size: int | None, max_await_s: float) -> tuple[list, dict]:
         """getMore: return matching events at once, else wait for new ones up to ``max_await_s``."""
@@ -401,19 +405,20 @@ def position_cursor(cursor: ChangeStreamCursor, spec: dict[str, Any]) -> None:
         cursor.next_seq = oplog.end_seq
         return
     key = decode_token(spec.get("resumeAfter") or spec.get("startAfter"))
-    if key[2] == KIND_INVALIDATE and "resumeAfter" in spec:
+    kind = key[3]
+    if kind == KIND_INVALIDATE and "resumeAfter" in spec:
         raise CommandError(
             260,
             "Attempting to resume a change stream using 'resumeAfter' is not allowed from an "
             "invalidate notification.",
         )
-    if KIND_EVENT < key[2] < KIND_INVALIDATE:
+    if KIND_EVENT < kind < KIND_INVALIDATE:
         # A fragment of a split event: resume inside that event, after the fragments already seen.
-        cursor.next_seq = oplog.seq_at_or_after(Timestamp(key[0], key[1]))
-        cursor.skip_fragments = key[2]
+        cursor.next_seq = oplog.seq_at_key((key[0], key[1], key[2], KIND_EVENT))
+        cursor.skip_fragments = kind
         return
     cursor.next_seq = oplog.seq_after(key)
-    if key[2] == KIND_EVENT and cursor.next_seq > oplog.first_seq:
+    if kind == KIND_EVENT and cursor.next_seq > oplog.first_seq:
         # Resuming after the event that invalidated this stream: the invalidate comes first.
         entry = oplog.get(cursor.next_seq - 1)
         if entry.key == key and cursor.scope.invalidated_by(entry):
@@ -438,7 +443,10 @@ def _split_event(event: dict[str, Any], key: Key) -> list[RawBSONDocument]:
         used += cost
     fragments = []
     for n, fields in enumerate(groups, start=1):
-        doc = {"_id": encode_token((key[0], key[1], n)), "splitEvent": {"fragment": n, "of": len(groups)}}
+        doc = {
+            "_id": encode_token((key[0], key[1], key[2], n)),
+            "splitEvent": {"fragment": n, "of": len(groups)},
+        }
         doc.update(fields)
         fragments.append(RawBSONDocument(bson.encode(doc, codec_options=ENCODE_OPTIONS)))
     return fragments

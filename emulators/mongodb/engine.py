@@ -7,6 +7,7 @@ gets ``$clusterTime``/``operationTime``, every state-change error the current ``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
@@ -21,6 +22,12 @@ from .failpoints import RETRYABLE_WRITE_COMMANDS, FailPoints
 from .oplog import Oplog
 from .storage import Storage
 from .topology import ZERO_SIGNATURE, ClusterClock, Topology
+from .transactions import (
+    Transactions,
+    TransactionStorage,
+    in_transaction,
+    transient_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +47,15 @@ WRITE_COMMANDS = frozenset(
         "createIndexes",
         "dropIndexes",
         "deleteIndexes",
+        "commitTransaction",
+        "abortTransaction",
     }
+)
+TRANSACTION_END_COMMANDS = frozenset({"commitTransaction", "abortTransaction"})
+# The storage a command runs on: a transaction's overlay view while one of its statements runs (set per
+# connection task, so concurrent commands of other sessions keep seeing the shared storage).
+_STATEMENT_STORAGE: contextvars.ContextVar[Storage | None] = contextvars.ContextVar(
+    "statement_storage", default=None
 )
 # Retryable-write replies remembered per (lsid, txnNumber); old ones age out (drivers retry once, at once).
 RETRY_CACHE_SIZE = 10_000
@@ -117,7 +132,8 @@ class Engine:
         self.clock = ClusterClock()
         self.topology = Topology()
         self.oplog = Oplog(config.oplog_size)
-        self.storage = Storage(self.oplog, self.clock, config.version_tuple)
+        self.shared_storage = Storage(self.oplog, self.clock, config.version_tuple)
+        self.transactions = Transactions()
         self.failpoints = FailPoints()
         self.cursors: dict[int, ChangeStreamCursor | FindCursor] = {}
         self.retry_cache: OrderedDict[tuple[bytes, int, str], dict[str, Any]] = OrderedDict()
@@ -127,6 +143,11 @@ class Engine:
         # Set by the server: the live client connections (serverStatus, emulatorDropConnections).
         self.connections_snapshot: Callable[[], list[Connection]] = list
         self.address = config.address
+
+    @property
+    def storage(self) -> Storage:
+        """What commands read and write: the shared storage, or the running transaction's view of it."""
+        return _STATEMENT_STORAGE.get() or self.shared_storage
 
     # -- cursors --------------------------------------------------------------------------------------
     def new_cursor_id(self) -> int:
@@ -145,7 +166,8 @@ class Engine:
         """emulatorReset: drop all data, the oplog, cursors, failpoints and any step-down."""
         if self.topology.stepped_down:
             self.topology.step_down(0)
-        self.storage.reset()
+        self.shared_storage.reset()
+        self.transactions.clear()
         self.oplog.clear()
         self.cursors.clear()
         self.failpoints.clear()
@@ -183,6 +205,12 @@ class Engine:
                 while len(self.retry_cache) > RETRY_CACHE_SIZE:
                     self.retry_cache.popitem(last=False)
         except CommandError as exc:
+            if in_transaction(cmd) and not exc.fixed_labels:
+                exc.labels += [
+                    label
+                    for label in transient_labels(exc.code, name in TRANSACTION_END_COMMANDS)
+                    if label not in exc.labels
+                ]
             reply = self.error_reply(exc)
         except (CloseConnection, asyncio.CancelledError):
             raise
@@ -192,7 +220,8 @@ class Engine:
         return self.decorate(reply)
 
     def _retry_key(self, name: str, cmd: dict[str, Any]) -> tuple[bytes, int, str] | None:
-        if name not in RETRYABLE_WRITE_COMMANDS or "txnNumber" not in cmd:
+        # Statements of a transaction share its txnNumber; only the transaction as a whole is retried.
+        if name not in RETRYABLE_WRITE_COMMANDS or "txnNumber" not in cmd or in_transaction(cmd):
             return None
         lsid = cmd.get("lsid") or {}
         raw_id: Any = lsid.get("id")
@@ -200,6 +229,8 @@ class Engine:
         return (ident, int(cmd["txnNumber"]), name)
 
     async def _run(self, conn: Connection, name: str, db: str, cmd: dict[str, Any], retryable: bool) -> dict:
+        # commit/abort are retryable writes too: a failpoint's error on them gets RetryableWriteError.
+        retryable = retryable or name in TRANSACTION_END_COMMANDS
         action = self.failpoints.for_command(name, conn.app_name, retryable)
         if action is not None:
             if action.block_s:
@@ -213,9 +244,12 @@ class Engine:
             raise CommandError(59, f"no such command: '{name}'")
         if name in WRITE_COMMANDS and self.topology.stepped_down:
             raise CommandError(10107, "not primary", labels=["RetryableWriteError"] if retryable else [])
-        if "startTransaction" in cmd or "autocommit" in cmd:
-            raise CommandError(20, "Transactions are not supported by the emulator")
-        reply = await handler(self, conn, db, cmd)
+        if in_transaction(cmd) and name not in TRANSACTION_END_COMMANDS:
+            reply = await self._run_statement(conn, name, db, cmd, handler)
+        else:
+            if "txnNumber" in cmd and "lsid" in cmd:
+                self.transactions.note_retryable_write(cmd)
+            reply = await handler(self, conn, db, cmd)
         if action is not None and action.write_concern_error is not None:
             reply["writeConcernError"] = action.write_concern_error
         elif name in WRITE_COMMANDS and _unsatisfiable(cmd.get("writeConcern")):
@@ -226,6 +260,40 @@ class Engine:
                 "errmsg": "Not enough data-bearing nodes",
             }
         return reply
+
+    async def _run_statement(
+        self, conn: Connection, name: str, db: str, cmd: dict[str, Any], handler: Handler
+    ) -> dict[str, Any]:
+        """One statement of a transaction, on the transaction's view of the storage. Any error aborts the
+        transaction and is returned as a command error (mongod throws write errors in a transaction)."""
+        txn = self.transactions.statement(cmd, name)
+        token = _STATEMENT_STORAGE.set(TransactionStorage(self.shared_storage, txn, self.transactions))
+        try:
+            _refuse_change_stream(name, cmd)
+            reply = await handler(self, conn, db, cmd)
+            errors = reply.get("writeErrors")
+            if errors:
+                first = dict(errors[0])
+                code, message = int(first.pop("code")), str(first.pop("errmsg", ""))
+                first.pop("index", None)
+                first.pop("codeName", None)
+                raise CommandError(code, message, extra=first)
+        except CommandError:
+            self.transactions.end(txn, "aborted")
+            raise
+        finally:
+            _STATEMENT_STORAGE.reset(token)
+        return reply
+
+
+def _refuse_change_stream(name: str, cmd: dict[str, Any]) -> None:
+    pipeline = cmd.get("pipeline")
+    if name == "aggregate" and isinstance(pipeline, list) and pipeline and "$changeStream" in pipeline[0]:
+        raise CommandError(
+            263,
+            "Operation not permitted in transaction :: caused by :: Aggregation stage $changeStream "
+            "cannot run within a multi-document transaction.",
+        )
 
 
 def _unsatisfiable(write_concern: Any) -> bool:

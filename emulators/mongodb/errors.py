@@ -18,6 +18,7 @@ CODE_NAMES: dict[int, str] = {
     13: "Unauthorized",
     14: "TypeMismatch",
     20: "IllegalOperation",
+    24: "LockTimeout",
     26: "NamespaceNotFound",
     27: "IndexNotFound",
     28: "PathNotViable",
@@ -39,6 +40,7 @@ CODE_NAMES: dict[int, str] = {
     89: "NetworkTimeout",
     91: "ShutdownInProgress",
     96: "OperationFailed",
+    112: "WriteConflict",
     133: "FailedToSatisfyReadPreference",
     150: "StaleEpoch",
     166: "CommandNotSupportedOnView",
@@ -46,9 +48,12 @@ CODE_NAMES: dict[int, str] = {
     189: "PrimarySteppedDown",
     216: "ElectionInProgress",
     234: "RetryChangeStream",
+    225: "TransactionTooOld",
     251: "NoSuchTransaction",
+    256: "TransactionCommitted",
     260: "InvalidResumeToken",
     262: "ExceededTimeLimit",
+    263: "OperationNotSupportedInTransaction",
     280: "ChangeStreamFatalError",
     286: "ChangeStreamHistoryLost",
     292: "CursorInUse",
@@ -91,12 +96,15 @@ class CommandError(Exception):
         *,
         labels: list[str] | None = None,
         extra: dict[str, Any] | None = None,
+        fixed_labels: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.labels = list(labels or [])
         self.extra = dict(extra or {})
+        # The labels were dictated (a failpoint's errorLabels): the server adds none of its own.
+        self.fixed_labels = fixed_labels
 
     @property
     def code_name(self) -> str:

@@ -108,7 +108,12 @@ class FailPoints:
             else:
                 # The server labels retryable-write errors itself unless the test dictates the labels.
                 labels = ["RetryableWriteError"] if retryable_write and code in RETRYABLE_WRITE_CODES else []
-            action.error = CommandError(code, "Failing command via 'failCommand' failpoint", labels=labels)
+            action.error = CommandError(
+                code,
+                "Failing command via 'failCommand' failpoint",
+                labels=labels,
+                fixed_labels="errorLabels" in data,
+            )
         if "writeConcernError" in data:
             action.write_concern_error = dict(data["writeConcernError"])
         return action

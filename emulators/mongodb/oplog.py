@@ -1,9 +1,12 @@
 """The bounded oplog of change events and the resume tokens that point into it.
 
-Every write appends one entry with a unique cluster time. A position in the stream is a key
-``(t, i, kind)``: ``kind`` 0 is the event at time (t, i), 1..0x7F its fragments when split, 0x80 the
-invalidate that follows it, 0xFF a high-water mark after everything up to (t, i). Tokens are that key
-as fixed-width upper-case hex, so their ``_data`` strings sort in stream order and parse back to the key.
+Every write outside a transaction appends one entry with a unique cluster time; the operations of a
+committed transaction share the commit's cluster time and are told apart by their index in the
+transaction (as the txnOpIndex in a real server's token). A position in the stream is a key
+``(t, i, op, kind)``: ``kind`` 0 is the event (t, i, op), 1..0x7F its fragments when split, 0x80 the
+invalidate that follows it, 0xFF (with op 0xFFFFFFFF) a high-water mark after everything up to (t, i).
+Tokens are that key as fixed-width upper-case hex (the cluster time first, where the connector reads it),
+so their ``_data`` strings sort in stream order and parse back to the key.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ KIND_INVALIDATE = 0x80
 KIND_HIGH_WATER = 0xFF
 
 TOKEN_VERSION = "82"
-TOKEN_LENGTH = 2 + 8 + 8 + 2
+TOKEN_LENGTH = 2 + 8 + 8 + 8 + 2
+# The op index of a high-water mark: after every operation of a transaction committed at (t, i).
+LAST_OP = 0xFFFFFFFF
 
 # Compacting the entry list costs a memmove of the whole list; doing it only when this much slack has
 # accumulated keeps appends amortised O(1) while the logical window stays exactly ``max_events``.
 MIN_COMPACT_SLACK = 1024
 
-Key = tuple[int, int, int]
+Key = tuple[int, int, int, int]
 
 HISTORY_LOST_MESSAGE = (
     "Resume of change stream was not possible, as the resume point may no longer be in the oplog."
@@ -39,8 +44,8 @@ HISTORY_LOST_MESSAGE = (
 
 
 def encode_token(key: Key) -> dict[str, str]:
-    t, i, kind = key
-    return {"_data": f"{TOKEN_VERSION}{t:08X}{i:08X}{kind:02X}"}
+    t, i, op, kind = key
+    return {"_data": f"{TOKEN_VERSION}{t:08X}{i:08X}{op:08X}{kind:02X}"}
 
 
 def decode_token(token: Any) -> Key:
@@ -49,13 +54,13 @@ def decode_token(token: Any) -> Key:
     if not isinstance(data, str) or len(data) != TOKEN_LENGTH or not data.startswith(TOKEN_VERSION):
         raise CommandError(260, f"Invalid resume token: {token!r}")
     try:
-        return int(data[2:10], 16), int(data[10:18], 16), int(data[18:20], 16)
+        return int(data[2:10], 16), int(data[10:18], 16), int(data[18:26], 16), int(data[26:28], 16)
     except ValueError as exc:
         raise CommandError(260, f"Invalid resume token: {token!r}") from exc
 
 
 def high_water_key(ts: Timestamp) -> Key:
-    return (ts.time, ts.inc, KIND_HIGH_WATER)
+    return (ts.time, ts.inc, LAST_OP, KIND_HIGH_WATER)
 
 
 @dataclass(slots=True, eq=False)
@@ -79,10 +84,18 @@ class OplogEntry:
     expanded: bool = False
     # Pre-encoded default rendering (no pipeline, default options), built at most once.
     raw_default: RawBSONDocument | None = None
+    # Operations of a committed transaction: their index in it, and the session that ran it.
+    txn_index: int = 0
+    lsid: dict[str, Any] | None = None
+    txn_number: int | None = None
 
     @property
     def key(self) -> Key:
-        return (self.ts.time, self.ts.inc, KIND_EVENT)
+        return (self.ts.time, self.ts.inc, self.txn_index, KIND_EVENT)
+
+    def key_of(self, kind: int) -> Key:
+        """The key of this entry's invalidate (KIND_INVALIDATE) or of its fragment ``kind``."""
+        return (self.ts.time, self.ts.inc, self.txn_index, kind)
 
 
 class Oplog:
@@ -117,7 +130,10 @@ class Oplog:
 
     def seq_at_or_after(self, ts: Timestamp) -> int:
         """First entry at or after operation time ``ts`` (startAtOperationTime); 286 if lost."""
-        key = (ts.time, ts.inc, KIND_EVENT)
+        return self.seq_at_key((ts.time, ts.inc, 0, KIND_EVENT))
+
+    def seq_at_key(self, key: Key) -> int:
+        """First entry whose key is ``key`` or later; 286 if lost."""
         if self._evicted_key is not None and key <= self._evicted_key:
             raise CommandError(286, HISTORY_LOST_MESSAGE)
         return self._base_seq + bisect.bisect_left(self._keys, key, lo=self._head)

@@ -149,6 +149,8 @@ class Storage:
             insert_into_store(col, doc)
         except DuplicateKeyError as exc:
             raise duplicate_key(col, f"{db}.{coll}", doc, None) from exc
+        except CommandError:
+            raise  # e.g. a transaction's WriteConflict
         except Exception as exc:
             raise mongomock_error(exc) from exc
         self.record(
@@ -269,6 +271,8 @@ class Storage:
         except DuplicateKeyError as exc:
             own_id = None if replace_id is NO_KEY else replace_id
             raise duplicate_key(col, col.full_name, doc, own_id) from exc
+        except CommandError:
+            raise
         except Exception as exc:
             raise mongomock_error(exc) from exc
 

@@ -103,6 +103,10 @@ async def build_info(engine: Engine, conn: Connection, db: str, cmd: dict[str, A
 
 @command("endSessions", "killSessions", "killAllSessions", "refreshSessions", "startSession")
 async def sessions(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    name = next(iter(cmd))
+    ids = cmd.get(name)
+    if name in ("endSessions", "killSessions") and isinstance(ids, list):
+        engine.transactions.end_sessions(ids)  # their open transactions are aborted
     return {"ok": 1.0}
 
 
@@ -216,9 +220,25 @@ async def reset(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) 
     return {"ok": 1.0}
 
 
-@command("abortTransaction", "commitTransaction")
-async def transactions(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
-    raise CommandError(251, "Transactions are not supported by the emulator")
+@command("commitTransaction")
+async def commit_transaction(
+    engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]
+) -> dict[str, Any]:
+    _check_admin(db, "commitTransaction")
+    engine.transactions.commit(engine.shared_storage, cmd)
+    return {"ok": 1.0}
+
+
+@command("abortTransaction")
+async def abort_transaction(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    _check_admin(db, "abortTransaction")
+    engine.transactions.abort(cmd)
+    return {"ok": 1.0}
+
+
+def _check_admin(db: str, name: str) -> None:
+    if db != "admin":
+        raise CommandError(13, f"{name} may only be run against the admin database.")
 
 
 @command("getLastError", "getlasterror", "resetError", "logout", "saslStart", "saslContinue")
