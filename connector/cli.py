@@ -1,4 +1,4 @@
-"""Command line: `livesync-connector [run|check|token show|token reset --yes]`.
+"""Command line: `livesync-connector [run|check|create-tables|token show|token reset --yes]`.
 
 Exit status: 0 success, 1 a fatal runtime error (one log line names it), 2 invalid configuration or
 usage (one line per bad variable, no traceback).
@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from bson import json_util
 from bson.json_util import RELAXED_JSON_OPTIONS
@@ -31,12 +32,20 @@ EXIT_USAGE = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livesync-connector",
-        description="Publish MongoDB change-stream events to Ably channels (configured by environment).",
+        description=(
+            "Publish MongoDB change-stream events or Postgres outbox rows (SOURCE=postgres) to Ably channels "
+            "(configured by environment)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"livesync-connector {__version__}")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the connector (default)")
-    sub.add_parser("check", help="validate configuration, MongoDB and Ably credentials; publishes nothing")
+    sub.add_parser(
+        "check", help="validate configuration, the database and Ably credentials; publishes nothing"
+    )
+    sub.add_parser(
+        "create-tables", help="SOURCE=postgres: create Ably's outbox and nodes tables and the connector's own"
+    )
     token = sub.add_parser("token", help="show or reset the stored resume token")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     token_sub.add_parser("show", help="print the stored resume-token document")
@@ -63,6 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.watch_label,
         extra={"settings": settings.redacted()},
     )
+    if settings.source == "postgres":
+        return _postgres_command(settings, command)
+    if command == "create-tables":
+        print("create-tables applies to SOURCE=postgres", file=sys.stderr)
+        return EXIT_USAGE
     if command == "run":
         return asyncio.run(_run(settings))
     if command == "check":
@@ -75,10 +89,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(_token(settings, args.token_command, out=print))
 
 
-async def _run(settings: Settings) -> int:
+def _postgres_command(settings: Settings, command: str) -> int:
+    from connector.sources.postgres.check import run_checks, run_create_tables
+
+    if command == "run":
+        return asyncio.run(_run(settings))
+    if command == "check":
+        return asyncio.run(run_checks(settings, out=print))
+    if command == "create-tables":
+        return asyncio.run(run_create_tables(settings, out=print))
+    print("token commands apply to SOURCE=mongodb (the outbox itself is the position)", file=sys.stderr)
+    return EXIT_USAGE
+
+
+class _Stoppable(Protocol):
+    def request_stop(self, reason: str = "signal") -> None: ...
+
+    async def run(self) -> int: ...
+
+
+def _worker_for(settings: Settings) -> _Stoppable:
+    if settings.source == "postgres":
+        from connector.sources.postgres.worker import PostgresWorker
+
+        return PostgresWorker(settings)
     from connector.worker import Worker
 
-    worker = Worker(settings)
+    return Worker(settings)
+
+
+async def _run(settings: Settings) -> int:
+    worker = _worker_for(settings)
     loop = asyncio.get_running_loop()
     signals_seen: list[int] = []
 

@@ -26,7 +26,13 @@ _DIRECT = {
     "ADBC_ABLY_API_KEY": "ABLY_API_KEY",
 }
 _TABLES = {"OUTBOX_TABLE": ("ADBC_OUTBOX_TABLE", "outbox"), "NODES_TABLE": ("ADBC_NODES_TABLE", "nodes")}
-_PARTS = (("HOST", "host"), ("PORT", "port"), ("DATABASE", "dbname"), ("USER", "user"), ("PASSWORD", "password"))
+_PARTS = (
+    ("HOST", "host"),
+    ("PORT", "port"),
+    ("DATABASE", "dbname"),
+    ("USER", "user"),
+    ("PASSWORD", "password"),
+)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
@@ -61,7 +67,9 @@ def _aliases(env: Mapping[str, str]) -> tuple[dict[str, tuple[str, str]], list[s
     for alias, ours in _DIRECT.items():
         if env.get(alias):
             out[ours] = (env[alias], alias)
-    parts = [(key, env[f"ADBC_POSTGRES_{suffix}"]) for suffix, key in _PARTS if env.get(f"ADBC_POSTGRES_{suffix}")]
+    parts = [
+        (key, env[f"ADBC_POSTGRES_{suffix}"]) for suffix, key in _PARTS if env.get(f"ADBC_POSTGRES_{suffix}")
+    ]
     if parts and "POSTGRES_URI" not in out:
         conninfo = " ".join(f"{key}={_conninfo_value(value)}" for key, value in parts)
         out["POSTGRES_URI"] = (conninfo, "ADBC_POSTGRES_HOST")

@@ -6,8 +6,8 @@ live next to the outbox and are named after it, so two outboxes in one database 
 | object | default name | holds |
 | --- | --- | --- |
 | watermark table | `public.outbox_watermark` | the `sync()` watermark and the leadership epoch (one row) |
-| dead-letter table | `public.outbox_deadletter` | rows that can never be published (ON_UNPUBLISHABLE=deadletter) |
-| watermark function | `public.outbox_sync_sequence_id()` | the safe `sequenceId` for the Models SDK's `sync()` |
+| dead-letter table | `public.outbox_deadletter` | rows that can never be published (ON_UNPUBLISHABLE) |
+| watermark function | `public.outbox_sync_sequence_id()` | the safe `sequenceId` for the Models SDK |
 | notify function | `public.outbox_notify()` | Ably's trigger function: `pg_notify('ably_adbc', '')` |
 """
 

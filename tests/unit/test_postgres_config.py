@@ -1,0 +1,102 @@
+"""SOURCE=postgres settings: defaults, validation lines, Ably's ADBC_* aliases, secrets masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector.config import load_settings
+from connector.errors import ConfigError
+from connector.sources.postgres.adbc import parse_duration_s
+
+KEY = "appid.keyid:s3cr3t-Key-Value"
+BASE = {"SOURCE": "postgres", "POSTGRES_URI": "postgresql://app:pw@db:5432/shop", "ABLY_API_KEY": KEY}
+
+
+def problems(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env, env_file=None)
+    return info.value.problems
+
+
+def test_defaults_and_mongodb_settings_not_required() -> None:
+    s = load_settings(BASE, env_file=None)
+    assert s.source == "postgres"
+    assert (s.outbox_table, s.nodes_table) == ("public.outbox", "public.nodes")
+    assert (s.poll_interval_ms, s.gap_timeout_ms, s.outbox_batch_size) == (1000, 5000, 1000)
+    assert s.connector_id == s.watch_label == "public.outbox"
+    assert s.mongodb_database == "" and s.pipeline is None
+
+
+def test_mongodb_is_still_the_default_source_and_needs_its_settings() -> None:
+    assert problems({"ABLY_API_KEY": KEY}) == ["MONGODB_DATABASE: required"]
+    assert problems({"ABLY_API_KEY": KEY, "MONGODB_DATABASE": "shop"}) == [
+        "PIPELINE: set exactly one of PIPELINE or PIPELINE_FILE (neither is set)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        ({"POSTGRES_URI": ""}, "POSTGRES_URI: required"),
+        (
+            {"POSTGRES_URI": "mysql://u:hunter2@db/x"},
+            "POSTGRES_URI: must be a postgresql:// URI or a libpq key=value connection string",
+        ),
+        ({"OUTBOX_TABLE": "a.b.c"}, "OUTBOX_TABLE: must be <schema>.<table> or <table> (got 'a.b.c')"),
+        ({"NODES_TABLE": 'x"y'}, "NODES_TABLE: must not contain quotes or surrounding spaces (got 'x\"y')"),
+        ({"NODES_TABLE": "outbox"}, "NODES_TABLE: must differ from OUTBOX_TABLE"),
+        ({"POLL_INTERVAL_MS": "0"}, "POLL_INTERVAL_MS: must be > 0 (got '0')"),
+        ({"GAP_TIMEOUT_MS": "soon"}, "GAP_TIMEOUT_MS: must be a whole number (got 'soon')"),
+        ({"SOURCE": "mysql"}, "SOURCE: must be one of mongodb, postgres (got 'mysql')"),
+    ],
+)
+def test_each_bad_setting_gives_one_line(overrides: dict[str, str], line: str) -> None:
+    found = problems({**BASE, **overrides})
+    assert found == [line]
+    assert "hunter2" not in line
+
+
+def test_table_names_default_to_public() -> None:
+    s = load_settings({**BASE, "OUTBOX_TABLE": "events", "NODES_TABLE": "app.nodes"}, env_file=None)
+    assert (s.outbox_table, s.nodes_table) == ("public.events", "app.nodes")
+
+
+def test_ablys_variables_switch_an_existing_deployment() -> None:
+    env = {
+        "ADBC_POSTGRES_CONNECTION_URI": "postgres://u:p%40ss@db/app",
+        "ADBC_ABLY_API_KEY": KEY,
+        "ADBC_OUTBOX_TABLE_TABLE_SCHEMA": "ably",
+        "ADBC_OUTBOX_TABLE_TABLE_NAME": "box",
+        "ADBC_NODES_TABLE_TABLE_NAME": "members",
+        "ADBC_POLL_INTERVAL": "250ms",
+        "ADBC_HEARTBEAT_TIMEOUT": "15s",
+    }
+    s = load_settings(env, env_file=None)
+    assert s.source == "postgres" and s.postgres_uri == "postgres://u:p%40ss@db/app"
+    assert s.ably_api_key.get_secret_value() == KEY
+    assert (s.outbox_table, s.nodes_table) == ("ably.box", "public.members")
+    assert (s.poll_interval_ms, s.lease_ttl_s) == (250, 15.0)
+    assert {"p%40ss", "p@ss"} <= set(s.secrets())
+    assert s.redacted()["postgres_uri"] == "postgres://u:***@db/app"
+
+
+def test_adbc_connection_parts_become_a_conninfo_with_the_password_masked() -> None:
+    env = {"ADBC_POSTGRES_HOST": "db", "ADBC_POSTGRES_PORT": "6432", "ADBC_POSTGRES_USER": "app",
+           "ADBC_POSTGRES_PASSWORD": "it's secret", "ADBC_ABLY_API_KEY": KEY}  # fmt: skip
+    s = load_settings(env, env_file=None)
+    assert s.postgres_uri == "host='db' port='6432' user='app' password='it\\'s secret'"
+    assert "it's secret" in s.secrets()
+    assert "secret" not in s.redacted()["postgres_uri"]
+
+
+def test_an_alias_that_contradicts_our_variable_is_one_line() -> None:
+    env = {**BASE, "ADBC_POSTGRES_CONNECTION_URI": "postgresql://other/db", "ADBC_POLL_INTERVAL": "often"}
+    assert problems(env) == [
+        "ADBC_POLL_INTERVAL: must be a duration such as 1s, 500ms or 1m30s (got 'often')",
+        "POSTGRES_URI: set either POSTGRES_URI or ADBC_POSTGRES_CONNECTION_URI, not both",
+    ]
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("1s", 1.0), ("1m30s", 90.0), ("250ms", 0.25), ("2", 2.0)])
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration_s(text) == seconds
