@@ -146,6 +146,7 @@ async def _run(settings: Settings) -> int:
 async def _token(settings: Settings, action: str, *, out: Callable[[str], None]) -> int:
     from connector.errors import ConnectorError
     from connector.sources.mongodb.checkpoint import TokenStore
+    from connector.sources.mongodb.lease import describe_lease
     from connector.worker import mongo_from
 
     mongo = mongo_from(settings)
@@ -157,10 +158,12 @@ async def _token(settings: Settings, action: str, *, out: Callable[[str], None])
             doc = await mongo.collection(settings.resume_token_collection).find_one(
                 {"_id": settings.connector_id}
             )
-            if doc is None:
+            if doc is None or "resumeToken" not in doc:
                 out(f"no resume token stored for {settings.connector_id!r}")
-                return EXIT_OK
-            out(json_util.dumps(doc, json_options=RELAXED_JSON_OPTIONS, indent=2))
+            if doc is not None:
+                out(json_util.dumps(doc, json_options=RELAXED_JSON_OPTIONS, indent=2))
+            tokens = mongo.collection(settings.resume_token_collection)
+            out(await describe_lease(tokens, settings.connector_id))
             return EXIT_OK
         deleted = await store.delete()
         out(

@@ -14,7 +14,8 @@
     │   ├── HistoryLostError        72008 the stored position fell off the oplog
     │   └── DatabaseUnavailable     72003 PostgreSQL unreachable or the connection broke (retry)
     ├── SchemaError                 72003 the outbox/nodes tables are missing or not Ably's shape
-    ├── LeadershipLost              this instance is no longer the outbox's one publisher
+    ├── LeadershipLost              this instance is no longer its CONNECTOR_ID's one publisher
+    ├── LeaseStoreError             72003 the lease cannot be read or written (retried)
     ├── CheckpointError             72007 cannot store the resume token
     │   └── CorruptCheckpointError  72006 stored token unreadable
     └── FatalError                  stop the connector (exit 1) with one clear line
@@ -125,7 +126,17 @@ class SchemaError(ConnectorError):
 
 
 class LeadershipLost(ConnectorError):
-    """Raised when this instance stops being the outbox's publisher (its lock session ended)."""
+    """Raised when this instance stops being the publisher: its lease expired by its own monotonic clock,
+    a fenced write matched nothing (another instance took over), or its lock session ended.
+
+    Not fatal: the worker drops its in-flight work without storing anything and becomes a standby.
+    """
+
+
+class LeaseStoreError(ConnectorError):
+    """Raised when the lease cannot be read or written (the database is unreachable); retried."""
+
+    code = 72003
 
 
 class CheckpointError(ConnectorError):

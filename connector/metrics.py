@@ -7,7 +7,7 @@ checkpointer already count what they do, and a scrape simply reads those numbers
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -37,14 +37,25 @@ METRICS: dict[str, tuple[str, str]] = {
     "livesync_lag_seconds": ("gauge", "Read time minus commit (cluster) time of the newest event read"),
     "livesync_checkpoint_cluster_time_seconds": ("gauge", "Cluster time of the stored position (unix s)"),
     "livesync_checkpoint_age_seconds": ("gauge", "Now minus the cluster time of the stored position"),
+    "livesync_leader": ("gauge", "1 while this instance holds the lease and publishes, 0 on a standby"),
+    "livesync_lease_epoch": ("gauge", "Epoch of the lease this instance last held (0 if never)"),
+    "livesync_leader_changes": ("counter", "Times this instance became the leader"),
 }
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, labels: Mapping[str, str] | None = None) -> None:
         self._snapshot = snapshot
+        self._labels = dict(labels or {})
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        if self._labels:
+            # Which instance (INSTANCE_ID) of which connector (CONNECTOR_ID) these numbers come from.
+            info = GaugeMetricFamily(
+                "livesync_instance_info", "This connector instance", labels=list(self._labels)
+            )
+            info.add_metric(list(self._labels.values()), 1.0)
+            yield info
         values = self._snapshot()
         now = time.time()
         if values.get("checkpoint_cluster_time_seconds"):
@@ -58,7 +69,7 @@ class SnapshotCollector(Collector):
             yield family(name, help_text, value=float(value))
 
 
-def build_registry(snapshot: Snapshot) -> CollectorRegistry:
+def build_registry(snapshot: Snapshot, labels: Mapping[str, str] | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))
+    registry.register(SnapshotCollector(snapshot, labels))
     return registry

@@ -1,8 +1,15 @@
-"""The worker: wires reader → router → publisher → ledger → checkpointer, and owns their lifecycle.
+"""The worker: stands by for the lease, then wires reader → router → publisher → ledger → checkpointer for
+as long as it leads, and owns their lifecycle.
+
+Roles (invariant 8): a standby polls the lease and reads nothing. A leader runs one *term*: fresh
+components, the position read after the lease was won, every position write fenced by the lease's epoch.
+Losing the lease (deposed by a fenced write, or the monotonic deadline passed unrenewed) ends the term at
+once: nothing drained, nothing stored, back to standby.
 
 Shutdown order is fixed (invariant 7): stop reading → drain in-flight publishes within the grace period →
-store the final checkpoint → close Ably, the health server and MongoDB. A fatal error takes the same path
-(minus waiting for drains that cannot succeed) and the process exits 1 with one log line naming the cause.
+store the final checkpoint → release the lease → close Ably, the health server and MongoDB. A fatal error
+takes the same path (minus waiting for drains that cannot succeed) and the process exits 1 with one log
+line naming the cause.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
 from connector.ably.publisher import Publisher
 from connector.config import Settings
-from connector.errors import AblyError, ConnectorError, FatalError, StreamError
+from connector.errors import AblyError, ConnectorError, FatalError, LeadershipLost, StreamError
 from connector.health import HealthServer
+from connector.lease import Leadership
 from connector.metrics import build_registry
-from connector.sources.mongodb.checkpoint import Checkpointer, StoredPosition, TokenStore
+from connector.sources.mongodb.checkpoint import Checkpointer, Fence, StoredPosition, TokenStore
 from connector.sources.mongodb.client import Mongo
 from connector.sources.mongodb.deadletter import UnpublishableHandler
+from connector.sources.mongodb.lease import MongoLeaseStore
 from connector.sources.mongodb.messages import encode_driver_event, to_message
 from connector.sources.mongodb.pipeline import pipeline_hash, sets_channel
 from connector.sources.mongodb.reader import Reader
@@ -43,6 +52,17 @@ STARTUP_RETRY_MAX_S = 30.0
 
 EXIT_OK = 0
 EXIT_FATAL = 1
+
+# Counters that restart with each term's components and are summed across terms for /metrics.
+TERM_COUNTERS = (
+    "events_read",
+    "messages_published",
+    "unpublishable_events",
+    "publish_requests",
+    "publish_retries",
+    "stream_reopens",
+    "checkpoints_stored",
+)
 
 
 def mongo_from(settings: Settings) -> Mongo:
@@ -79,15 +99,29 @@ class Worker:
         self.stages = settings.pipeline_stages()
         self.pipeline_hash = pipeline_hash(self.stages)
         self.namespace = settings.watch_label
-        self.ledger = InFlightLedger(settings.max_in_flight)
-        self.token_store = TokenStore(
-            self.mongo.collection(settings.resume_token_collection, majority=True), settings.connector_id
+        token_collection = self.mongo.collection(settings.resume_token_collection, majority=True)
+        self.token_store = TokenStore(token_collection, settings.connector_id)
+        self.leadership = Leadership(
+            MongoLeaseStore(token_collection, settings.connector_id),
+            owner=settings.instance_id,
+            ttl_s=settings.lease_ttl_s,
         )
+        # Checked before every publish attempt, retries included: a leader past its deadline sends nothing.
+        self.ably.before_publish = self.leadership.ensure_may_publish
         self.unpublishable = UnpublishableHandler(
             settings.on_unpublishable,
             self.mongo.collection(settings.deadletter_collection, majority=True),
             ttl_days=settings.deadletter_ttl_days,
         )
+        self.health: HealthServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._past_terms: dict[str, int] = dict.fromkeys(TERM_COUNTERS, 0)
+        self._new_term()
+
+    def _new_term(self) -> None:
+        """Fresh pipeline components: a term starts from the stored position with nothing in flight."""
+        settings = self.settings
+        self.ledger = InFlightLedger(settings.max_in_flight)
         self.checkpointer = Checkpointer(
             self.token_store,
             self.ledger,
@@ -121,8 +155,24 @@ class Worker:
             unpublishable=self.unpublishable,
             on_history_lost=settings.on_history_lost,
         )
-        self.health: HealthServer | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _end_term(self) -> None:
+        """Keep the finished term's counters (metrics are cumulative), then start a fresh term."""
+        for name, value in self._term_counters().items():
+            self._past_terms[name] += value
+        self._new_term()
+
+    def _term_counters(self) -> dict[str, int]:
+        r, p = self.reader.stats, self.publisher.stats
+        return {
+            "events_read": r.events_read,
+            "messages_published": p.published,
+            "unpublishable_events": r.unpublishable + p.rejected,
+            "publish_requests": p.requests,
+            "publish_retries": p.retries,
+            "stream_reopens": r.reopens,
+            "checkpoints_stored": self.checkpointer.stores,
+        }
 
     # -- wiring ------------------------------------------------------------------------------------
 
@@ -153,21 +203,19 @@ class Worker:
 
     async def run(self) -> int:
         try:
-            start = await self._prepare()
+            await self._serve_health()
         except ConnectorError as exc:
             log.critical("%s", exc, extra={"code": exc.code})
             await self._close()
             return EXIT_FATAL
-        if start is None:  # stopped while waiting for MongoDB
-            await self._close()
-            return EXIT_OK
         fatal: BaseException | None = None
         try:
-            fatal = await self._serve(start)
+            while fatal is None and await self.leadership.acquire(self.stop_event):
+                fatal = await self._lead()
+                if self.stop_event.is_set():
+                    break
         finally:
-            # Events read before a fatal error still get their chance to publish, unless Ably is the
-            # problem (then draining would only wait out the grace period).
-            await self._shutdown(drain=not isinstance(fatal, AblyError))
+            await self._close()
         if fatal is not None:
             code = getattr(fatal, "code", 72000)
             log.critical("stopping: %s", fatal, extra={"code": code})
@@ -175,22 +223,47 @@ class Worker:
         log.info("stopped cleanly (%s)", self._stop_reason or "requested")
         return EXIT_OK
 
-    async def _prepare(self) -> StartPosition | None:
-        """Serve health, then read the stored position, waiting for MongoDB as long as it takes."""
-        settings = self.settings
+    async def _serve_health(self) -> None:
         if not sets_channel(list(self.stages)):
             log.warning(
                 "no pipeline stage sets _ablyChannel: every event will be unpublishable",
                 extra={"code": 72004},
             )
-        if settings.http_port:
-            self.health = HealthServer(settings.http_port, self.readiness, build_registry(self.snapshot))
-            try:
-                await self.health.start()
-            except OSError as exc:
-                raise FatalError(
-                    f"cannot serve health checks on HTTP_PORT {settings.http_port}: {exc}"
-                ) from exc
+        port = self.settings.http_port
+        if not port:
+            return
+        self.health = HealthServer(port, self.readiness, build_registry(self.snapshot, self.labels()))
+        try:
+            await self.health.start()
+        except OSError as exc:
+            raise FatalError(f"cannot serve health checks on HTTP_PORT {port}: {exc}") from exc
+
+    async def _lead(self) -> BaseException | None:
+        """One term as the leader. Returns a fatal error, or None after a clean stop or a lost lease."""
+        self.token_store.fence = Fence(self.leadership.owner, self.leadership.epoch)
+        try:
+            start = await self._prepare()
+        except LeadershipLost as exc:
+            self._step_down(exc)
+            return None
+        except ConnectorError as exc:
+            await self.leadership.release()
+            return exc
+        if start is None:  # stopped while waiting for MongoDB
+            await self.leadership.release()
+            return None
+        fatal = await self._serve(start)
+        if isinstance(fatal, LeadershipLost):
+            await self._drop_term()
+            self._step_down(fatal)
+            return None
+        # Events read before a fatal error still get their chance to publish, unless Ably is the problem
+        # (then draining would only wait out the grace period).
+        await self._shutdown(drain=not isinstance(fatal, AblyError))
+        return fatal
+
+    async def _prepare(self) -> StartPosition | None:
+        """Read the stored position (after winning the lease: the last leader may have moved it)."""
         attempt = 0
         while True:
             try:
@@ -204,8 +277,9 @@ class Worker:
                     await asyncio.wait_for(self.stop_event.wait(), delay)
                 if self.stop_event.is_set():
                     return None
+                self.leadership.ensure_may_publish()  # the lease could not be renewed meanwhile
         await self.unpublishable.ensure_indexes()
-        return self._start_position(stored, settings.start_at)
+        return self._start_position(stored, self.settings.start_at)
 
     def _start_position(self, stored: StoredPosition | None, start_at: Any) -> StartPosition:
         if stored is not None:
@@ -228,13 +302,14 @@ class Worker:
         return StartPosition()
 
     async def _serve(self, start: StartPosition) -> BaseException | None:
-        """Run until a stop request or a fatal error; returns the fatal error, if any."""
+        """Run until a stop request, a fatal error or a lost lease; returns the error, if any."""
         reader = self._spawn(self.reader.run(start, self.stop_event), "reader")
         publisher = self._spawn(self.publisher.run(), "publisher")
         checkpointer = self._spawn(self.checkpointer.run(self.stop_event), "checkpointer")
+        lease = self._spawn(self.leadership.hold(self.stop_event), "lease")
         stopper = self._spawn(self.stop_event.wait(), "stop")
         done, _ = await asyncio.wait(
-            {reader, publisher, checkpointer, stopper}, return_when=asyncio.FIRST_COMPLETED
+            {reader, publisher, checkpointer, lease, stopper}, return_when=asyncio.FIRST_COMPLETED
         )
         for task in done:
             if task is stopper or task.cancelled():
@@ -242,9 +317,24 @@ class Worker:
             exc = task.exception()
             if exc is not None:
                 return exc
-            if task is not checkpointer and not self.stop_event.is_set():
+            if task not in (checkpointer, lease) and not self.stop_event.is_set():
                 return FatalError(f"{task.get_name()} stopped unexpectedly")
         return None
+
+    async def _drop_term(self) -> None:
+        """The lease is lost: stop at once, store nothing; what was in flight is the next leader's."""
+        for name in ("reader", "publisher", "checkpointer", "lease", "stop"):
+            await self._cancel(name)
+        with contextlib.suppress(Exception):
+            await self.publisher.aclose()
+        dropped = self.ledger.pending
+        if dropped:
+            log.info("dropped %d in-flight events: the new leader resends them from its position", dropped)
+        self._end_term()
+
+    def _step_down(self, reason: LeadershipLost) -> None:
+        self.token_store.fence = None
+        self.leadership.step_down(str(reason))
 
     async def _shutdown(self, drain: bool) -> None:
         self.stop_event.set()
@@ -259,14 +349,14 @@ class Worker:
                 log.warning(
                     "grace period over with %d events in flight; they will be resent", self.ledger.pending
                 )
-        await self._cancel("publisher")
-        await self._cancel("checkpointer")
-        await self._cancel("stop")
-        # 3. final checkpoint (the position covers only completed events)
+        for name in ("publisher", "checkpointer", "lease", "stop"):
+            await self._cancel(name)
+        # 3. final checkpoint (the position covers only completed events; fenced: a deposed leader's
+        # write stores nothing)
         with contextlib.suppress(ConnectorError):
             await self.checkpointer.checkpoint()
-        # 4. close resources
-        await self._close()
+        # 4. hand the lease over at once instead of letting it expire
+        await self.leadership.release()
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
@@ -296,38 +386,51 @@ class Worker:
     # -- observability -------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Leader: stream open, Ably answering, checkpoints stored. Standby: the lease is reachable (a
+        standby sidecar must not make its mongod pod unready)."""
+        role = self.leadership.role
         problems: list[str] = []
+        if role == "standby":
+            if not self.leadership.store_reachable:
+                problems.append("cannot reach MongoDB to poll the lease")
+            return not problems, {"role": role, "problems": problems, "instance": self.leadership.owner}
         if not self.reader.stats.stream_open:
             problems.append("change stream not open")
-        ably_ok = self._ably_answering()
-        if not ably_ok:
+        if not self._ably_answering():
             problems.append("Ably not answering")
         if not self.checkpointer.healthy:
             problems.append(f"checkpoint writes failing: {self.checkpointer.last_error}")
-        return not problems, {"problems": problems, "in_flight": self.ledger.pending}
+        return not problems, {
+            "role": role,
+            "problems": problems,
+            "in_flight": self.ledger.pending,
+            "instance": self.leadership.owner,
+            "epoch": self.leadership.epoch,
+        }
 
     def _ably_answering(self) -> bool:
         return self.ably.answering
 
+    def labels(self) -> dict[str, str]:
+        """Constant labels of the info metric: which instance of which connector this is."""
+        return {"instance_id": self.settings.instance_id, "connector_id": self.settings.connector_id}
+
     def snapshot(self) -> dict[str, Any]:
         r = self.reader.stats
-        p = self.publisher.stats
         ready, _ = self.readiness()
         stored = self.checkpointer.last_stored_cluster_time
+        totals = self._term_counters()
         return {
-            "events_read": r.events_read,
-            "messages_published": p.published,
-            "unpublishable_events": r.unpublishable + p.rejected,
+            **{name: self._past_terms[name] + totals[name] for name in TERM_COUNTERS},
             "events_deadlettered": self.unpublishable.deadlettered,
             "events_skipped": self.unpublishable.skipped,
-            "publish_requests": p.requests,
-            "publish_retries": p.retries,
-            "stream_reopens": r.reopens,
-            "checkpoints_stored": self.checkpointer.stores,
             "in_flight_events": self.ledger.pending,
             "in_flight_capacity": self.ledger.capacity,
             "stream_open": int(r.stream_open),
             "ready": int(ready),
+            "leader": int(self.leadership.is_leader),
+            "lease_epoch": self.leadership.epoch,
+            "leader_changes": self.leadership.changes,
             "lag_seconds": (
                 r.last_event_read_at - r.last_event_cluster_time.time
                 if isinstance(r.last_event_cluster_time, Timestamp) and r.last_event_read_at

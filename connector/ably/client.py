@@ -298,6 +298,9 @@ class AblyRestClient:
         self._last_success_at: float | None = None
         self._last_error: AblyError | None = None
         self._last_outage_at: float | None = None  # last 5xx / 429 / transport / auth failure
+        # Called before every publish attempt (retries and fallback hosts included); raising stops the
+        # attempt and propagates. The worker's lease check: a leader past its deadline sends nothing.
+        self.before_publish: Callable[[], None] | None = None
         auth = base64.b64encode(api_key.encode()).decode()
         self._http = httpx.AsyncClient(
             headers={
@@ -454,6 +457,8 @@ class AblyRestClient:
         self, plan: _HostPlan, method: str, path: str, content: bytes | None, params: Mapping[str, str] | None
     ) -> Any:
         host = plan.current
+        if method == "POST" and self.before_publish is not None:
+            self.before_publish()
         try:
             with _mapped_errors(host):
                 response = await self._http.request(method, host + path, content=content, params=params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -98,7 +99,9 @@ def test_token_show_and_reset(env: dict[str, str], capsys: pytest.CaptureFixture
         {"_id": connector_id, "resumeToken": {"_data": "82ABCDEF"}, "namespace": connector_id}
     )
     assert main(["token", "show"]) == 0
-    assert "82ABCDEF" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "82ABCDEF" in shown
+    assert "lease: never held" in shown
     assert main(["token", "reset"]) == 2  # refuses without --yes
     assert sync_db.ably.count_documents({}) == 1
     assert main(["token", "reset", "--yes"]) == 0
@@ -125,3 +128,22 @@ def test_busy_http_port_exits_1_with_a_clear_line(
         monkeypatch.setenv("HTTP_PORT", str(busy.getsockname()[1]))
         assert main(["run"]) == 1
     assert any("cannot serve health checks on HTTP_PORT" in r.getMessage() for r in caplog.records)
+
+
+async def test_token_show_names_the_lease_holder_and_reset_keeps_the_lease(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], sync_db: Any, ably: Any
+) -> None:
+    from connector.config import load_settings
+    from tests.integration.harness import connector, until
+
+    async with connector(env, INSTANCE_ID="sidecar-a") as running:
+        await until(lambda: running.worker.checkpointer.stores >= 1, what="the first position")
+        assert await asyncio.to_thread(main, ["token", "show"]) == 0
+        shown = capsys.readouterr().out
+        assert "lease: held; last holder sidecar-a at epoch 1" in shown
+    assert await asyncio.to_thread(main, ["token", "show"]) == 0
+    assert "lease: free (expired or released); last holder sidecar-a at epoch 1" in capsys.readouterr().out
+    assert await asyncio.to_thread(main, ["token", "reset", "--yes"]) == 0
+    doc = sync_db.ably.find_one({"_id": load_settings(env, env_file=None).connector_id})
+    assert "resumeToken" not in doc
+    assert doc["lease"]["owner"] == "sidecar-a"

@@ -22,7 +22,7 @@ from bson import Timestamp
 from pymongo.errors import PyMongoError
 
 from connector.ably.ledger import InFlightLedger
-from connector.errors import CheckpointError, CorruptCheckpointError, StreamError
+from connector.errors import CheckpointError, CorruptCheckpointError, LeadershipLost, StreamError
 from connector.sources.mongodb.client import brief_error
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,29 @@ def cluster_time_of(token: Mapping[str, Any] | None) -> Timestamp | None:
         return None
 
 
+# The document's position fields (the rest is the lease, which `token reset` keeps).
+POSITION_FIELDS = ("resumeToken", "clusterTime", "updatedAt", "namespace", "pipelineHash", "invalidated")
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The lease a position write is conditional on (invariant 8)."""
+
+    owner: str
+    epoch: int
+
+
 class TokenStore:
-    """Load, store and delete the resume-token document (`collection` is a driver collection object)."""
+    """Load, store and delete the resume-token document (`collection` is a driver collection object).
+
+    With a `fence`, a store matches the document only while the lease on it is still `owner` at `epoch`;
+    a store that matches nothing raises LeadershipLost (another instance took over), and stores nothing.
+    """
 
     def __init__(self, collection: Any, connector_id: str) -> None:
         self._collection = collection
         self.connector_id = connector_id
+        self.fence: Fence | None = None
 
     async def load(self) -> StoredPosition | None:
         """The stored position, None when nothing is stored; CorruptCheckpointError when unreadable."""
@@ -69,7 +86,7 @@ class TokenStore:
         except PyMongoError as exc:
             # MongoDB not reachable (yet): the caller retries; this is not a corrupt token.
             raise StreamError(f"cannot read the stored resume token: {brief_error(exc)}") from exc
-        if doc is None:
+        if doc is None or "resumeToken" not in doc:  # nothing stored yet (maybe only a lease)
             return None
         token = doc.get("resumeToken")
         if not isinstance(token, Mapping) or not isinstance(token.get("_data"), str) or not token["_data"]:
@@ -105,17 +122,31 @@ class TokenStore:
             "pipelineHash": pipeline_hash,
             "invalidated": invalidated,
         }
+        fence = self.fence
+        query: dict[str, Any] = {"_id": self.connector_id}
+        if fence is not None:
+            query.update({"lease.owner": fence.owner, "lease.epoch": fence.epoch})
         try:
-            await self._collection.update_one({"_id": self.connector_id}, {"$set": document}, upsert=True)
+            result = await self._collection.update_one(query, {"$set": document}, upsert=fence is None)
         except PyMongoError as exc:
             raise CheckpointError(f"cannot store resume token: {brief_error(exc)}") from exc
+        if fence is not None and not result.matched_count:
+            raise LeadershipLost(
+                f"deposed: the position write at epoch {fence.epoch} matched nothing "
+                "(another instance holds the lease); nothing stored"
+            )
 
     async def delete(self) -> bool:
+        """Forget the stored position; a lease on the same document stays (a running leader keeps it)."""
+        stored = {"_id": self.connector_id, "resumeToken": {"$exists": True}}
         try:
-            result = await self._collection.delete_one({"_id": self.connector_id})
+            deleted = await self._collection.delete_one({**stored, "lease": {"$exists": False}})
+            if deleted.deleted_count:
+                return True
+            result = await self._collection.update_one(stored, {"$unset": dict.fromkeys(POSITION_FIELDS, "")})
         except PyMongoError as exc:
             raise CheckpointError(f"cannot delete resume token: {brief_error(exc)}") from exc
-        return bool(result.deleted_count)
+        return bool(result.modified_count)
 
 
 @dataclass(slots=True)
