@@ -16,4 +16,7 @@ def e2e_env(connector_env: dict[str, str]) -> dict[str, str]:
         "PIPELINE": CHANNEL_FROM_FIELD,
         "CHECKPOINT_INTERVAL_MS": "200",
         "IDLE_CHECKPOINT_INTERVAL_S": "5",
+        # One sidecar restarted in place (same pod name, pid 1): each restart reclaims its own lease at once.
+        # The failover suite gives every instance its own id.
+        "INSTANCE_ID": "e2e-sidecar",
     }

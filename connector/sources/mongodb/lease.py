@@ -20,13 +20,21 @@ from connector.errors import LeaseStoreError
 from connector.lease import LeaseInfo
 from connector.sources.mongodb.client import brief_error
 
-# The lease is free when nobody ever held it or its expiry (server clock) has passed.
-_FREE = {
-    "$or": [
-        {"$eq": [{"$type": "$lease.expiresAt"}, "missing"]},
-        {"$lte": ["$lease.expiresAt", "$$NOW"]},
-    ]
-}
+
+def _takeable_by(owner: str) -> dict[str, Any]:
+    """The lease can be taken when nobody ever held it, its expiry (server clock) has passed, or it is
+    this INSTANCE_ID's own: a sidecar restarted in place (same pod name, pid 1) reclaims its lease at
+    once instead of waiting for it to expire. INSTANCE_ID must therefore be unique among running
+    instances (the default, `<hostname>-<pid>`, is)."""
+    return {
+        "$or": [
+            {"$eq": [{"$type": "$lease.expiresAt"}, "missing"]},
+            {"$lte": ["$lease.expiresAt", "$$NOW"]},
+            {"$eq": ["$lease.owner", owner]},
+        ]
+    }
+
+
 # A released lease keeps owner and epoch (the next holder increments it) and expires at the epoch start.
 _RELEASED = datetime(1970, 1, 1)
 
@@ -53,7 +61,7 @@ class MongoLeaseStore:
         ]
         try:
             doc = await self._collection.find_one_and_update(
-                {"_id": self.connector_id, "$expr": _FREE},
+                {"_id": self.connector_id, "$expr": _takeable_by(owner)},
                 granted,
                 upsert=True,
                 projection={"lease.epoch": 1},
