@@ -126,6 +126,7 @@ class RestApi:
                 raise AblyHttpError(AUTH_FAILED, 401, f"invalid key name {key_name!r}")
             if secret != expected:
                 raise AblyHttpError(AUTH_FAILED, 401, f"invalid credentials for key {key_name!r}")
+            self._store.count_key(key_name)
         elif scheme == "bearer":
             if value.strip() not in self._config.tokens:
                 raise AblyHttpError(TOKEN_INVALID, 401, "invalid or unknown token")

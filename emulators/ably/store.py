@@ -61,6 +61,8 @@ class Store:
         self._buckets: dict[str, list[float]] = {}
         self._counters: Counter[str] = Counter()
         self._status_counts: Counter[str] = Counter()
+        # API key name → authenticated requests: which client did what (e.g. which of several connectors).
+        self._key_requests: Counter[str] = Counter()
         self._ids = itertools.count()
 
     def reset(self) -> None:
@@ -162,6 +164,11 @@ class Store:
         with self._lock:
             self._counters[name] += amount
 
+    def count_key(self, key_name: str) -> None:
+        """Count one request authenticated with the API key ``key_name``."""
+        with self._lock:
+            self._key_requests[key_name] += 1
+
     def record_response(self, status: int | str) -> None:
         """Count one answered (or dropped) non-admin request by its status."""
         with self._lock:
@@ -197,5 +204,6 @@ class Store:
                 "rate_limited": counters["rate_limited"],
                 "faults_served": counters["faults_served"],
                 "status_counts": dict(self._status_counts),
+                "requests_by_key": dict(self._key_requests),
                 "channels": {name: len(msgs) for name, msgs in self._by_channel.items()},
             }

@@ -39,6 +39,8 @@ async def test_stats_count_requests_by_status_and_messages(
     assert stats["messages_rejected"] == 1
     assert stats["status_counts"] == {"201": 3, "400": 1, "200": 1}
     assert stats["channels"] == {"a": 2, "b": 1}
+    # Every authenticated request counts for its key (GET /time needs none).
+    assert stats["requests_by_key"] == {"app.key": 4}
 
 
 async def test_config_can_be_read_and_changed_at_runtime(
