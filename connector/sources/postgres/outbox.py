@@ -1,9 +1,10 @@
 """The outbox reader: finds new rows (woken by NOTIFY, or polling), holds back rows above commit-order gaps,
 maps rows to messages and hands them to the shared publisher in `sequence_id` order.
 
-One round: fetch rows above the highest id seen plus the rows of every watched gap range (one query on
-the primary key), account for them in the `GapTracker`, release what no gap blocks, and, while gaps
-are open, read who holds the sequence lock (see `gaps.py` for why that proves a gap permanent). Rounds
+One round: while gaps are open, read who holds the sequence lock (see `gaps.py` for why that proves a
+gap permanent); fetch rows above the highest id seen plus the rows of every watched gap range (primary
+key lookups), account for them in the `GapTracker`, and release what no gap blocks. The lock read comes
+first so that a gap whose drawing transactions have all ended is decided by the same round's fetch. Rounds
 follow each other at once while a fetch comes back full, every GAP_RECHECK_S while gaps are open, and
 otherwise on a notification or after POLL_INTERVAL_MS.
 
@@ -182,11 +183,14 @@ class OutboxReader:
     async def _round(self) -> bool:
         """Fetch, account, release; True when the fetch of new rows came back full."""
         self.stats.rounds += 1
+        tracker = self.tracker
+        if tracker.needs_lockers():
+            # Before the fetch: a gap whose lockers have all ended is then decided by this very fetch.
+            await self._read_lockers()
         room = self._ledger.capacity - len(self._held)
         limit = min(self._batch, room) if room > 0 else 0
         rows = await self._fetch(limit)
         now = self._clock()
-        tracker = self.tracker
         placements = tracker.saw((row.sequence_id for row in rows), now)
         opened = len(tracker.gaps)
         for row, placement in zip(rows, placements, strict=True):
@@ -205,8 +209,6 @@ class OutboxReader:
         self._note(tracker.expire(now))
         self.stats.gaps_opened += max(0, len(tracker.gaps) - opened)
         await self._release()
-        if tracker.needs_lockers():
-            await self._read_lockers()
         new_rows = sum(1 for row in rows if row.sequence_id > self._fetch_floor)
         return limit > 0 and new_rows >= limit
 
