@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 ABLY_TEST_KEY = "testapp.key1:s3cr3t-value"
+# One key per connector instance in the failover suite: the Ably emulator counts requests per key.
+NODE_KEYS = [f"testapp.node{i}:s3cr3t-node{i}" for i in range(1, 4)]
 CHANNEL_PER_DOCUMENT = (
     '[{"$set": {"_ablyChannel": {"$concat": ["orders:", {"$toString": "$documentKey._id"}]}}}]'
 )
@@ -59,7 +61,7 @@ def sync_db(mongo_uri: str, db_name: str) -> Iterator[Any]:
 def ably_server() -> Iterator[Any]:
     from emulators.ably import run_in_thread
 
-    with run_in_thread(host="127.0.0.1", port=0, keys=[ABLY_TEST_KEY]) as server:
+    with run_in_thread(host="127.0.0.1", port=0, keys=[ABLY_TEST_KEY, *NODE_KEYS]) as server:
         yield server
 
 

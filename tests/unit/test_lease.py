@@ -184,14 +184,15 @@ async def test_hold_raises_when_deposed(store: MemoryLeaseStore, clock: Clock) -
         await asyncio.wait_for(a.hold(asyncio.Event()), 5)
 
 
-def test_standby_polls_at_least_every_second_and_renewal_three_times_per_ttl(
+def test_standby_polls_at_least_twice_a_second_and_renewal_three_times_per_ttl(
     store: MemoryLeaseStore, clock: Clock
 ) -> None:
     a = member(store, clock, "a")
-    assert a.standby_poll_s == 1.0
+    assert a.standby_poll_s == 0.5
     assert a.renew_interval_s == pytest.approx(TTL / 3)
     short = Leadership(store, owner="s", ttl_s=2.0, clock=clock)
-    assert short.standby_poll_s == pytest.approx(2 / 3)
+    assert short.standby_poll_s == 0.5
+    assert Leadership(store, owner="t", ttl_s=1.2, clock=clock).standby_poll_s == pytest.approx(0.4)
     assert short.margin_s == 0.5
 
 
