@@ -34,6 +34,7 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 
 from benchmarks import measure, procs, profile
+from benchmarks import postgres as postgres_bench
 from benchmarks.measure import LatencyResult, ThroughputResult
 from benchmarks.workloads import PIPELINE, WORKLOADS, LiveWriter, Workload, start_at, write_backlog
 from emulators.ably import AblyEmulatorAdmin
@@ -41,7 +42,7 @@ from emulators.ably import AblyEmulatorAdmin
 log = logging.getLogger("benchmarks")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("throughput", "latency", "backlog")
+PARTS = ("throughput", "latency", "backlog", "postgres")
 READERS = ("limit", "naive", "connector")
 #: One RSS sample per this many seconds while the connector runs: enough to tell a plateau from growth.
 RSS_SAMPLE_S = 1.0
@@ -471,7 +472,11 @@ def run(args: argparse.Namespace, parts: Iterable[str]) -> dict[str, Any]:
         if "backlog" in parts:
             bench.backlog_part()
         report = bench.report()
+        if "postgres" in parts:  # the Postgres outbox source, on a real PostgreSQL (benchmarks/postgres.py)
+            report["postgres"] = postgres_bench.run_all(args.quick, ably)
         bench.print_tables(report)
+        if "postgres" in parts:
+            print("\n".join(postgres_bench.format_report(report["postgres"])))
     return report
 
 
