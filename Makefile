@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit demo bench clean
+.PHONY: test lint typecheck unit demo demo-postgres bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ unit: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m demo
+
+demo-postgres: $(STAMP)
+	$(BIN)/python -m demo.postgres
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
