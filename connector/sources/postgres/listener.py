@@ -51,6 +51,8 @@ class NotifyListener:
                 try:
                     await self._listen()
                 except DatabaseUnavailable as exc:
+                    if self.stats.listening:
+                        delay = RECONNECT_BACKOFF_INITIAL_S  # it had worked: start the backoff again
                     log.warning(
                         "LISTEN %s lost (polling meanwhile), reconnecting in %.1fs: %s",
                         self._channel,
