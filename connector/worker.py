@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 PUBLISH_RETRY_BACKOFF_MAX_S = 2.0
 # How long a stopping reader may take to notice: one awaitData poll (stream.MAX_AWAIT_TIME_MS) plus margin.
 READER_STOP_GRACE_S = 2.0
+# How long the checkpointer and the lease renewal may take to finish a write in progress when stopping.
+# Cancelling a driver operation mid-flight can leave a half-open socket behind; they see the stop
+# between writes, so this only bounds a write stuck on an unreachable database.
+WRITER_STOP_GRACE_S = 5.0
 # Waiting for MongoDB at start-up (a sidecar often starts before the replica set is ready).
 STARTUP_RETRY_MAX_S = 30.0
 
@@ -121,6 +125,8 @@ class Worker:
     def _new_term(self) -> None:
         """Fresh pipeline components: a term starts from the stored position with nothing in flight."""
         settings = self.settings
+        # Set when this term ends (a stop request, or the lease lost): its tasks finish what they are doing.
+        self._term_stop = asyncio.Event()
         self.ledger = InFlightLedger(settings.max_in_flight)
         self.checkpointer = Checkpointer(
             self.token_store,
@@ -198,6 +204,7 @@ class Worker:
         if not self._stop_reason:
             self._stop_reason = reason
         self.stop_event.set()
+        self._term_stop.set()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -303,10 +310,12 @@ class Worker:
 
     async def _serve(self, start: StartPosition) -> BaseException | None:
         """Run until a stop request, a fatal error or a lost lease; returns the error, if any."""
-        reader = self._spawn(self.reader.run(start, self.stop_event), "reader")
+        if self.stop_event.is_set():
+            return None
+        reader = self._spawn(self.reader.run(start, self._term_stop), "reader")
         publisher = self._spawn(self.publisher.run(), "publisher")
-        checkpointer = self._spawn(self.checkpointer.run(self.stop_event), "checkpointer")
-        lease = self._spawn(self.leadership.hold(self.stop_event), "lease")
+        checkpointer = self._spawn(self.checkpointer.run(self._term_stop), "checkpointer")
+        lease = self._spawn(self.leadership.hold(self._term_stop), "lease")
         stopper = self._spawn(self.stop_event.wait(), "stop")
         done, _ = await asyncio.wait(
             {reader, publisher, checkpointer, lease, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -322,11 +331,16 @@ class Worker:
         return None
 
     async def _drop_term(self) -> None:
-        """The lease is lost: stop at once, store nothing; what was in flight is the next leader's."""
-        for name in ("reader", "publisher", "checkpointer", "lease", "stop"):
-            await self._cancel(name)
+        """The lease is lost: stop publishing at once, store nothing; what was in flight is the next
+        leader's. The reader and the writers end at their next step (the term's stop event)."""
+        self._term_stop.set()
         with contextlib.suppress(Exception):
             await self.publisher.aclose()
+        await self._cancel("publisher")
+        await self._cancel("reader", grace=READER_STOP_GRACE_S)
+        for name in ("checkpointer", "lease"):
+            await self._cancel(name, grace=WRITER_STOP_GRACE_S)
+        await self._cancel("stop")
         dropped = self.ledger.pending
         if dropped:
             log.info("dropped %d in-flight events: the new leader resends them from its position", dropped)
@@ -338,6 +352,7 @@ class Worker:
 
     async def _shutdown(self, drain: bool) -> None:
         self.stop_event.set()
+        self._term_stop.set()
         # 1. stop reading: the reader sees the stop event after its current poll (bounded by the
         # awaitData wait); cancelling it mid-getMore would leave the driver a half-used socket.
         await self._cancel("reader", grace=READER_STOP_GRACE_S)
@@ -349,8 +364,10 @@ class Worker:
                 log.warning(
                     "grace period over with %d events in flight; they will be resent", self.ledger.pending
                 )
-        for name in ("publisher", "checkpointer", "lease", "stop"):
-            await self._cancel(name)
+        await self._cancel("publisher")
+        for name in ("checkpointer", "lease"):
+            await self._cancel(name, grace=WRITER_STOP_GRACE_S)
+        await self._cancel("stop")
         # 3. final checkpoint (the position covers only completed events; fenced: a deposed leader's
         # write stores nothing)
         with contextlib.suppress(ConnectorError):
