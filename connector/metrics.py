@@ -40,6 +40,11 @@ METRICS: dict[str, tuple[str, str]] = {
     "livesync_leader": ("gauge", "1 while this instance holds the lease and publishes, 0 on a standby"),
     "livesync_lease_epoch": ("gauge", "Epoch of the lease this instance last held (0 if never)"),
     "livesync_leader_changes": ("counter", "Times this instance became the leader"),
+    # Postgres outbox source only: sequence gaps (a lower sequence_id not committed yet).
+    "livesync_gaps_proven": ("counter", "Outbox gaps resolved by proof (no open transaction can fill them)"),
+    "livesync_gaps_timed_out": ("counter", "Outbox gaps skipped after GAP_TIMEOUT_MS (logged)"),
+    "livesync_late_rows": ("counter", "Outbox rows published after their gap was given up on"),
+    "livesync_max_gap_wait_seconds": ("gauge", "Longest time rows were held back behind a gap"),
 }
 
 

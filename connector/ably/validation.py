@@ -24,24 +24,26 @@ def quote(value: Any) -> str:
     return text if len(text) <= QUOTE_LIMIT else text[: QUOTE_LIMIT - 3] + "..."
 
 
-def channel_name_problem(channel: str) -> str | None:
-    """Why `channel` is not a valid Ably channel name (empty, leading `[` or `:`, a newline), or None."""
+def channel_name_problem(channel: str, subject: str = "channel name") -> str | None:
+    """Why `channel` is not a valid Ably channel name (empty, leading `[` or `:`, a newline), or None.
+
+    `subject` names the value in the reason, as the source's users know it (`_ablyChannel`, ...)."""
     if not channel:
-        return "channel name is empty"
+        return f"{subject} is empty"
     if channel[0] in "[:":
-        return f"channel name must not start with '[' or ':' (got {quote(channel)})"
+        return f"{subject} must not start with '[' or ':' (got {quote(channel)})"
     if "\n" in channel or "\r" in channel:
-        return f"channel name must not contain a newline (got {quote(channel)})"
+        return f"{subject} must not contain a newline (got {quote(channel)})"
     return None
 
 
-def headers_problem(headers: Any) -> str | None:
+def headers_problem(headers: Any, subject: str = "headers") -> str | None:
     """Why `headers` is not a flat string -> string object (Ably's `extras.headers`), or None."""
     if not isinstance(headers, Mapping):
-        return f"headers must be an object (got {type(headers).__name__})"
+        return f"{subject} must be an object (got {type(headers).__name__})"
     for key, value in headers.items():
         if not isinstance(value, str):
-            return f"headers must map strings to strings ({key!r} is {type(value).__name__})"
+            return f"{subject} must map strings to strings ({key!r} is {type(value).__name__})"
     return None
 
 

@@ -28,6 +28,7 @@ from bson.binary import UuidRepresentation
 from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS, JSONOptions
 
 from connector.ably.outbound import AblyMessage, OutboundMessage
+from connector.ably.validation import channel_name_problem, headers_problem, message_size, quote
 from connector.errors import NoChannelError, UnpublishableEvent
 
 __all__ = [
@@ -45,8 +46,6 @@ __all__ = [
 
 Encoder = Callable[[Mapping[str, Any]], bytes]
 
-#: How much of a bad value a reason quotes: enough to recognise it, never a whole document.
-_QUOTE_LIMIT = 80
 _NONE = type(None)
 
 
@@ -224,38 +223,15 @@ def channel_problem(channel: Any) -> str | None:
     if channel is None:
         return "_ablyChannel is null (the pipeline computed no channel for this event)"
     if not isinstance(channel, str):
-        return f"_ablyChannel must be a string (got {type(channel).__name__} {_quote(channel)})"
-    if not channel:
-        return "_ablyChannel is empty"
-    if channel[0] in "[:":
-        return f"_ablyChannel must not start with '[' or ':' (got {_quote(channel)})"
-    if "\n" in channel or "\r" in channel:
-        return f"_ablyChannel must not contain a newline (got {_quote(channel)})"
-    return None
-
-
-def _quote(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 3] + "..."
+        return f"_ablyChannel must be a string (got {type(channel).__name__} {quote(channel)})"
+    return channel_name_problem(channel, "_ablyChannel")
 
 
 def _headers(raw: Any) -> dict[str, str]:
-    if not isinstance(raw, dict):
-        raise UnpublishableEvent(f"_ablyMsgHeaders must be an object (got {type(raw).__name__})")
-    for key, value in raw.items():
-        if not isinstance(value, str):
-            raise UnpublishableEvent(
-                f"_ablyMsgHeaders must map strings to strings ({key!r} is {type(value).__name__})"
-            )
+    problem = headers_problem(raw, "_ablyMsgHeaders")
+    if problem or not isinstance(raw, dict):
+        raise UnpublishableEvent(problem or "_ablyMsgHeaders must be an object")
     return raw
-
-
-def message_size(name: str, data: bytes, extras: Mapping[str, Any] | None) -> int:
-    """Bytes as Ably counts them: name + data + clientId (none) + JSON of extras."""
-    size = len(name.encode("utf-8")) + len(data)
-    if extras:
-        size += len(orjson.dumps(extras))
-    return size
 
 
 def to_message(
