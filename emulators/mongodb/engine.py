@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .changestream import ChangeStreamCursor
-from .errors import STATE_CHANGE_CODES, CloseConnection, CommandError
+from .errors import RETRYABLE_WRITE_CODES, STATE_CHANGE_CODES, CloseConnection, CommandError
 from .failpoints import RETRYABLE_WRITE_COMMANDS, FailPoints
 from .oplog import Oplog
 from .storage import Storage
@@ -251,7 +251,9 @@ class Engine:
                 self.transactions.note_retryable_write(cmd)
             reply = await handler(self, conn, db, cmd)
         if action is not None and action.write_concern_error is not None:
-            reply["writeConcernError"] = action.write_concern_error
+            # Statements inside a transaction are not retryable writes; commit and abort are.
+            ends = name in TRANSACTION_END_COMMANDS
+            _add_write_concern_error(reply, action.write_concern_error, ends or not in_transaction(cmd))
         elif name in WRITE_COMMANDS and _unsatisfiable(cmd.get("writeConcern")):
             # A one-member set applies the write but can never acknowledge w > 1.
             reply["writeConcernError"] = {
@@ -294,6 +296,18 @@ def _refuse_change_stream(name: str, cmd: dict[str, Any]) -> None:
             "Operation not permitted in transaction :: caused by :: Aggregation stage $changeStream "
             "cannot run within a multi-document transaction.",
         )
+
+
+def _add_write_concern_error(reply: dict[str, Any], error: dict[str, Any], retryable: bool) -> None:
+    """A write concern error as mongod reports it: its errorLabels moved to the reply; on a retryable
+    write (or commit/abort) a retryable code earns RetryableWriteError."""
+    error = dict(error)
+    labels = error.pop("errorLabels", None)
+    if labels is None and retryable and error.get("code") in RETRYABLE_WRITE_CODES:
+        labels = ["RetryableWriteError"]
+    reply["writeConcernError"] = error
+    if labels:
+        reply["errorLabels"] = list(labels)
 
 
 def _unsatisfiable(write_concern: Any) -> bool:

@@ -63,6 +63,7 @@ CODE_NAMES: dict[int, str] = {
     10334: "BSONObjectTooLarge",
     11000: "DuplicateKey",
     11600: "InterruptedAtShutdown",
+    11601: "Interrupted",
     11602: "InterruptedDueToReplStateChange",
     13297: "DatabaseDifferCase",
     13388: "StaleConfig",

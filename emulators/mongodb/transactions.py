@@ -161,6 +161,10 @@ class OverlayStore:
         self._remember(key)
         self.changes[key] = None
 
+    def create_index(self, name: str, spec: dict[str, Any]) -> None:
+        # Indexes are not transactional here: created on the shared collection at once.
+        self.base.create_index(name, spec)
+
     @property
     def documents(self) -> Iterator[dict[str, Any]]:
         changes = self.changes

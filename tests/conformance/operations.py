@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from pymongo.asynchronous.change_stream import AsyncChangeStream
+from pymongo.read_preferences import make_read_preference, read_pref_mode_from_name
 from pymongo.results import DeleteResult, InsertOneResult, UpdateResult
 
 if TYPE_CHECKING:
@@ -51,9 +52,15 @@ Handler = Callable[["TestContext", Any, Mapping[str, Any]], Awaitable[Any]]
 
 
 def _reject_unknown(arguments: Mapping[str, Any], known: set[str], operation: str) -> None:
-    unknown = set(arguments) - known
+    unknown = set(arguments) - known - {"session"}
     if unknown:
         raise UnsupportedError(f"{operation}: arguments {sorted(unknown)} are not supported by this runner")
+
+
+def session_of(ctx: TestContext, arguments: Mapping[str, Any]) -> Any:
+    """The session entity an operation names in its `session` argument, or None."""
+    name = arguments.get("session")
+    return None if name is None else ctx.entities[name]
 
 
 async def create_change_stream(ctx: TestContext, target: Any, arguments: Mapping[str, Any]) -> Any:
@@ -93,7 +100,9 @@ def _update_result(result: UpdateResult) -> dict[str, Any]:
 
 async def insert_one(ctx: TestContext, target: Any, arguments: Mapping[str, Any]) -> Any:
     _reject_unknown(arguments, {"document", "comment"}, "insertOne")
-    result: InsertOneResult = await target.insert_one(arguments["document"], comment=arguments.get("comment"))
+    result: InsertOneResult = await target.insert_one(
+        arguments["document"], comment=arguments.get("comment"), session=session_of(ctx, arguments)
+    )
     return {"insertedId": result.inserted_id}
 
 
@@ -104,6 +113,7 @@ async def update_one(ctx: TestContext, target: Any, arguments: Mapping[str, Any]
         arguments["update"],
         upsert=arguments.get("upsert", False),
         comment=arguments.get("comment"),
+        session=session_of(ctx, arguments),
     )
     return _update_result(result)
 
@@ -115,13 +125,16 @@ async def replace_one(ctx: TestContext, target: Any, arguments: Mapping[str, Any
         arguments["replacement"],
         upsert=arguments.get("upsert", False),
         comment=arguments.get("comment"),
+        session=session_of(ctx, arguments),
     )
     return _update_result(result)
 
 
 async def delete_one(ctx: TestContext, target: Any, arguments: Mapping[str, Any]) -> Any:
     _reject_unknown(arguments, {"filter", "comment"}, "deleteOne")
-    result: DeleteResult = await target.delete_one(arguments["filter"], comment=arguments.get("comment"))
+    result: DeleteResult = await target.delete_one(
+        arguments["filter"], comment=arguments.get("comment"), session=session_of(ctx, arguments)
+    )
     return {"deletedCount": result.deleted_count}
 
 
@@ -129,8 +142,17 @@ async def run_command(ctx: TestContext, target: Any, arguments: Mapping[str, Any
     """`database.command()`; the command document keeps its key order (command name first)."""
     _reject_unknown(arguments, {"command", "commandName", "readPreference"}, "runCommand")
     if "readPreference" in arguments:
-        raise UnsupportedError("runCommand: readPreference")
-    return await target.command(dict(arguments["command"]))
+        preference = read_preference(arguments["readPreference"])
+        return await target.command(
+            dict(arguments["command"]), read_preference=preference, session=session_of(ctx, arguments)
+        )
+    return await target.command(dict(arguments["command"]), session=session_of(ctx, arguments))
+
+
+def read_preference(spec: Mapping[str, Any]) -> Any:
+    """A unified-format readPreference document (`{mode: "primary"}`) as a PyMongo read preference."""
+    _reject_unknown(spec, {"mode"}, "readPreference")
+    return make_read_preference(read_pref_mode_from_name(spec["mode"]), None)
 
 
 async def drop_collection(ctx: TestContext, target: Any, arguments: Mapping[str, Any]) -> Any:
@@ -141,15 +163,19 @@ async def drop_collection(ctx: TestContext, target: Any, arguments: Mapping[str,
 
 async def create_collection(ctx: TestContext, target: Any, arguments: Mapping[str, Any]) -> Any:
     """`create` with options (e.g. viewOn); check_exists=False so no extra listCollections is sent."""
-    options = {key: value for key, value in arguments.items() if key != "collection"}
-    await target.create_collection(arguments["collection"], check_exists=False, **options)
+    options = {key: value for key, value in arguments.items() if key not in ("collection", "session")}
+    await target.create_collection(
+        arguments["collection"], check_exists=False, session=session_of(ctx, arguments), **options
+    )
     return None
 
 
 async def create_index(ctx: TestContext, target: Any, arguments: Mapping[str, Any]) -> Any:
     _reject_unknown(arguments, {"keys", "name", "unique"}, "createIndex")
-    options = {key: value for key, value in arguments.items() if key != "keys"}
-    return await target.create_index(list(arguments["keys"].items()), **options)
+    options = {key: value for key, value in arguments.items() if key not in ("keys", "session")}
+    return await target.create_index(
+        list(arguments["keys"].items()), session=session_of(ctx, arguments), **options
+    )
 
 
 async def drop_index(ctx: TestContext, target: Any, arguments: Mapping[str, Any]) -> Any:

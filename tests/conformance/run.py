@@ -8,6 +8,7 @@ Usage (from the repository root):
     .venv/bin/python -m tests.conformance.run --markdown # failures as STATUS.md lines
     .venv/bin/python -m tests.conformance.run --server-version 8.2.0   # emulate another version
     .venv/bin/python -m tests.conformance.run --standalone             # emulate a standalone server
+    .venv/bin/python -m tests.conformance.run --suite transactions     # the transactions spec tests
 
 The server is `MONGODB_TEST_URI` if set, else an in-process emulator (by default a 7.0 single-node
 replica set; the runOnRequirements are judged against whatever version and topology the server reports); the
@@ -26,7 +27,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tests.conformance.server import mongodb_uri
-from tests.conformance.specs import ServerInfo, SpecTest, load_spec_tests, skip_reason, specs_dir
+from tests.conformance.specs import (
+    TRANSACTIONS_GLOB,
+    TRANSACTIONS_SUBDIR,
+    ServerInfo,
+    SpecTest,
+    load_spec_tests,
+    skip_reason,
+    specs_dir,
+)
 from tests.conformance.unified import detect_server, run_spec_test
 
 Outcome = Literal["passed", "failed", "skipped"]
@@ -67,13 +76,23 @@ def main(argv: list[str] | None = None) -> int:
         "--server-version", help="version the emulator reports (ignored with MONGODB_TEST_URI)"
     )
     parser.add_argument("--standalone", action="store_true", help="emulate a standalone server")
+    parser.add_argument(
+        "--suite",
+        choices=["change-streams", "transactions"],
+        default="change-streams",
+        help="which spec tests to run (default: change-streams)",
+    )
     args = parser.parse_args(argv)
 
     directory = specs_dir()
+    if args.suite == "transactions":
+        directory = directory / TRANSACTIONS_SUBDIR
     if not directory.is_dir():
         print(f"spec directory {directory} not found (set MONGODB_SPECS_DIR)", file=sys.stderr)
         return 2
-    tests = [test for test in load_spec_tests(directory) if args.keyword in test.test_id]
+    pattern = TRANSACTIONS_GLOB if args.suite == "transactions" else None
+    loaded = load_spec_tests(directory, pattern) if pattern else load_spec_tests(directory)
+    tests = [test for test in loaded if args.keyword in test.test_id]
     results: list[Result] = []
     emulator_options: dict[str, object] = {"standalone": True} if args.standalone else {}
     if args.server_version:

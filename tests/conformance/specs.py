@@ -16,6 +16,8 @@ from bson import json_util
 
 __all__ = [
     "EMULATED_SERVER",
+    "TRANSACTIONS_GLOB",
+    "TRANSACTIONS_SUBDIR",
     "ServerInfo",
     "SpecTest",
     "Topology",
@@ -33,6 +35,10 @@ SUPPORTED_SCHEMA_MAJOR: Final = 1
 
 #: Files holding tests (schema-latest.json is the format's JSON schema, not a test file).
 SPEC_GLOB: Final = "change-streams*.json"
+
+#: The transactions spec files, in their own folder of the spec directory.
+TRANSACTIONS_SUBDIR: Final = "transactions"
+TRANSACTIONS_GLOB: Final = "*.json"
 
 #: runOnRequirement keys this runner can judge; any other key makes the requirement unsatisfiable here.
 _KNOWN_REQUIREMENT_KEYS: Final = frozenset(
@@ -63,6 +69,8 @@ class ServerInfo:
     version: tuple[int, int, int]
     topology: Topology
     serverless: bool = False
+    #: A replica set with readable secondaries (the emulator is a single node: none).
+    has_secondaries: bool = False
 
 
 #: The deployment the emulator presents: a single-node replica set reporting server 7.0.0.
@@ -84,10 +92,11 @@ class SpecTest:
         return f"{self.file_stem}: {self.description}"
 
 
-def load_spec_tests(directory: Path) -> list[SpecTest]:
-    """Load every test of every change-stream spec file, in file then declaration order."""
+def load_spec_tests(directory: Path, pattern: str = SPEC_GLOB) -> list[SpecTest]:
+    """Load every test of every spec file matching `pattern` (by default the change-stream files), in file
+    then declaration order."""
     tests: list[SpecTest] = []
-    for path in sorted(directory.glob(SPEC_GLOB)):
+    for path in sorted(directory.glob(pattern)):
         doc = json_util.loads(path.read_text(encoding="utf-8"))
         for test_doc in doc["tests"]:
             tests.append(SpecTest(path.stem, test_doc["description"], doc, test_doc))
@@ -125,8 +134,25 @@ def _requirements_unmet(requirements: Sequence[Mapping[str, Any]] | None, server
     return "; or ".join(reason for reason in reasons if reason is not None)
 
 
+#: Tests that read from a secondary inside a transaction and expect the driver's "read preference in a
+#: transaction must be primary" error: PyMongo checks that only after selecting a secondary, so on a
+#: replica set without secondaries they end in a server-selection timeout, on any server.
+NEEDS_SECONDARY: Final = frozenset(
+    {
+        "read-pref: secondary readPreference",
+        "run-command: run command fails with explicit secondary read preference",
+        "run-command: run command fails with secondary read preference from transaction options",
+        "transaction-options: readPreference inherited from client",
+        "transaction-options: readPreference inherited from defaultTransactionOptions",
+        "transaction-options: startTransaction overrides readPreference",
+    }
+)
+
+
 def skip_reason(test: SpecTest, server: ServerInfo) -> str | None:
     """Return why `test` does not apply to `server` (file or test requirements), or None if it applies."""
+    if test.test_id in NEEDS_SECONDARY and not server.has_secondaries:
+        return "needs a secondary (PyMongo selects one before refusing it in a transaction)"
     schema = str(test.file_doc.get("schemaVersion", ""))
     if parse_version(schema)[0] != SUPPORTED_SCHEMA_MAJOR:
         return f"schemaVersion {schema} is not supported (runner supports {SUPPORTED_SCHEMA_MAJOR}.x)"

@@ -17,12 +17,15 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from pymongo import AsyncMongoClient, WriteConcern, monitoring
+from pymongo import AsyncMongoClient, ReadPreference, WriteConcern, monitoring
 from pymongo.asynchronous.change_stream import AsyncChangeStream
+from pymongo.client_session import TransactionOptions
 from pymongo.errors import NotPrimaryError, OperationFailure, PyMongoError
+from pymongo.read_concern import ReadConcern
 
 from tests.conformance.matcher import MatchError, match
 from tests.conformance.operations import OPERATIONS, IterationTimeoutError, UnsupportedError
+from tests.conformance.session_operations import SESSION_OPERATIONS, transaction_options, write_concern
 from tests.conformance.specs import ServerInfo, SpecTest, Topology, parse_version
 
 __all__ = [
@@ -185,6 +188,16 @@ class TestContext:
         self._clients: list[AsyncMongoClient[Any]] = []
         self._streams: list[AsyncChangeStream[Any]] = []
         self._fail_points: list[tuple[AsyncMongoClient[Any], str]] = []
+        self._sessions: list[Any] = []
+        self._internal: AsyncMongoClient[Any] | None = None
+        #: Session entity id -> its lsid, for `$$sessionLsid` (kept after the session ends).
+        self.lsids: dict[str, Any] = {}
+
+    def internal_client(self) -> AsyncMongoClient[Any]:
+        """A client outside the test's entities (no event recording), for the runner's own assertions."""
+        if self._internal is None:
+            self._internal = AsyncMongoClient(self._uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS)
+        return self._internal
 
     def track_stream(self, stream: AsyncChangeStream[Any]) -> None:
         self._streams.append(stream)
@@ -202,13 +215,34 @@ class TestContext:
             if kind == "client":
                 self.entities[options["id"]] = self._create_client(options)
             elif kind == "database":
-                _reject(options, {"id", "client", "databaseName"}, "database entity")
-                self.entities[options["id"]] = self.entities[options["client"]][options["databaseName"]]
+                self.entities[options["id"]] = self._create_database(options)
             elif kind == "collection":
-                _reject(options, {"id", "database", "collectionName"}, "collection entity")
-                self.entities[options["id"]] = self.entities[options["database"]][options["collectionName"]]
+                self.entities[options["id"]] = self._create_collection(options)
+            elif kind == "session":
+                self.entities[options["id"]] = self._create_session(options)
             else:
                 raise UnsupportedError(f"entity type {kind}")
+
+    def _create_database(self, options: Mapping[str, Any]) -> Any:
+        _reject(options, {"id", "client", "databaseName", "databaseOptions"}, "database entity")
+        return self.entities[options["client"]].get_database(
+            options["databaseName"], **_collection_options(options.get("databaseOptions", {}))
+        )
+
+    def _create_collection(self, options: Mapping[str, Any]) -> Any:
+        _reject(options, {"id", "database", "collectionName", "collectionOptions"}, "collection entity")
+        return self.entities[options["database"]].get_collection(
+            options["collectionName"], **_collection_options(options.get("collectionOptions", {}))
+        )
+
+    def _create_session(self, options: Mapping[str, Any]) -> Any:
+        _reject(options, {"id", "client", "sessionOptions"}, "session entity")
+        session = self.entities[options["client"]].start_session(
+            **_session_options(options.get("sessionOptions", {}))
+        )
+        self._sessions.append(session)
+        self.lsids[options["id"]] = session.session_id
+        return session
 
     def _create_client(self, options: Mapping[str, Any]) -> AsyncMongoClient[Any]:
         known = {"id", "uriOptions", "observeEvents", "ignoreCommandMonitoringEvents", "useMultipleMongoses"}
@@ -229,7 +263,7 @@ class TestContext:
 
     async def run_operation(self, operation: Mapping[str, Any]) -> None:
         name, target_id = operation["name"], operation["object"]
-        handler = OPERATIONS.get(name)
+        handler = OPERATIONS.get(name) or SESSION_OPERATIONS.get(name)
         if handler is None:
             raise UnsupportedError(f"operation {name}")
         target = self if target_id == "testRunner" else self.entities[target_id]
@@ -265,7 +299,7 @@ class TestContext:
             if expectation.get("eventType", "command") != "command":
                 raise UnsupportedError(f"eventType {expectation['eventType']}")
             actual = self.recorders[expectation["client"]].events
-            check_event_list(expectation["client"], expectation, actual)
+            check_event_list(expectation["client"], _with_lsids(expectation, self.lsids), actual)
 
     async def close(self) -> None:
         """Turn fail points off, close streams and clients; log (never raise) clean-up failures."""
@@ -275,7 +309,9 @@ class TestContext:
             )
         for stream in self._streams:
             await _quietly(stream.close(), "close change stream")
-        for client in self._clients:
+        for session in self._sessions:
+            await _quietly(session.end_session(), "end session")
+        for client in [*self._clients, *([self._internal] if self._internal else [])]:
             await _quietly(client.close(), "close client")
 
 
@@ -285,6 +321,46 @@ async def _quietly(awaitable: Any, what: str) -> None:
             await awaitable
     except (PyMongoError, TimeoutError) as exc:
         logger.warning("clean-up step %s failed: %r", what, exc)
+
+
+def _collection_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """databaseOptions/collectionOptions: readConcern, writeConcern, readPreference."""
+    _reject(options, {"readConcern", "writeConcern", "readPreference"}, "collection/database options")
+    out: dict[str, Any] = {}
+    if "readConcern" in options:
+        out["read_concern"] = ReadConcern(**options["readConcern"])
+    if "writeConcern" in options:
+        out["write_concern"] = write_concern(options["writeConcern"])
+    if "readPreference" in options:
+        out["read_preference"] = getattr(ReadPreference, _snake(options["readPreference"]["mode"]).upper())
+    return out
+
+
+def _session_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    _reject(options, {"causalConsistency", "defaultTransactionOptions"}, "session options")
+    out: dict[str, Any] = {}
+    if "causalConsistency" in options:
+        out["causal_consistency"] = options["causalConsistency"]
+    if "defaultTransactionOptions" in options:
+        out["default_transaction_options"] = TransactionOptions(
+            **transaction_options(options["defaultTransactionOptions"])
+        )
+    return out
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def _with_lsids(value: Any, lsids: Mapping[str, Any]) -> Any:
+    """Replace `{$$sessionLsid: <session id>}` by that session's lsid document."""
+    if isinstance(value, Mapping):
+        if list(value) == ["$$sessionLsid"]:
+            return lsids[value["$$sessionLsid"]]
+        return {key: _with_lsids(item, lsids) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_lsids(item, lsids) for item in value]
+    return value
 
 
 def _reject(options: Mapping[str, Any], known: set[str], what: str) -> None:
@@ -383,7 +459,10 @@ async def detect_server(uri: str) -> ServerInfo:
         topology = "replicaset"
     else:
         topology = "single"
-    return ServerInfo(version=parse_version(str(build["version"])), topology=topology)
+    secondaries = bool(hello.get("secondary")) or len(hello.get("hosts", [])) > 1
+    return ServerInfo(
+        version=parse_version(str(build["version"])), topology=topology, has_secondaries=secondaries
+    )
 
 
 async def run_spec_test(test: SpecTest, uri: str) -> None:
@@ -405,7 +484,24 @@ async def run_spec_test(test: SpecTest, uri: str) -> None:
                     await context.run_operation(operation)
                 except AssertionError as exc:
                     raise AssertionError(f"operation {index} ({operation['name']}): {exc}") from exc
+            context.stop_recording()
+            await check_outcome(context.internal_client(), test.test_doc.get("outcome", []))
         finally:
             context.stop_recording()
             await context.close()
         context.check_events(test.test_doc.get("expectEvents", []))
+
+
+async def check_outcome(client: AsyncMongoClient[Any], outcome: Sequence[Mapping[str, Any]]) -> None:
+    """`outcome`: each collection holds exactly these documents (read at primary, local, by `_id`)."""
+    for expected in outcome:
+        collection = client[expected["databaseName"]].get_collection(
+            expected["collectionName"], read_concern=ReadConcern("local")
+        )
+        documents = await collection.find({}, sort=[("_id", 1)]).to_list()
+        try:
+            match(list(expected["documents"]), documents, root=False, path="outcome")
+        except MatchError as exc:
+            raise AssertionError(
+                f"outcome of {collection.full_name}: {exc} (documents: {documents})"
+            ) from exc
