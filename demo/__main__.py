@@ -1,9 +1,10 @@
 """`make demo` / `python -m demo`: watch changes flow from MongoDB to Ably channels, live.
 
 Starts three real processes — the MongoDB replica-set emulator, the Ably emulator and the connector
-(`python -m connector run`, configured only by environment variables, as in production) — then writes a
-stream of sample changes (inserts, updates, deletes on a few orders) and prints what each Ably channel
-receives as it arrives.
+(`python -m connector run`, configured only by environment variables, as in production, with
+`pipelines/models-sdk-collection.json`) — and the application backend with a web page where a Models SDK
+model shows the orders live beside the connector's metrics (`demo.stack`); then writes a stream of sample
+changes (inserts, updates, deletes on a few orders) and prints what the Ably channel receives as it arrives.
 
 Ctrl-C (or SIGTERM) stops it in the order the data flows: no more writes; wait (boundedly) until Ably has
 received every change written; SIGTERM the connector, which drains and stores its resume token; then
@@ -17,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from typing import Any, Final
@@ -26,13 +26,11 @@ import httpx
 import orjson
 from pymongo import AsyncMongoClient
 
-from demo.processes import ROOT, STARTUP_TIMEOUT_S, Child
+from demo.stack import COLLECTION, DATABASE, Stack
 from demo.summary import RunSummary
 from emulators.ably import AblyEmulatorAdmin
 
-API_KEY: Final = "demo.key:demo-secret"
-DATABASE: Final = "shop"
-COLLECTION: Final = "orders"
+PIPELINE: Final = "models-sdk-collection.json"  # one channel, `orders`: the page's list model
 ORDERS: Final = ["order-1", "order-2", "order-3"]
 STATUSES: Final = ["placed", "paid", "packed", "shipped", "delivered"]
 WRITE_PAUSE_S: Final = 0.3  # between sample writes: slow enough to read along
@@ -40,12 +38,6 @@ POLL_S: Final = 0.1  # how often the terminal view asks the Ably emulator for ne
 CATCH_UP_TIMEOUT_S: Final = 10.0  # at stop: longest wait for Ably to receive what was written
 COLOURS: Final = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m"]
 RESET: Final = "\033[0m"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def write_changes(uri: str, stopping: asyncio.Event, summary: RunSummary) -> None:
@@ -104,14 +96,15 @@ class ChannelView:
             self._print(msg)
 
     def _print(self, msg: dict[str, Any]) -> None:
-        channel = msg["channel"]
-        label = f"[{channel}]"
-        if self._tty:
-            colour = self._colours.setdefault(channel, COLOURS[len(self._colours) % len(COLOURS)])
-            label = f"{colour}{label}{RESET}"
         event = orjson.loads(msg["data"]) if msg.get("encoding") == "json" else msg["data"]
+        document = str(event.get("documentKey", {}).get("_id", ""))
+        label = f"[{msg['channel']}]"
+        if self._tty:  # one colour per document
+            colour = self._colours.setdefault(document, COLOURS[len(self._colours) % len(COLOURS)])
+            label = f"{colour}{label}{RESET}"
         detail = event.get("fullDocument") or event.get("updateDescription", {}).get("updatedFields") or {}
-        print(f"{label} {msg.get('name') or '':<8} {orjson.dumps(detail).decode()}", flush=True)
+        name = msg.get("name") or ""
+        print(f"{label} {name:<8} {document:<8} {orjson.dumps(detail).decode()}", flush=True)
 
     async def follow(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -131,32 +124,16 @@ class ChannelView:
             await asyncio.sleep(POLL_S)
 
 
-async def stored_token(uri: str) -> str | None:
-    """The resume token the connector stored (`ably` collection, `_id` = `<db>.<collection>`)."""
+async def stored_token(uri: str, connector_id: str) -> str | None:
+    """The resume token the connector stored (`ably` collection, `_id` = its CONNECTOR_ID)."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=5000)
     try:
-        doc = await client[DATABASE]["ably"].find_one({"_id": f"{DATABASE}.{COLLECTION}"})
+        doc = await client[DATABASE]["ably"].find_one({"_id": connector_id})
     finally:
         await client.close()
     token = (doc or {}).get("resumeToken") or {}
     data = token.get("_data")
     return data if isinstance(data, str) else None
-
-
-async def wait_ready(connector: Child, url: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
-    """Wait until the connector's change stream is open (`/readyz` answers 200), so no write is missed."""
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2.0) as http:
-        while time.monotonic() < deadline:
-            if not connector.running:
-                raise RuntimeError(f"the connector exited with status {connector.proc.returncode}")
-            try:
-                if (await http.get(url)).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass  # not listening yet
-            await asyncio.sleep(POLL_S)
-    raise RuntimeError(f"the connector was not ready within {timeout:.0f}s")
 
 
 class Demo:
@@ -165,7 +142,6 @@ class Demo:
     def __init__(self) -> None:
         self.stopping = asyncio.Event()
         self.summary = RunSummary()
-        self.children: list[Child] = []
 
     def on_signal(self, signum: int) -> None:
         """Signal handler: only records the request (a second signal just says we are on it)."""
@@ -179,53 +155,37 @@ class Demo:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.on_signal, sig)
+        stack = Stack([PIPELINE])
         try:
-            return await self._run()
+            return await self._run(stack)
         except (RuntimeError, OSError, httpx.HTTPError) as exc:
             print(f"demo failed: {exc}", file=sys.stderr, flush=True)
             return 1
         finally:
-            for child in reversed(self.children):  # only children still running after an error
-                await child.stop()
+            await stack.stop()  # idempotent: after a clean run only the backend and emulators are left
 
-    async def _run(self) -> int:
-        mongo, uri = await Child.start("MongoDB emulator", ["emulators.mongodb", "--port", str(free_port())])
-        self.children.append(mongo)
-        print(f"MongoDB replica-set emulator: {uri}")
-        ably_port = free_port()
-        ably, ready = await Child.start(
-            "Ably emulator", ["emulators.ably", "--port", str(ably_port), "--key", API_KEY]
-        )
-        self.children.append(ably)
-        ably_url = f"http://127.0.0.1:{ably_port}"
-        print(f"Ably emulator: {ready}")
-        env = {
-            **os.environ,
-            "MONGODB_URI": uri,
-            "MONGODB_DATABASE": DATABASE,
-            "MONGODB_COLLECTION": COLLECTION,
-            "PIPELINE_FILE": str(ROOT / "pipelines" / "channel-per-document.json"),
-            "FULL_DOCUMENT": "updateLookup",
-            "ABLY_API_KEY": API_KEY,
-            "ABLY_REST_URL": ably_url,
-            "HTTP_PORT": str(free_port()),
-            "LOG_FORMAT": "text",
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-        }
-        connector, _ = await Child.start("connector", ["connector", "run"], env, ready_line=False)
-        self.children.append(connector)
-        await wait_ready(connector, f"http://127.0.0.1:{env['HTTP_PORT']}/readyz")
-        print(f"connector started (health on :{env['HTTP_PORT']}); writing sample changes — Ctrl-C to stop\n")
+    async def _run(self, stack: Stack) -> int:
+        info = await stack.start()
+        print(f"MongoDB replica-set emulator: {info['mongodb']}")
+        print(f"Ably emulator (REST and realtime): {info['ably']}")
+        [connector_info] = info["connectors"].values()
+        print(f"connector {connector_info['id']} ready (metrics: {connector_info['metrics']})")
+        if info["pageProblem"]:
+            print(f"web page unavailable: {info['pageProblem']}")
+        else:
+            print(f"web page (a Models SDK model of the orders): {info['backend']}/")
+        print("writing sample changes — Ctrl-C to stop\n", flush=True)
         seconds = float(os.environ.get("DEMO_SECONDS", "0"))
         if seconds:
             asyncio.get_running_loop().call_later(seconds, self.stopping.set)
 
-        admin = AblyEmulatorAdmin(ably_url)
+        [connector] = stack.connectors.values()
+        admin = AblyEmulatorAdmin(info["ably"])
         view = ChannelView(admin, self.summary)
         connector_exit = asyncio.create_task(connector.proc.wait())
         stop_requested = asyncio.create_task(self.stopping.wait())
         async with asyncio.TaskGroup() as group:
-            group.create_task(write_changes(uri, self.stopping, self.summary))
+            group.create_task(write_changes(info["mongodb"], self.stopping, self.summary))
             group.create_task(view.follow(self.stopping))
             await asyncio.wait([connector_exit, stop_requested], return_when=asyncio.FIRST_COMPLETED)
             self.stopping.set()  # the writer and the view end at their next check
@@ -233,13 +193,12 @@ class Demo:
 
         self.summary.caught_up = connector.running and await view.catch_up()
         started = time.monotonic()
-        self.summary.connector_status = await connector.stop()
+        [self.summary.connector_status] = (await stack.stop_connectors()).values()
         self.summary.connector_stop_s = time.monotonic() - started
-        self.summary.token = await stored_token(uri)
+        self.summary.token = await stored_token(info["mongodb"], connector_info["id"])
         await view.poll()  # anything the connector published while draining
         self.summary.duplicates_dropped = int((await admin.astats())["duplicates_dropped"])
-        for child in (ably, mongo):
-            await child.stop()
+        await stack.stop()
         print("\n" + self.summary.text(f"{DATABASE}.{COLLECTION}"), flush=True)
         return 0 if self.summary.connector_status == 0 else 1
 

@@ -87,6 +87,8 @@ class RestApi:
             # The transport is closed: aiohttp's attempt to send this fails quietly (ConnectionError).
             return web.Response(status=DROPPED_STATUS)
         self._store.record_response(response.status)
+        if request.query.get("envelope") == "json" and isinstance(response, web.Response):
+            return _envelope(response)
         return response
 
     async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -297,6 +299,18 @@ class RestApi:
     async def time(self, request: web.Request) -> web.Response:
         """GET /time: ``[server time in ms]``."""
         return json_response([time.time_ns() // 1_000_000])
+
+
+def _envelope(response: web.Response) -> web.Response:
+    """``envelope=json``: status, body and headers wrapped in a 200 answer's JSON body.
+
+    ably-js asks for this where it cannot read response headers (XHR in browsers): it takes the ``Link``
+    header of a history page from the envelope's ``headers``.
+    """
+    body = orjson.loads(response.body) if isinstance(response.body, bytes) and response.body else None
+    headers = {str(name): value for name, value in response.headers.items()}  # istr keys: orjson wants str
+    wrapped = {"statusCode": response.status, "response": body, "headers": headers}
+    return json_response(wrapped)
 
 
 def history_view(stored: dict[str, Any]) -> dict[str, Any]:

@@ -268,9 +268,24 @@ async def test_cors_preflight_and_exposed_link_header(ably: AblyEmulator) -> Non
             },
         )
     assert preflight.status_code == 204
-    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    # ably-js's XHR sends credentials: the origin must be named (a "*" is refused) and credentials allowed.
+    assert preflight.headers["Access-Control-Allow-Origin"] == "http://page.example"
+    assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
     assert preflight.headers["Access-Control-Allow-Headers"] == "authorization,x-ably-version"
     async with rest(ably) as http:
         response = await http.get("/channels/c/messages", headers={"Origin": "http://page.example"})
-    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert response.headers["Access-Control-Allow-Origin"] == "http://page.example"
     assert "Link" in response.headers["Access-Control-Expose-Headers"]
+
+
+async def test_envelope_wraps_status_body_and_headers(ably: AblyEmulator) -> None:
+    await publish(ably, "c", {"id": "a", "data": "1"})
+    await publish(ably, "c", {"id": "b", "data": "2"})
+    async with rest(ably) as http:
+        page = await http.get("/channels/c/messages", params={"limit": 1, "envelope": "json"})
+        missing = await http.get("/channels/:bad/messages", params={"envelope": "json"})
+    assert page.status_code == 200
+    assert page.json()["statusCode"] == 200 and [m["id"] for m in page.json()["response"]] == ["b"]
+    assert 'rel="next"' in page.json()["headers"]["Link"]
+    assert missing.status_code == 200 and missing.json()["statusCode"] == 400
+    assert missing.json()["response"]["error"]["code"] == 40010
