@@ -23,6 +23,11 @@ async function orderModel(id, options = {}) {
   const model = modelsClient(ably, options).models.get({
     channelName: `orders:${id}`,
     sync: async () => {
+      if (options.awaitDetach) {
+        // The SDK's resync retry detaches the old channel without awaiting it, then re-attaches: let the
+        // detach finish first, or it is superseded and the SDK leaves that rejection unhandled.
+        await waitFor(() => ably.channels.all[`orders:${id}`]?.state !== 'detaching', 'the detach');
+      }
       const result = await api.syncOne(id);
       syncs.push(result.sequenceId);
       return result;
@@ -152,6 +157,7 @@ test('with the default orderer, hex ids defeat the history seek and the model re
   const { model, syncs, close } = await orderModel(id, {
     defaultOrderer: true,
     syncOptions: { retryStrategy: fixedRetryStrategy(50, 2) },
+    awaitDetach: true,
   });
   try {
     await assert.rejects(model.sync(), /insufficient history to seek to sequenceId/);
