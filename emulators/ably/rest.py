@@ -130,10 +130,20 @@ class RestApi:
                 raise AblyHttpError(AUTH_FAILED, 401, f"invalid credentials for key {key_name!r}")
             self._store.count_key(key_name)
         elif scheme == "bearer":
-            if value.strip() not in self._config.tokens:
+            if not self._known_token(value.strip()):
                 raise AblyHttpError(TOKEN_INVALID, 401, "invalid or unknown token")
         else:
             raise AblyHttpError(AUTH_FAILED, 401, f"unsupported authorization scheme {scheme!r}")
+
+    def _known_token(self, credential: str) -> bool:
+        """A configured token, sent as is or base64-encoded (as the Ably SDKs send it)."""
+        if credential in self._config.tokens:
+            return True
+        try:
+            decoded = base64.b64decode(credential, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return decoded in self._config.tokens
 
     async def _apply_fault(self, request: web.Request, kind: RequestKind, channels: Any) -> Fault | None:
         """Serve the first matching fault: raise its error, drop, or delay. Partial faults are returned."""

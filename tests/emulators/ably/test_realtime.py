@@ -289,3 +289,16 @@ async def test_envelope_wraps_status_body_and_headers(ably: AblyEmulator) -> Non
     assert 'rel="next"' in page.json()["headers"]["Link"]
     assert missing.status_code == 200 and missing.json()["statusCode"] == 400
     assert missing.json()["response"]["error"]["code"] == 40010
+
+
+async def test_bearer_tokens_are_accepted_raw_or_base64_encoded_as_sdks_send_them() -> None:
+    async with (
+        AblyEmulator(keys=[KEY], tokens=["tok-1"]) as emulator,
+        httpx.AsyncClient(base_url=emulator.url) as http,
+    ):
+        for credential in ("tok-1", "dG9rLTE=", "dG9rLTI="):  # the last is base64 of an unknown token
+            answer = await http.get(
+                "/channels/c/messages",
+                headers={"X-Ably-Version": "6", "Authorization": f"Bearer {credential}"},
+            )
+            assert answer.status_code == (401 if credential == "dG9rLTI=" else 200)
