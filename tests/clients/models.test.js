@@ -166,3 +166,8 @@ test('with the default orderer, hex ids defeat the history seek and the model re
     await close();
   }
 });
+
+// The Postgres outbox source (connector/sources/postgres) is being built in parallel; when its worker runs
+// (`SOURCE=postgres`), demo.stack needs a Postgres mode (a real PostgreSQL cluster, the outbox, and a sync()
+// that returns MAX(sequence_id) read before the state) and this test the same steps as the MongoDB one.
+test.todo('Postgres source: a model converges and resumes from history without a resync');
