@@ -31,6 +31,7 @@ from emulators.ably.messages import DEFAULT_MAX_MESSAGE_SIZE
 from emulators.ably.realtime import RealtimeHub
 from emulators.ably.rest import MAX_BODY_BYTES, RestApi
 from emulators.ably.store import Store
+from emulators.net import close_server
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class AblyEmulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # we cancelled it; its own errors were already logged by _task_done
         if self._server is not None:
-            self._server.close()
+            await close_server(self._server)
             self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
@@ -238,7 +239,9 @@ class AblyEmulator:
     def _refuse(self, duration_s: float) -> None:
         self._generation += 1
         if self._server is not None:
-            self._server.close()  # closes the listening socket now: new connections are refused
+            # Closes the listening socket now: new connections are refused. (Unlike stop(), no grace for
+            # the sockets accepted last: a refusal must start at once; see emulators.net.close_server.)
+            self._server.close()
             self._server = None
         if self._runner is not None and self._runner.server is not None:
             for handler in self._runner.server.connections:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..net import close_server
 from . import commands as _commands  # registers the command handlers
 from .engine import Config, Connection, Engine
 from .errors import CloseConnection
@@ -108,7 +109,7 @@ class MongoEmulator:
             return
         self._state = State.CLOSED
         assert self._server is not None
-        self._server.close()
+        await close_server(self._server)  # handlers of the last accepted sockets see CLOSED and abort
         self.drop_all_connections()
         tasks = list(self._tasks)
         for task in tasks:
@@ -145,6 +146,9 @@ class MongoEmulator:
 
     # -- connections ----------------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._state is not State.OPENED:  # accepted while shutting down
+            writer.transport.abort()
+            return
         peer = writer.get_extra_info("peername")
         conn = Connection(next(self._conn_ids), f"{peer[0]}:{peer[1]}" if peer else "unknown")
         self._connections[conn] = writer

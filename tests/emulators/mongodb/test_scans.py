@@ -2,15 +2,16 @@
 
 mongomock's cursor made every read of n documents cost O(n²): a count at 100k documents stalled the
 whole emulator for over a minute, so every change stream on it stopped getting answers. These tests load
-the documents straight into the emulator's storage (fast, no wire round trips), then measure through a
-real driver.
+the documents straight into the emulator's storage (fast, no wire round trips), then query through a
+real driver. Nothing here is a wall-clock bound (the suite runs on loaded machines): linearity is judged
+on the emulator thread's own CPU time, and "answered meanwhile" by counting replies during the scan.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,10 +25,8 @@ pytestmark = pytest.mark.integration
 SMALL, LARGE = 10_000, 100_000
 #: Filters that match every document but must be evaluated per document (no count fast path).
 MATCH_ALL = {"a": {"$gte": 0}}
-#: Per-document scan time at LARGE may be at most this multiple of that at SMALL (quadratic: ~10x).
-MAX_GROWTH = 2.0
-#: A getMore on a change stream must be answered within this much of its own awaitData wait.
-MAX_EXTRA_LATENCY_S = 0.1
+#: Per-document scan CPU time at LARGE may be at most this multiple of that at SMALL (quadratic: ~10x).
+MAX_GROWTH = 3.0
 AWAIT_MS = 10
 TIMING_RUNS = 3
 
@@ -43,18 +42,25 @@ def emulator(emulator_only: None) -> Iterator[Any]:
         yield server
 
 
-async def _best_of(runs: int, operation: Any) -> float:
+def _cpu_clock(emulator: Any) -> Callable[[], float]:
+    """CPU seconds of the emulator's own thread: what a scan costs, whatever else the machine runs."""
+    clock_id = time.pthread_getcpuclockid(emulator._thread.ident)
+    return lambda: time.clock_gettime(clock_id)
+
+
+async def _best_of(runs: int, clock: Callable[[], float], operation: Any) -> float:
     best = float("inf")
     for _ in range(runs):
-        started = time.perf_counter()
+        started = clock()
         await operation()
-        best = min(best, time.perf_counter() - started)
+        best = min(best, clock() - started)
     return best
 
 
 async def test_scan_time_per_document_does_not_grow_with_the_collection(emulator: Any) -> None:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(emulator.uri)
     coll = client["scan"]["c"]
+    clock = _cpu_clock(emulator)
     per_doc: dict[int, dict[str, float]] = {}
     try:
         loaded = 0
@@ -63,8 +69,8 @@ async def test_scan_time_per_document_does_not_grow_with_the_collection(emulator
             loaded = size
             assert await coll.count_documents({}) == size
             per_doc[size] = {
-                "count": await _best_of(TIMING_RUNS, lambda: coll.count_documents(MATCH_ALL)) / size,
-                "find": await _best_of(TIMING_RUNS, lambda: coll.find(MATCH_ALL).to_list()) / size,
+                "count": await _best_of(TIMING_RUNS, clock, lambda: coll.count_documents(MATCH_ALL)) / size,
+                "find": await _best_of(TIMING_RUNS, clock, lambda: coll.find(MATCH_ALL).to_list()) / size,
             }
     finally:
         await client.close()
@@ -80,14 +86,14 @@ async def test_change_stream_get_more_is_answered_while_another_client_counts(em
     try:
         stream = await watcher["scan"]["c"].watch(max_await_time_ms=AWAIT_MS)
         await stream.try_next()  # connection and cursor ready before the measurement
-        latencies: list[float] = []
+        answered_while_counting = 0
         counting = True
 
         async def poll() -> None:
+            nonlocal answered_while_counting
             while counting:
-                started = time.perf_counter()
                 await stream.try_next()
-                latencies.append(time.perf_counter() - started)
+                answered_while_counting += counting
 
         poller = asyncio.ensure_future(poll())
         try:
@@ -100,5 +106,5 @@ async def test_change_stream_get_more_is_answered_while_another_client_counts(em
         await counter.close()
         await watcher.close()
     assert n == LARGE
-    assert len(latencies) >= 2, "the count finished before the stream was polled twice"
-    assert max(latencies) - AWAIT_MS / 1000 <= MAX_EXTRA_LATENCY_S, latencies
+    # A scan that held the event loop would let at most the getMore already in flight through.
+    assert answered_while_counting >= 2, "no getMore was answered while the count ran"
