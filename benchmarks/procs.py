@@ -159,7 +159,9 @@ class ConnectorProcess:
         while time.monotonic() < deadline:
             self.check_alive()
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                # role leader: a standby is ready (200) too, but its stream is not open yet
+                ready = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1)
+                if ready.status_code == 200 and ready.json().get("role") == "leader":
                     return
             time.sleep(READY_POLL_S)
         raise RuntimeError(f"connector not ready after {START_TIMEOUT_S}s; see {self.log_path}")

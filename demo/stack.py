@@ -71,14 +71,16 @@ def build_page_bundle() -> str | None:
 
 
 async def wait_ready(connector: Child, url: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
-    """Wait until the connector's change stream is open (`/readyz` answers 200), so no write is missed."""
+    """Wait until the connector leads and its change stream is open (`/readyz` answers 200 with role
+    leader; a standby answers 200 too), so no write is missed."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2.0) as http:
         while time.monotonic() < deadline:
             if not connector.running:
                 raise RuntimeError(f"the connector exited with status {connector.proc.returncode}")
             try:
-                if (await http.get(url)).status_code == 200:
+                ready = await http.get(url)
+                if ready.status_code == 200 and ready.json().get("role") == "leader":
                     return
             except httpx.HTTPError:
                 pass  # not listening yet

@@ -41,13 +41,16 @@ class ConnectorProcess:
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until this instance leads and its stream is open: a standby is ready too (200) but reads
+        nothing, so writes made before it wins the lease would come before its starting position."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"connector exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1)
+                if ready.status_code == 200 and ready.json().get("role") == "leader":
                     return
             except httpx.HTTPError:
                 pass
