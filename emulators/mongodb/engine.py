@@ -254,6 +254,10 @@ class Engine:
             # Statements inside a transaction are not retryable writes; commit and abort are.
             ends = name in TRANSACTION_END_COMMANDS
             _add_write_concern_error(reply, action.write_concern_error, ends or not in_transaction(cmd))
+            if reply["writeConcernError"].get("code") in STATE_CHANGE_CODES:
+                # As on any state-change error: the driver sees it is not newer than what its monitor
+                # knows, and retries at once instead of waiting out the monitor's awaitable hello.
+                reply["writeConcernError"]["topologyVersion"] = self.topology.version()
         elif name in WRITE_COMMANDS and _unsatisfiable(cmd.get("writeConcern")):
             # A one-member set applies the write but can never acknowledge w > 1.
             reply["writeConcernError"] = {
