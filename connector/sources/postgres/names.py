@@ -14,8 +14,10 @@ live next to the outbox and are named after it, so two outboxes in one database 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from psycopg import sql
+if TYPE_CHECKING:  # psycopg is imported where SQL is built: settings parsing must not load it
+    from psycopg import sql
 
 __all__ = ["NOTIFY_CHANNEL", "OutboxNames", "TableName", "parse_table_name"]
 
@@ -39,6 +41,8 @@ class TableName:
 
     @property
     def sql(self) -> sql.Identifier:
+        from psycopg import sql  # here, not at the top: see the TYPE_CHECKING import
+
         return sql.Identifier(self.schema, self.name)
 
     def sibling(self, suffix: str) -> TableName:
