@@ -51,6 +51,8 @@ READER_STOP_GRACE_S = 2.0
 # Cancelling a driver operation mid-flight can leave a half-open socket behind; they see the stop
 # between writes, so this only bounds a write stuck on an unreachable database.
 WRITER_STOP_GRACE_S = 5.0
+# How long a cancelled task may take to unwind (driver clean-up after a cancellation is bounded).
+TASK_STOP_TIMEOUT_S = 10.0
 # Waiting for MongoDB at start-up (a sidecar often starts before the replica set is ready).
 STARTUP_RETRY_MAX_S = 30.0
 
@@ -392,13 +394,19 @@ class Worker:
         return task
 
     async def _cancel(self, name: str, grace: float = 0.0) -> None:
-        """Stop an owned task: let it finish within `grace` seconds, then cancel it."""
+        """Stop an owned task: let it finish within `grace` seconds, then cancel it (bounded wait).
+
+        `asyncio.wait`, not `await task` under suppress(CancelledError): that would also swallow a
+        cancellation of this caller (a second signal forcing exit)."""
         for task in [t for t in self._tasks if t.get_name() == name]:
             if grace > 0:
                 await asyncio.wait({task}, timeout=grace)
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            _, stuck = await asyncio.wait({task}, timeout=TASK_STOP_TIMEOUT_S)
+            if stuck:
+                log.error("task %s did not stop when cancelled; leaving it", name)
+            elif not task.cancelled():
+                task.exception()  # retrieved: an error while stopping is expected, not reportable
 
     # -- observability -------------------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ no new rows are fetched while that many are held back behind a gap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import time
@@ -174,9 +173,10 @@ class OutboxReader:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-            for waiter in waiters:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+            # Not `await waiter` under suppress(CancelledError): a cancellation of *this* task arriving
+            # there would be swallowed, the reader would read on, and the term's close() would wait for
+            # it forever (seen as a connector that stopped publishing after a PostgreSQL restart).
+            await asyncio.wait(waiters)
 
     # -- one round -------------------------------------------------------------------------------------
 

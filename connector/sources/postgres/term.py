@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 PUBLISH_RETRY_BACKOFF_MAX_S: Final = 2.0
 #: How long a stopping reader may take to finish its round (one fetch and one lock read).
 READER_STOP_GRACE_S: Final = 5.0
+#: How long a cancelled task may take to finish (psycopg cancels a running query within 5 s, bounded).
+TASK_STOP_TIMEOUT_S: Final = 12.0
 
 
 class Term:
@@ -148,11 +150,18 @@ class Term:
             log.error("could not store the final outbox position: %s", exc, extra={"code": 72007})
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            # Bounded, and never `await task` under suppress(CancelledError): that would also swallow a
+            # cancellation of the caller. A task that ignores cancellation is named, not waited for.
+            stopped, stuck = await asyncio.wait(tasks, timeout=TASK_STOP_TIMEOUT_S)
+            for task in stuck:
+                log.error("term task %s did not stop when cancelled; leaving it", task.get_name())
+            for task in stopped:
+                if not task.cancelled():
+                    task.exception()  # retrieved: an error while stopping is expected, not reportable
         with contextlib.suppress(Exception):
             await self.publisher.aclose()
         await close_quietly(self._read_conn)
