@@ -41,7 +41,7 @@ POLL_S = 0.1
 async def start_ably() -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "emulators.ably", "--port", "0", "--key", API_KEY,
-        stdout=asyncio.subprocess.PIPE, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, cwd=ROOT, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
     line = (await asyncio.wait_for(proc.stdout.readline(), STARTUP_TIMEOUT_S)).decode().strip()
@@ -172,8 +172,10 @@ async def main() -> int:
         )
         if await create.wait() != 0:
             raise RuntimeError("create-tables failed")
+        # Children in sessions of their own: a terminal's Ctrl-C reaches only the demo, which stops
+        # them in order (the connector first, so it drains and stores its position).
         connector = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "connector", "run", env=env, cwd=ROOT
+            sys.executable, "-m", "connector", "run", env=env, cwd=ROOT, start_new_session=True
         )
         await wait_ready(port, connector)
         print("connector leading: writing comments (Ctrl-C stops)\n", flush=True)

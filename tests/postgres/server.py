@@ -70,8 +70,15 @@ class PostgresServer:
         command = [str(self.bindir / args[0]), *args[1:]]
         if self._as_root:
             command = ["runuser", "-u", RUN_AS, "--", *command]
+        # A session of its own: the postmaster pg_ctl starts must not get a terminal's Ctrl-C (the
+        # demo stops it in order; SIGINT would be a fast shutdown under the running connector).
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=PG_CTL_TIMEOUT_S + 30, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=PG_CTL_TIMEOUT_S + 30,
+            check=False,
+            start_new_session=True,
         )
         if done.returncode != 0:
             raise RuntimeError(
