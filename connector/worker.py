@@ -26,6 +26,7 @@ from connector.ably.client import AblyRestClient
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
 from connector.ably.publisher import Publisher
+from connector.check_report import ably_from
 from connector.config import Settings
 from connector.errors import AblyError, ConnectorError, FatalError, LeadershipLost, StreamError
 from connector.health import HealthServer
@@ -73,15 +74,6 @@ TERM_COUNTERS = (
 
 def mongo_from(settings: Settings) -> Mongo:
     return Mongo(settings.mongodb_uri, settings.mongodb_database, driver=settings.mongo_driver)
-
-
-def ably_from(settings: Settings) -> AblyRestClient:
-    return AblyRestClient(
-        api_key=settings.ably_api_key.get_secret_value(),
-        rest_url=settings.ably_rest_url,
-        fallback_hosts=settings.ably_fallback_hosts,
-        request_timeout=settings.ably_request_timeout_s,
-    )
 
 
 class Worker:

@@ -7,41 +7,23 @@ status is 0 only when every check passed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from pymongo.errors import OperationFailure, PyMongoError
 
+from connector.check_report import Out, Report, check_ably
 from connector.config import Settings
-from connector.errors import AblyError
 from connector.sources.mongodb.client import Mongo, brief_error
 from connector.sources.mongodb.pipeline import sets_channel
 from connector.sources.mongodb.stream import StartPosition, StreamOptions, open_stream
-from connector.worker import ably_from, mongo_from
+from connector.worker import mongo_from
 
 log = logging.getLogger(__name__)
 
-Out = Callable[[str], None]
-
-
-class _Report:
-    def __init__(self, out: Out) -> None:
-        self._out = out
-        self.failed = 0
-
-    def ok(self, what: str) -> None:
-        self._out(f"ok    {what}")
-
-    def warn(self, what: str) -> None:
-        self._out(f"warn  {what}")
-
-    def fail(self, what: str, code: int) -> None:
-        self.failed += 1
-        self._out(f"FAIL  {what} (code {code})")
-
 
 async def run_checks(settings: Settings, *, out: Out, mongo: Mongo | None = None) -> int:
-    report = _Report(out)
+    report = Report(out)
     stages = settings.pipeline_stages()
     report.ok(f"configuration valid; pipeline has {len(stages)} stage(s)")
     if not sets_channel(stages):
@@ -53,12 +35,11 @@ async def run_checks(settings: Settings, *, out: Out, mongo: Mongo | None = None
     finally:
         if owned:
             await mongo.close()
-    await _check_ably(settings, report)
-    out("all checks passed" if not report.failed else f"{report.failed} check(s) failed")
-    return 0 if not report.failed else 1
+    await check_ably(settings, report)
+    return report.finish()
 
 
-async def _check_mongo(settings: Settings, mongo: Mongo, report: _Report) -> None:
+async def _check_mongo(settings: Settings, mongo: Mongo, report: Report) -> None:
     try:
         hello = await mongo.command({"hello": 1}, db="admin")
     except PyMongoError as exc:
@@ -97,7 +78,7 @@ def _needs_images(settings: Settings) -> bool:
     )
 
 
-async def _check_images(settings: Settings, mongo: Mongo, report: _Report) -> None:
+async def _check_images(settings: Settings, mongo: Mongo, report: Report) -> None:
     if not _needs_images(settings):
         return
     flt: dict[str, Any] = {"name": settings.mongodb_collection} if settings.mongodb_collection else {}
@@ -128,14 +109,3 @@ async def _check_images(settings: Settings, mongo: Mongo, report: _Report) -> No
             report.warn(text + " (whenAvailable: images will be missing)")
     else:
         report.ok("pre- and post-images enabled where the options need them")
-
-
-async def _check_ably(settings: Settings, report: _Report) -> None:
-    client = ably_from(settings)
-    try:
-        await client.check_credentials()
-        report.ok(f"Ably credentials accepted by {settings.ably_rest_url}")
-    except AblyError as exc:
-        report.fail(f"Ably: {exc}", exc.code)
-    finally:
-        await client.aclose()

@@ -8,37 +8,20 @@ privilege, is fatal there (exit 1 with the reason) rather than a retry loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
+from connector.check_report import Out, Report, check_ably
 from connector.config import Settings
-from connector.errors import AblyError, ConnectorError
+from connector.errors import ConnectorError
 from connector.sources.postgres.db import Connection, close_quietly, connect, mapped_errors
 from connector.sources.postgres.names import NOTIFY_CHANNEL, OutboxNames, TableName
 from connector.sources.postgres.schema import NODES_COLUMNS, OUTBOX_COLUMNS, exists, notify_triggers
 
 log = logging.getLogger(__name__)
 
-Out = Callable[[str], None]
 #: Privileges the connector uses on Ably's tables.
 OUTBOX_PRIVILEGES = ("SELECT", "UPDATE", "DELETE")
 NODES_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 CONNECTOR_PRIVILEGES = ("SELECT", "INSERT", "UPDATE")
-
-
-class _Report:
-    def __init__(self, out: Out) -> None:
-        self._out = out
-        self.failed = 0
-
-    def ok(self, what: str) -> None:
-        self._out(f"ok    {what}")
-
-    def warn(self, what: str) -> None:
-        self._out(f"warn  {what}")
-
-    def fail(self, what: str, code: int) -> None:
-        self.failed += 1
-        self._out(f"FAIL  {what} (code {code})")
 
 
 async def _columns(conn: Connection, table: TableName) -> dict[str, str]:
@@ -101,7 +84,7 @@ async def sequence_cache(conn: Connection, names: OutboxNames) -> int | None:
     return int(str(row[0])) if row else None
 
 
-async def _check_database(settings: Settings, names: OutboxNames, report: _Report) -> None:
+async def _check_database(settings: Settings, names: OutboxNames, report: Report) -> None:
     try:
         conn = await connect(settings.postgres_uri, purpose="check")
     except ConnectorError as exc:
@@ -144,27 +127,13 @@ async def _check_database(settings: Settings, names: OutboxNames, report: _Repor
         await close_quietly(conn)
 
 
-async def _check_ably(settings: Settings, report: _Report) -> None:
-    from connector.sources.postgres.worker import ably_from
-
-    client = ably_from(settings)
-    try:
-        await client.check_credentials()
-        report.ok(f"Ably credentials accepted by {settings.ably_rest_url}")
-    except AblyError as exc:
-        report.fail(f"Ably: {exc}", exc.code)
-    finally:
-        await client.aclose()
-
-
 async def run_checks(settings: Settings, *, out: Out) -> int:
-    report = _Report(out)
+    report = Report(out)
     names = OutboxNames.from_settings(settings.outbox_table, settings.nodes_table)
     report.ok(f"configuration valid; outbox {names.outbox.text}, nodes {names.nodes.text}")
     await _check_database(settings, names, report)
-    await _check_ably(settings, report)
-    out("all checks passed" if not report.failed else f"{report.failed} check(s) failed")
-    return 0 if not report.failed else 1
+    await check_ably(settings, report)
+    return report.finish()
 
 
 async def run_create_tables(settings: Settings, *, out: Out) -> int:

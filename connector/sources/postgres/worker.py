@@ -19,6 +19,7 @@ import time
 from typing import Any, Final
 
 from connector.ably.client import AblyRestClient
+from connector.check_report import ably_from
 from connector.config import Settings
 from connector.errors import (
     AblyAuthError,
@@ -58,15 +59,6 @@ _COUNTERS: Final = (
     "gaps_proven",
     "gaps_timed_out",
 )
-
-
-def ably_from(settings: Settings) -> AblyRestClient:
-    return AblyRestClient(
-        api_key=settings.ably_api_key.get_secret_value(),
-        rest_url=settings.ably_rest_url,
-        fallback_hosts=settings.ably_fallback_hosts,
-        request_timeout=settings.ably_request_timeout_s,
-    )
 
 
 class PostgresWorker:
