@@ -1,11 +1,16 @@
-"""The two baselines, each run as its own process: `python -m benchmarks.readers limit|naive ...`.
+"""The baselines, each run as its own process: `python -m benchmarks.readers limit|raw|naive ...`.
 
-- limit: the raw change-stream read with PyMongo's async API, counting events and doing nothing else;
-  what no connector built on this driver can beat.
+- limit: the change-stream read with PyMongo's async API (`watch()`), counting events and doing nothing
+  else; what no connector built on this driver's change-stream API can beat. The driver decodes every
+  event into a dict.
+- raw: the same read with no per-event work at all: the reader opens the change stream itself (an
+  `aggregate` command with `$changeStream`), then loops `getMore` in one explicit session and counts
+  `len(nextBatch)`; the batches stay raw bytes (RawBSONDocument). How far both readers are from what the
+  wire and the server allow.
 - naive: what a tutorial writes: `async for change in stream: await http.post(...)` to Ably's
   single-channel publish endpoint, one request per event (httpx, Basic auth, X-Ably-Version).
 
-Both replay the backlog from `--start-at` and print one JSON line when done: events, wall times (first
+All replay the backlog from `--start-at` and print one JSON line when done: events, wall times (first
 event, last event, process start), and their own CPU seconds and peak RSS from getrusage.
 """
 
@@ -22,6 +27,9 @@ from urllib.parse import quote
 import httpx
 import orjson
 from bson import json_util
+from bson.codec_options import CodecOptions
+from bson.int64 import Int64
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import AsyncMongoClient
 
@@ -32,11 +40,15 @@ ABLY_PROTOCOL_VERSION = "6"
 #: As Ably's own client libraries default to (ABLY-CONTRACT.md): a hung request cannot stall the run.
 HTTP_TIMEOUT_S = 10.0
 SERVER_SELECTION_TIMEOUT_MS = 10_000
+#: The raw reader's awaitData wait per getMore (the server's default), as the driver's watch() uses.
+RAW_MAX_TIME_MS = 1000
+#: The raw reader's replies stay bytes: each event of a batch is a RawBSONDocument, never decoded.
+RAW_CODEC = CodecOptions(document_class=RawBSONDocument)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.readers", description=__doc__)
-    parser.add_argument("mode", choices=["limit", "naive"])
+    parser.add_argument("mode", choices=["limit", "raw", "naive"])
     parser.add_argument("--uri", required=True)
     parser.add_argument("--db", required=True)
     parser.add_argument("--collection", default="", help="empty: watch the whole database")
@@ -63,17 +75,24 @@ class Clock:
         self.cpu_at_first = 0.0
         self.count = 0
 
-    def tick(self) -> None:
+    def tick(self, events: int = 1) -> None:
+        """`events` more arrived (the raw reader counts a whole batch at once)."""
+        if events <= 0:
+            return
         self.last_at = time.time()
         if not self.count:
             self.first_at = self.last_at
             self.cpu_at_first = cpu_now()
-        self.count += 1
+        self.count += events
+
+
+def start_timestamp(args: argparse.Namespace) -> Timestamp:
+    seconds, _, increment = args.start_at.partition(".")
+    return Timestamp(int(seconds), int(increment or 0))
 
 
 async def replay(args: argparse.Namespace, clock: Clock, http: httpx.AsyncClient | None) -> None:
-    seconds, _, increment = args.start_at.partition(".")
-    start = Timestamp(int(seconds), int(increment or 0))
+    start = start_timestamp(args)
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         args.uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
     )
@@ -99,10 +118,59 @@ async def replay(args: argparse.Namespace, clock: Clock, http: httpx.AsyncClient
         await client.close()
 
 
+async def replay_raw(args: argparse.Namespace, clock: Clock) -> None:
+    """The change stream by hand: `aggregate` with `$changeStream`, then `getMore` until `--events` have
+    come, all in one explicit session (the server ties the cursor to it); only the batch lengths are
+    looked at. Counts at most `--events`, like the other readers, even if the last batch brought more."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        args.uri, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS
+    )
+    db = client[args.db]
+    cursor_name = args.collection or "$cmd.aggregate"
+    aggregate: dict[str, Any] = {
+        "aggregate": args.collection or 1,
+        "pipeline": [{"$changeStream": {"startAtOperationTime": start_timestamp(args)}}, *PIPELINE],
+        "cursor": {"batchSize": args.batch_size} if args.batch_size else {},
+    }
+    try:
+        async with client.start_session(causal_consistency=False) as session:
+            reply = await db.command(aggregate, session=session, codec_options=RAW_CODEC)
+            cursor = reply["cursor"]
+            cursor_id: Int64 = cursor["id"]
+            clock.tick(min(len(cursor["firstBatch"]), args.events))
+            get_more: dict[str, Any] = {
+                "getMore": cursor_id,
+                "collection": cursor_name,
+                "maxTimeMS": RAW_MAX_TIME_MS,
+            }
+            if args.batch_size:
+                get_more["batchSize"] = args.batch_size
+            try:
+                while clock.count < args.events:
+                    if not cursor_id:
+                        raise RuntimeError(f"the server closed the change stream after {clock.count} events")
+                    reply = await db.command(get_more, session=session, codec_options=RAW_CODEC)
+                    cursor = reply["cursor"]
+                    cursor_id = cursor["id"]
+                    clock.tick(min(len(cursor["nextBatch"]), args.events - clock.count))
+            finally:
+                if cursor_id:
+                    await db.command(
+                        {"killCursors": cursor_name, "cursors": [cursor_id]},
+                        session=session,
+                        codec_options=RAW_CODEC,
+                    )
+    finally:
+        await client.close()
+
+
 async def run(args: argparse.Namespace) -> Clock:
     clock = Clock()
     if args.mode == "limit":
         await replay(args, clock, None)
+        return clock
+    if args.mode == "raw":
+        await replay_raw(args, clock)
         return clock
     key_name, _, secret = args.key.partition(":")
     async with httpx.AsyncClient(
