@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from bson import Timestamp, json_util
@@ -36,7 +35,7 @@ from connector.sources.mongodb.checkpoint import Checkpointer, Fence, StoredPosi
 from connector.sources.mongodb.client import Mongo
 from connector.sources.mongodb.deadletter import UnpublishableHandler
 from connector.sources.mongodb.lease import MongoLeaseStore
-from connector.sources.mongodb.messages import encode_driver_event, to_message
+from connector.sources.mongodb.messages import encode_driver_event, make_router
 from connector.sources.mongodb.pipeline import pipeline_hash, sets_channel
 from connector.sources.mongodb.reader import Reader
 from connector.sources.mongodb.stream import StartPosition, StreamOptions
@@ -93,7 +92,11 @@ class Worker:
         self.mongo = mongo or mongo_from(settings)
         self.ably = ably or ably_from(settings)
         # Events arrive decoded with the MongoDB client's CODEC_OPTIONS: the walk-free encoder applies.
-        self._encoder = encode_driver_event if settings.json_mode == "relaxed" else None
+        self._route = make_router(
+            json_mode=settings.json_mode,
+            max_message_size=settings.max_message_size,
+            encoder=encode_driver_event if settings.json_mode == "relaxed" else None,
+        )
         self.stages = settings.pipeline_stages()
         self.pipeline_hash = pipeline_hash(self.stages)
         self.namespace = settings.watch_label
@@ -175,15 +178,6 @@ class Worker:
         }
 
     # -- wiring ------------------------------------------------------------------------------------
-
-    def _route(self, seq: int, event: Mapping[str, Any]) -> OutboundMessage:
-        return to_message(
-            seq,
-            event,
-            json_mode=self.settings.json_mode,
-            max_message_size=self.settings.max_message_size,
-            encoder=self._encoder,
-        )
 
     async def _on_rejected(self, msg: OutboundMessage, error: AblyError) -> None:
         """Ably refused a message for good: apply ON_UNPUBLISHABLE to the original event."""

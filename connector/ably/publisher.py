@@ -132,16 +132,25 @@ class Publisher:
 
     def submit(self, msg: OutboundMessage) -> None:
         """Queue a message (non-blocking). The caller has already reserved `msg.seq` in the ledger."""
+        self.submit_many((msg,))
+
+    def submit_many(self, msgs: Sequence[OutboundMessage]) -> None:
+        """Queue messages in stream order (non-blocking); one scheduler wake-up for the lot."""
         if self._state is _State.CLOSED:
             raise RuntimeError("publisher is closed")
-        queue = self._queues.get(msg.channel)
-        if queue is None:
-            queue = self._queues[msg.channel] = deque()
-        queue.append((msg, len(encode_spec(msg))))
-        if msg.channel not in self._busy:
-            self._ready[msg.channel] = None
-        self.stats.queued += 1
-        self._unfinished += 1
+        if not msgs:
+            return
+        queues, ready, busy = self._queues, self._ready, self._busy
+        for msg in msgs:
+            channel = msg.channel
+            queue = queues.get(channel)
+            if queue is None:
+                queue = queues[channel] = deque()
+            queue.append((msg, len(encode_spec(msg))))
+            if channel not in busy:
+                ready[channel] = None
+        self.stats.queued += len(msgs)
+        self._unfinished += len(msgs)
         self._drained.clear()
         self._wakeup.set()
 
@@ -296,6 +305,9 @@ class Publisher:
 
     async def _settle(self, batch: list[_Entry], outcomes: list[Outcome]) -> None:
         """Complete accepted and rejected entries; queue each failed channel's remainder for a retry."""
+        if outcomes.count(None) == len(outcomes):
+            self._settle_accepted(batch)
+            return
         retry: dict[str, list[_Entry]] = {}
         progressed: dict[str, bool] = {}  # per channel: did this round complete any of its messages?
         for entry, outcome in zip(batch, outcomes, strict=True):
@@ -333,6 +345,21 @@ class Publisher:
                 self._failures.pop(channel, None)
         if retry:
             self._schedule_retry(retry)
+
+    def _settle_accepted(self, batch: list[_Entry]) -> None:
+        """The common case, in one pass: Ably accepted the whole batch."""
+        complete = self._ledger.complete
+        channels: dict[str, None] = {}
+        for msg, _ in batch:
+            complete(msg.seq)
+            channels[msg.channel] = None
+        self.stats.published += len(batch)
+        self._unfinished -= len(batch)
+        if self._unfinished == 0:
+            self._drained.set()
+        for channel in channels:
+            self._failures.pop(channel, None)
+            self._release(channel)
 
     def _complete(self, msg: OutboundMessage) -> None:
         self._ledger.complete(msg.seq)

@@ -35,7 +35,8 @@ def ev(n: int, op: str = "insert", channel: str | None = "ch") -> dict[str, Any]
 
 
 class FakeStream:
-    """Yields scripted items: an event dict, None (an empty poll), or an exception to raise."""
+    """Yields scripted batches: an event dict (a batch of one), a list of events (one batch), None (an
+    empty poll), or an exception to raise."""
 
     def __init__(
         self, script: list[Any], on_exhausted: asyncio.Event, token: Mapping[str, Any] | None = None
@@ -54,22 +55,23 @@ class FakeStream:
     def resume_token(self) -> Mapping[str, Any] | None:
         return self._token
 
-    async def try_next(self) -> Mapping[str, Any] | None:
+    async def next_batch(self) -> list[Mapping[str, Any]]:
         await asyncio.sleep(0)
         if not self._script:
             self._exhausted.set()
             await asyncio.sleep(0.01)
-            return None
+            return []
         item = self._script.pop(0)
         if isinstance(item, BaseException):
             raise item
         if item is None:
             self._token = {"_data": (self._token or {"_data": "82"})["_data"] + "00"}
-            return None
-        self._token = item["_id"]
-        if item["operationType"] == "invalidate":
+            return []
+        batch = item if isinstance(item, list) else [item]
+        self._token = batch[-1]["_id"]
+        if batch[-1]["operationType"] == "invalidate":
             self._alive = False
-        return item
+        return batch
 
     async def close(self) -> None:
         self.closed = True
@@ -84,7 +86,7 @@ class FakeMongo:
         self.opened: list[dict[str, Any]] = []
         self.exhausted = asyncio.Event()
 
-    async def watch(self, collection: str, pipeline: Any, **options: Any) -> FakeStream:
+    async def watch_batches(self, collection: str, pipeline: Any, **options: Any) -> FakeStream:
         self.opened.append(options)
         script = self.scripts.pop(0) if self.scripts else []
         if isinstance(script, BaseException):
@@ -98,10 +100,11 @@ class CollectingPublisher:
         self.auto_ack = auto_ack
         self.sent: list[OutboundMessage] = []
 
-    def submit(self, msg: OutboundMessage) -> None:
-        self.sent.append(msg)
-        if self.auto_ack:
-            self.ledger.complete(msg.seq)
+    def submit_many(self, msgs: list[OutboundMessage]) -> None:
+        for msg in msgs:
+            self.sent.append(msg)
+            if self.auto_ack:
+                self.ledger.complete(msg.seq)
 
 
 def route(seq: int, event: Mapping[str, Any]) -> OutboundMessage:
@@ -260,3 +263,59 @@ async def test_first_start_stores_the_opening_position_before_reading() -> None:
     await asyncio.wait_for(task, 5)
     doc = await db["ably"].find_one({"_id": "c"})
     assert doc is not None and doc["resumeToken"] == opening
+
+
+async def test_batches_keep_stream_order_and_sequence_numbers() -> None:
+    mongo = FakeMongo([[[ev(1), ev(2), ev(3)], None, [ev(4), ev(5)], ev(6)]])
+    reader, ledger, publisher, _ = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert [m.message["id"] for m in publisher.sent] == [ev(n)["_id"]["_data"] for n in range(1, 7)]
+    assert [m.seq for m in publisher.sent] == list(range(6))
+    assert ledger.checkpoint() == ev(6)["_id"]
+    assert reader.stats.events_read == 6
+
+
+async def test_backpressure_holds_inside_one_batch() -> None:
+    """Invariant 5 when the server hands over more than the ledger holds in one batch."""
+    mongo = FakeMongo([[[ev(n) for n in range(1, 50)]]])
+    reader, ledger, publisher, _ = build(mongo, capacity=5, auto_ack=False)
+    stop = asyncio.Event()
+    task = asyncio.create_task(reader.run(StartPosition(), stop))
+    await asyncio.sleep(0.1)
+    assert len(publisher.sent) == 5
+    assert ledger.pending == 5
+    for msg in publisher.sent[:2]:
+        ledger.complete(msg.seq)
+    await asyncio.sleep(0.05)
+    assert len(publisher.sent) == 7
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_unpublishable_inside_a_batch_keeps_order_around_it() -> None:
+    mongo = FakeMongo([[[ev(1), ev(2, channel=None), ev(3)]]])
+    reader, ledger, publisher, db = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert [m.seq for m in publisher.sent] == [0, 2]
+    assert ledger.checkpoint() == ev(3)["_id"]
+    assert await db["ably_deadletter"].find_one({"_id": ev(2)["_id"]}) is not None
+
+
+async def test_failed_read_ahead_reopens_after_the_batch_it_was_fetched_beside() -> None:
+    """The next getMore is sent before a batch is routed; its failure must not lose that batch, and the
+    reopen starts right after it."""
+    mongo = FakeMongo([[[ev(1), ev(2)], OperationFailure("boom", code=8)], [[ev(3), ev(4)]]])
+    reader, _, publisher, _ = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert mongo.opened[1]["resume_after"] == ev(2)["_id"]
+    assert [m.message["id"] for m in publisher.sent] == [ev(n)["_id"]["_data"] for n in (1, 2, 3, 4)]
+
+
+async def test_invalidate_at_the_end_of_a_batch_reopens_with_start_after() -> None:
+    mongo = FakeMongo([[[ev(1), ev(2), ev(3, op="invalidate", channel=None)]], [ev(4)]])
+    reader, ledger, publisher, _ = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert mongo.opened[1]["start_after"] == ev(3)["_id"]
+    assert [m.seq for m in publisher.sent] == [0, 1, 3]
+    assert ledger.checkpoint() == ev(4)["_id"]

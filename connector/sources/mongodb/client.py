@@ -13,10 +13,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
+from bson import Timestamp
 from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
-from pymongo import WriteConcern
+from pymongo import ReadPreference, WriteConcern
 from pymongo.errors import ServerSelectionTimeoutError
+
+from connector.sources.mongodb.cursor import BatchStream, ChangeStreamCursor, DriverStreamBatches
 
 DriverName = Literal["pymongo", "motor"]
 
@@ -86,6 +89,53 @@ class Mongo:
             return MotorStreamAdapter(stream)
         native: ChangeStreamLike = stream
         return native
+
+    async def watch_batches(
+        self,
+        collection: str,
+        pipeline: Sequence[Mapping[str, Any]],
+        *,
+        max_await_time_ms: int,
+        batch_size: int | None = None,
+        full_document: str | None = None,
+        full_document_before_change: str | None = None,
+        resume_after: Mapping[str, Any] | None = None,
+        start_after: Mapping[str, Any] | None = None,
+        start_at_operation_time: Timestamp | None = None,
+    ) -> BatchStream:
+        """Open a change stream read a batch at a time (`cursor.ChangeStreamCursor`), or, for Motor and
+        non-primary read preferences, the driver's own stream one event per batch."""
+        if self.driver == "motor" or self.db.read_preference.mode != ReadPreference.PRIMARY.mode:
+            options: dict[str, Any] = {
+                "max_await_time_ms": max_await_time_ms,
+                "batch_size": batch_size,
+                "full_document": full_document,
+                "full_document_before_change": full_document_before_change,
+                "resume_after": resume_after,
+                "start_after": start_after,
+                "start_at_operation_time": start_at_operation_time,
+            }
+            stream = await self.watch(collection, pipeline, **{k: v for k, v in options.items() if v})
+            return DriverStreamBatches(stream)
+        stage: dict[str, Any] = {}
+        if full_document:
+            stage["fullDocument"] = full_document
+        if full_document_before_change:
+            stage["fullDocumentBeforeChange"] = full_document_before_change
+        cursor = ChangeStreamCursor(
+            self.db,
+            collection,
+            pipeline,
+            change_stream_options=stage,
+            max_await_time_ms=max_await_time_ms,
+            batch_size=batch_size,
+            codec_options=CODEC_OPTIONS,
+            resume_after=start_after or resume_after,
+            start_after=start_after is not None,
+            start_at_operation_time=start_at_operation_time,
+        )
+        await cursor.open()
+        return cursor
 
     async def command(self, command: Mapping[str, Any], *, db: str | None = None) -> Mapping[str, Any]:
         target = self.client.get_database(db) if db else self.db

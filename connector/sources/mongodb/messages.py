@@ -40,6 +40,7 @@ __all__ = [
     "encode_driver_event",
     "encode_fast",
     "encode_reference",
+    "make_router",
     "message_size",
     "to_message",
 ]
@@ -173,14 +174,18 @@ _DRIVER_OPTS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 
 
 def _relaxed_default(value: Any) -> Any:
-    """orjson's hook for what it cannot (or must not) write itself, in relaxed Extended JSON."""
+    """orjson's hook for what it cannot (or must not) write itself, in relaxed Extended JSON.
+
+    Every change event has a `wallTime` datetime and a `clusterTime` Timestamp: those are tested first."""
     kind = type(value)
+    if kind is datetime.datetime and value.tzinfo is None and value >= _EPOCH_NAIVE:
+        return _naive_datetime_iso(value)
+    if kind is Timestamp:
+        return {"$timestamp": {"t": value.time, "i": value.inc}}
     if kind is ObjectId:
         return {"$oid": str(value)}
     if kind is Int64:
         return int(value)
-    if kind is datetime.datetime and value.tzinfo is None and value >= _EPOCH_NAIVE:
-        return _naive_datetime_iso(value)
     if kind is Decimal128:
         return {"$numberDecimal": decimal128_str(value)}
     if isinstance(value, dict):
@@ -234,6 +239,56 @@ def _headers(raw: Any) -> dict[str, str]:
     return raw
 
 
+#: Channel names checked once and remembered (a stream reuses few); bounded, then checked afresh.
+CHANNEL_CACHE_SIZE = 10_000
+
+Router = Callable[[int, Mapping[str, Any]], OutboundMessage]
+NO_TOKEN = "event has no resume token (_id._data); was _id changed by the pipeline?"
+
+
+def make_router(*, json_mode: str, max_message_size: int, encoder: Encoder | None = None) -> Router:
+    """`to_message` with its settings bound, and each good channel name validated once."""
+    encode = encoder or ENCODERS[json_mode]
+    good_channels: set[str] = set()
+
+    def route(seq: int, event: Mapping[str, Any]) -> OutboundMessage:
+        channel = event.get("_ablyChannel", MISSING)
+        if channel.__class__ is not str or channel not in good_channels:
+            problem = channel_problem(channel)
+            if problem or not isinstance(channel, str):
+                raise NoChannelError(problem or "_ablyChannel must be a string")
+            if len(good_channels) >= CHANNEL_CACHE_SIZE:
+                good_channels.clear()
+            good_channels.add(channel)
+        token = event.get("_id")
+        # `type(...) is dict` first: an ABC isinstance check per event is measurable on the hot path.
+        if token.__class__ is not dict:
+            token = dict(token) if isinstance(token, Mapping) else {}
+        token_data = token.get("_data")
+        if token_data.__class__ is not str:
+            raise UnpublishableEvent(NO_TOKEN)
+        name = event.get("_ablyMsgName")
+        if name is None:
+            name = event.get("operationType", "")
+        elif not isinstance(name, str):
+            raise UnpublishableEvent(f"_ablyMsgName must be a string (got {type(name).__name__})")
+        raw_headers = event.get("_ablyMsgHeaders")
+        headers = _headers(raw_headers) if raw_headers is not None else None
+        extras = {"headers": headers} if headers else None
+        data = encode(event)
+        size = message_size(name, data, extras)
+        if size > max_message_size:
+            raise UnpublishableEvent(
+                f"message is {size} bytes, over MAX_MESSAGE_SIZE of {max_message_size} bytes"
+            )
+        message: AblyMessage = {"id": token_data, "name": name, "data": data.decode(), "encoding": "json"}
+        if extras is not None:
+            message["extras"] = extras
+        return OutboundMessage(seq, channel, message, size, token)
+
+    return route
+
+
 def to_message(
     seq: int,
     event: Mapping[str, Any],
@@ -243,34 +298,5 @@ def to_message(
     encoder: Encoder | None = None,
 ) -> OutboundMessage:
     """Map one change event to an OutboundMessage or raise UnpublishableEvent / NoChannelError."""
-    channel = event.get("_ablyChannel", MISSING)
-    problem = channel_problem(channel)
-    if problem or not isinstance(channel, str):
-        raise NoChannelError(problem or "_ablyChannel must be a string")
-    token = event.get("_id")
-    # `type(...) is dict` first: an ABC isinstance check per event is measurable on the hot path.
-    if type(token) is not dict:
-        token = dict(token) if isinstance(token, Mapping) else {}
-    token_data = token.get("_data")
-    if not isinstance(token_data, str):
-        raise UnpublishableEvent("event has no resume token (_id._data); was _id changed by the pipeline?")
-
-    name = event.get("_ablyMsgName")
-    if name is None:
-        name = event.get("operationType", "")
-    elif not isinstance(name, str):
-        raise UnpublishableEvent(f"_ablyMsgName must be a string (got {type(name).__name__})")
-    raw_headers = event.get("_ablyMsgHeaders")
-    headers = _headers(raw_headers) if raw_headers is not None else None
-    extras = {"headers": headers} if headers else None
-
-    data = (encoder or ENCODERS[json_mode])(event)
-    size = message_size(name, data, extras)
-    if size > max_message_size:
-        raise UnpublishableEvent(
-            f"message is {size} bytes, over MAX_MESSAGE_SIZE of {max_message_size} bytes"
-        )
-    message: AblyMessage = {"id": token_data, "name": name, "data": data.decode("utf-8"), "encoding": "json"}
-    if extras is not None:
-        message["extras"] = extras
-    return OutboundMessage(seq=seq, channel=channel, message=message, size=size, token=token)
+    route = make_router(json_mode=json_mode, max_message_size=max_message_size, encoder=encoder)
+    return route(seq, event)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -26,7 +26,8 @@ from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
 from connector.errors import FatalError, HistoryLostError, StreamError, UnpublishableEvent
 from connector.sources.mongodb.checkpoint import Checkpointer, StreamMark
-from connector.sources.mongodb.client import ChangeStreamLike, Mongo
+from connector.sources.mongodb.client import Mongo
+from connector.sources.mongodb.cursor import BatchStream
 from connector.sources.mongodb.deadletter import UnpublishableHandler
 from connector.sources.mongodb.stream import StartPosition, StreamOptions, classify, open_stream
 
@@ -45,7 +46,7 @@ HistoryLostPolicy = Literal["fail", "restart"]
 
 
 class Submitter(Protocol):
-    def submit(self, msg: OutboundMessage) -> None: ...
+    def submit_many(self, msgs: Sequence[OutboundMessage]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -115,7 +116,7 @@ class Reader:
                 with contextlib.suppress(PyMongoError):
                     await stream.close()
 
-    async def _store_first_position(self, stream: ChangeStreamLike) -> None:
+    async def _store_first_position(self, stream: BatchStream) -> None:
         """On a first start (nothing stored), store where the stream opened before reading anything.
 
         Otherwise a crash before the first checkpoint would restart from "now" again and silently skip
@@ -127,57 +128,93 @@ class Reader:
         self._checkpointer.note_stream_mark(StreamMark(token, self._seq))
         await self._checkpointer.checkpoint()
 
-    async def _pump(self, stream: ChangeStreamLike, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                change = await stream.try_next()
-            except PyMongoError as exc:
-                self._note_position(stream)
-                raise classify(exc, self.position) from exc
-            if change is None:
-                if not stream.alive:
-                    self._note_position(stream)
-                    raise StreamError("change stream closed by the server")
+    async def _pump(self, stream: BatchStream, stop: asyncio.Event) -> None:
+        """Route each batch while the next one is on its way: the getMore for batch n+1 is sent before
+        batch n is routed, so the server's work overlaps ours. At most one batch is read ahead, and none
+        while the ledger is full (backpressure holds: the next getMore waits for the batch before it).
+
+        `self.position` moves only past batches handed to the ledger, never past a batch read ahead."""
+        ahead: asyncio.Future[Sequence[Mapping[str, Any]]] | None = None
+        try:
+            while not stop.is_set():
+                if ahead is None:
+                    ahead = asyncio.ensure_future(stream.next_batch())
+                try:
+                    batch = await ahead
+                except PyMongoError as exc:
+                    self._note_position(stream)  # the position after the last batch returned
+                    raise classify(exc, self.position) from exc
+                finally:
+                    ahead = None
                 token = stream.resume_token
+                if not batch:
+                    if not stream.alive:
+                        self._note_position(stream)
+                        raise StreamError("change stream closed by the server")
+                    if token is not None:
+                        self.position = StartPosition(token=token)
+                        self._checkpointer.note_stream_mark(StreamMark(token, self._seq))
+                    continue
+                self._failures = 0
+                if stream.alive and batch[-1].get("operationType") != "invalidate":
+                    ahead = asyncio.ensure_future(stream.next_batch())
+                    await asyncio.sleep(0)  # let it send its getMore before we route this batch
+                if await self._accept_batch(batch, stop):
+                    return  # invalidated: `_invalidated` set the position to start after it
                 if token is not None:
                     self.position = StartPosition(token=token)
-                    self._checkpointer.note_stream_mark(StreamMark(token, self._seq))
-                continue
-            self._failures = 0
-            if change.get("operationType") == "invalidate":
-                await self._invalidated(change, stop)
-                return
-            await self._accept(change)
-        self._note_position(stream)
+        finally:
+            if ahead is not None:
+                await _settle(ahead)
 
-    def _note_position(self, stream: ChangeStreamLike) -> None:
-        """Remember the last position read, to reopen from it. Not done per event: PyMongo's
-        `resume_token` returns a deep copy each time."""
+    def _note_position(self, stream: BatchStream) -> None:
+        """Remember the position after the last batch read, to reopen from it (only when nothing was
+        read ahead: the stream's token has then moved past nothing the ledger has not seen)."""
         token = stream.resume_token
         if token is not None:
             self.position = StartPosition(token=token)
 
-    async def _accept(self, change: Mapping[str, Any]) -> None:
-        self._seq += 1
-        seq = self._seq
+    async def _accept_batch(self, batch: Sequence[Mapping[str, Any]], stop: asyncio.Event) -> bool:
+        """Reserve, route and submit a batch in stream order; True if it ended with an invalidate."""
         ledger = self._ledger
-        if ledger.full:
-            await ledger.reserve(seq, change["_id"])  # backpressure: wait for Ably to catch up
-        else:
-            ledger.add(seq, change["_id"])
+        route = self._route
+        out: list[OutboundMessage] = []
         stats = self.stats
-        stats.events_read += 1
-        stats.last_event_read_at = time.time()
-        stats.last_event_cluster_time = change.get("clusterTime")
-        stats.last_event_wall_time = change.get("wallTime")
+        last: Mapping[str, Any] | None = None
         try:
-            msg = self._route(seq, change)
-        except UnpublishableEvent as exc:
-            stats.unpublishable += 1
-            await self._unpublishable.handle(change, exc.reason, exc.code)
-            self._ledger.complete(seq)
-            return
-        self._publisher.submit(msg)
+            for change in batch:
+                if change.get("operationType") == "invalidate":
+                    self._submit(out)
+                    await self._invalidated(change, stop)
+                    return True
+                self._seq += 1
+                seq = self._seq
+                if ledger.full:
+                    self._submit(out)  # what was routed goes out before we wait for Ably to catch up
+                    await ledger.reserve(seq, change["_id"])
+                else:
+                    ledger.add(seq, change["_id"])
+                stats.events_read += 1
+                last = change
+                try:
+                    out.append(route(seq, change))
+                except UnpublishableEvent as exc:
+                    self._submit(out)
+                    stats.unpublishable += 1
+                    await self._unpublishable.handle(change, exc.reason, exc.code)
+                    ledger.complete(seq)
+            self._submit(out)
+        finally:
+            if last is not None:
+                stats.last_event_read_at = time.time()
+                stats.last_event_cluster_time = last.get("clusterTime")
+                stats.last_event_wall_time = last.get("wallTime")
+        return False
+
+    def _submit(self, out: list[OutboundMessage]) -> None:
+        if out:
+            self._publisher.submit_many(out)
+            out.clear()
 
     async def _invalidated(self, change: Mapping[str, Any], stop: asyncio.Event) -> None:
         """The watched collection was dropped or renamed: continue after the invalidate with startAfter."""
@@ -232,6 +269,18 @@ class Reader:
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
+
+
+async def _settle(ahead: asyncio.Future[Any]) -> None:
+    """Wait out a read-ahead getMore nobody will use (bounded by the awaitData wait), then drop its
+    result: cancelling a getMore mid-reply would cost the driver its connection."""
+    try:
+        await asyncio.shield(ahead)
+    except asyncio.CancelledError:
+        ahead.cancel()
+        raise
+    except Exception:  # the batch is not used; its error changes nothing
+        return
 
 
 def _ts_text(ts: Timestamp) -> str:

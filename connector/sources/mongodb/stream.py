@@ -19,7 +19,8 @@ from bson import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
 
 from connector.errors import HistoryLostError, StreamError
-from connector.sources.mongodb.client import ChangeStreamLike, Mongo, brief_error
+from connector.sources.mongodb.client import Mongo, brief_error
+from connector.sources.mongodb.cursor import BatchStream
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def classify(exc: PyMongoError, position: StartPosition) -> StreamError:
     return StreamError(f"change stream failed ({type(exc).__name__}): {brief_error(exc)}")
 
 
-async def open_stream(mongo: Mongo, options: StreamOptions, position: StartPosition) -> ChangeStreamLike:
+async def open_stream(mongo: Mongo, options: StreamOptions, position: StartPosition) -> BatchStream:
     """Open the change stream at `position`; raises HistoryLostError or StreamError."""
     kwargs: dict[str, Any] = {"max_await_time_ms": options.max_await_time_ms}
     if options.full_document != "off":
@@ -86,6 +87,6 @@ async def open_stream(mongo: Mongo, options: StreamOptions, position: StartPosit
     elif position.operation_time is not None:
         kwargs["start_at_operation_time"] = position.operation_time
     try:
-        return await mongo.watch(options.collection, options.pipeline, **kwargs)
+        return await mongo.watch_batches(options.collection, options.pipeline, **kwargs)
     except PyMongoError as exc:
         raise classify(exc, position) from exc
