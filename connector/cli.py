@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -120,6 +121,11 @@ def _worker_for(settings: Settings) -> _Stoppable:
 
 async def _run(settings: Settings) -> int:
     worker = _worker_for(settings)
+    # Everything built so far (modules, settings, clients) lives as long as the process: move it out of
+    # the collector's way. Otherwise each full collection walks it again while events stream through
+    # (measured: about a sixth of the connector's CPU per event).
+    gc.collect()
+    gc.freeze()
     loop = asyncio.get_running_loop()
     signals_seen: list[int] = []
 

@@ -41,6 +41,10 @@ REOPEN_BACKOFF_MAX_S = 30.0
 # startAfter, so a drop-and-recreate has time to happen and we do not spin on a missing collection.
 INVALIDATE_REOPEN_DELAY_S = 1.0
 
+# Events routed between two yields to the event loop: the read-ahead getMore (it takes a few loop turns to
+# reach its socket) and the publisher's requests and replies move on while a big batch is routed.
+ROUTE_SLICE = 200
+
 Router = Callable[[int, Mapping[str, Any]], OutboundMessage]
 HistoryLostPolicy = Literal["fail", "restart"]
 
@@ -203,6 +207,9 @@ class Reader:
                     stats.unpublishable += 1
                     await self._unpublishable.handle(change, exc.reason, exc.code)
                     ledger.complete(seq)
+                if len(out) >= ROUTE_SLICE:
+                    self._submit(out)
+                    await asyncio.sleep(0)
             self._submit(out)
         finally:
             if last is not None:
