@@ -15,8 +15,8 @@ from bson import Timestamp
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.errors import OperationFailure
 
-from connector.sources.mongodb.client import CODEC_OPTIONS
-from connector.sources.mongodb.cursor import ChangeStreamCursor
+from connector.sources.mongodb.client import CODEC_OPTIONS, Mongo
+from connector.sources.mongodb.cursor import ChangeStreamCursor, DriverStreamBatches
 
 
 class Commands(monitoring.CommandListener):
@@ -192,3 +192,32 @@ async def test_close_kills_the_server_cursor(watched: Any) -> None:
     kills = [cmd for name, cmd in commands.sent if name == "killCursors"]
     assert len(kills) == 1 and kills[0]["killCursors"] == "items"
     assert await cursor.next_batch() == [] and not cursor.alive
+
+
+async def test_a_non_primary_read_preference_keeps_the_drivers_own_stream(
+    mongo_uri: str, db_name: str, watched: Any
+) -> None:
+    """A getMore must reach the member holding the cursor; only the driver pins one, so a client that
+    may read from secondaries gets the driver's stream (one event per batch), and events still flow."""
+    db, _ = watched
+    separator = "&" if "?" in mongo_uri else "?"
+    mongo = Mongo(f"{mongo_uri}{separator}readPreference=secondaryPreferred", db_name)
+    try:
+        start = await start_time(db)
+        await db.items.insert_many([{"_id": 0}, {"_id": 1}])
+        stream = await mongo.watch_batches("items", [], max_await_time_ms=50, start_at_operation_time=start)
+        assert isinstance(stream, DriverStreamBatches)
+        seen: list[Any] = []
+        for _ in range(50):
+            seen += [event["fullDocument"]["_id"] for event in await stream.next_batch()]
+            if len(seen) == 2:
+                break
+        assert seen == [0, 1]
+        await stream.close()
+        plain = Mongo(mongo_uri, db_name)
+        primary = await plain.watch_batches("items", [], max_await_time_ms=50)
+        assert isinstance(primary, ChangeStreamCursor)
+        await primary.close()
+        await plain.close()
+    finally:
+        await mongo.close()
