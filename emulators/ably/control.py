@@ -69,7 +69,8 @@ class ControlApi:
             since = int(request.query.get("since", "0"))
         except ValueError:
             return _bad_request("since must be an integer")
-        return json_response(self._emulator.messages(request.query.get("channel"))[since:])
+        # Straight to JSON: the stored extras are embedded as they are, not decoded and encoded again.
+        return json_response(self._emulator.store.messages_for_json(request.query.get("channel"), since))
 
     async def stats(self, request: web.Request) -> web.Response:
         """Counters: requests, publish requests, delivered, duplicates, rejected, faults, per status."""

@@ -31,15 +31,8 @@ def _utf8_len(value: str) -> int:
     return len(value) if value.isascii() else len(value.encode("utf-8"))
 
 
-def _optional_str(raw: dict[str, Any], field: str) -> str | None:
-    value = raw.get(field)
-    if value is None or isinstance(value, str):
-        return value
-    raise AblyHttpError(INVALID_DATA, 400, f"message field {field!r} must be a string")
-
-
-def _check_extras(extras: Any) -> int:
-    """Validate ``extras`` and return its size contribution (compact JSON bytes)."""
+def _extras_json(extras: Any) -> bytes:
+    """Validate ``extras`` and return its compact JSON (its length is what the message size counts)."""
     if not isinstance(extras, dict):
         raise AblyHttpError(INVALID_DATA, 400, "message extras must be an object")
     headers = extras.get("headers")
@@ -51,7 +44,12 @@ def _check_extras(extras: Any) -> int:
                 raise AblyHttpError(
                     INVALID_DATA, 400, f"extras.headers must map strings to strings (header {key!r})"
                 )
-    return len(orjson.dumps(extras))
+    return orjson.dumps(extras)
+
+
+def _is_base64(encoding: str) -> bool:
+    """Whether the last step of ``encoding`` (``base64`` or ``.../base64``) is base64."""
+    return encoding.endswith("base64") and (len(encoding) == 6 or encoding[-7] == "/")
 
 
 def _data_and_size(data: Any, encoding: str | None) -> tuple[str | None, str | None, int]:
@@ -59,7 +57,7 @@ def _data_and_size(data: Any, encoding: str | None) -> tuple[str | None, str | N
     if data is None:
         return None, encoding, 0
     if isinstance(data, str):
-        if encoding and encoding.rsplit("/", 1)[-1] == "base64":
+        if encoding and _is_base64(encoding):
             try:
                 return data, encoding, len(binascii.a2b_base64(data, strict_mode=True))
             except binascii.Error as exc:
@@ -72,33 +70,58 @@ def _data_and_size(data: Any, encoding: str | None) -> tuple[str | None, str | N
     raise AblyHttpError(INVALID_DATA, 400, f"unsupported data type {type(data).__name__}")
 
 
-def measure_message(raw: Any) -> tuple[dict[str, Any], int]:
-    """Validate one Message from a request body; return its stored form and its size as Ably counts it.
+def _not_a_string(field: str) -> AblyHttpError:
+    return AblyHttpError(INVALID_DATA, 400, f"message field {field!r} must be a string")
 
-    The stored form has every MESSAGE_FIELDS key (None where absent). Raises 40013 for malformed fields.
+
+def _measure(raw: Any, extras_as_json: bool) -> tuple[dict[str, Any], int]:
+    """measure_message, with ``extras`` in the stored form as its compact JSON text if ``extras_as_json``.
+
+    Runs once per published message, so the common case (string fields and string data) is checked
+    inline; anything else takes the general helpers above, which decide the same.
     """
     if not isinstance(raw, dict):
         raise AblyHttpError(INVALID_DATA, 400, "a message must be a JSON object")
-    msg_id = _optional_str(raw, "id")
-    name = _optional_str(raw, "name")
-    client_id = _optional_str(raw, "clientId")
-    encoding = _optional_str(raw, "encoding")
-    data, encoding, size = _data_and_size(raw.get("data"), encoding)
-    extras = raw.get("extras")
+    get = raw.get
+    msg_id, name, client_id, encoding = get("id"), get("name"), get("clientId"), get("encoding")
+    # In this order (id, name, clientId, encoding): the first bad field names the error.
+    if msg_id is not None and not isinstance(msg_id, str):
+        raise _not_a_string("id")
+    if name is not None and not isinstance(name, str):
+        raise _not_a_string("name")
+    if client_id is not None and not isinstance(client_id, str):
+        raise _not_a_string("clientId")
+    if encoding is not None and not isinstance(encoding, str):
+        raise _not_a_string("encoding")
+    data = get("data")
+    if type(data) is str and not (encoding and _is_base64(encoding)):
+        size = len(data) if data.isascii() else len(data.encode("utf-8"))
+    else:
+        data, encoding, size = _data_and_size(data, encoding)
     if name:
-        size += _utf8_len(name)
+        size += len(name) if name.isascii() else len(name.encode("utf-8"))
     if client_id:
         size += _utf8_len(client_id)
+    extras = get("extras")
     if extras is not None:
-        size += _check_extras(extras)
-    stored = {"id": msg_id, "name": name, "data": data, "encoding": encoding, "clientId": client_id}
-    stored["extras"] = extras
+        extras_json = _extras_json(extras)
+        size += len(extras_json)
+        if extras_as_json:
+            # As text: a right-sized copy (keeping orjson's bytes would keep its larger buffer).
+            extras = extras_json.decode()
+    stored = {
+        "id": msg_id,
+        "name": name,
+        "data": data,
+        "encoding": encoding,
+        "clientId": client_id,
+        "extras": extras,
+    }
     return stored, size
 
 
-def normalize_message(raw: Any, max_size: int) -> dict[str, Any]:
-    """Validate one Message and enforce the size limit: 40013 if malformed, 40009 (HTTP 413) if too big."""
-    stored, size = measure_message(raw)
+def _within_limit(measured: tuple[dict[str, Any], int], max_size: int) -> dict[str, Any]:
+    stored, size = measured
     if size > max_size:
         raise AblyHttpError(
             MESSAGE_TOO_LARGE,
@@ -106,6 +129,28 @@ def normalize_message(raw: Any, max_size: int) -> dict[str, Any]:
             f"message size {size} exceeds the maximum of {max_size} bytes",
         )
     return stored
+
+
+def measure_message(raw: Any) -> tuple[dict[str, Any], int]:
+    """Validate one Message from a request body; return its stored form and its size as Ably counts it.
+
+    The stored form has every MESSAGE_FIELDS key (None where absent). Raises 40013 for malformed fields.
+    """
+    return _measure(raw, False)
+
+
+def normalize_message(raw: Any, max_size: int) -> dict[str, Any]:
+    """Validate one Message and enforce the size limit: 40013 if malformed, 40009 (HTTP 413) if too big."""
+    return _within_limit(_measure(raw, False), max_size)
+
+
+def normalize_for_store(raw: Any, max_size: int) -> dict[str, Any]:
+    """normalize_message, but in the form the store keeps: ``extras`` as its compact JSON text.
+
+    The JSON is what the size check computes anyway; holding no container, the dict is one the garbage
+    collector does not track (see store.py).
+    """
+    return _within_limit(_measure(raw, True), max_size)
 
 
 def unit_id(messages: list[dict[str, Any]]) -> str | None:

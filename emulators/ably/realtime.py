@@ -33,7 +33,7 @@ from emulators.ably.errors import (
     error_info,
     error_response,
 )
-from emulators.ably.messages import normalize_message, unit_id, validate_channel
+from emulators.ably.messages import normalize_for_store, unit_id, validate_channel
 from emulators.ably.protocol import (
     CONNECTION_EXPIRED,
     DEFAULT_MODES,
@@ -396,7 +396,7 @@ class RealtimeHub:
             validate_channel(name)
             if not isinstance(raw, list) or not raw:
                 raise AblyHttpError(INVALID_BODY, 400, "MESSAGE without messages")
-            messages = [normalize_message(m, self._config.max_message_size) for m in raw]
+            messages = [normalize_for_store(m, self._config.max_message_size) for m in raw]
             for idx, stored in enumerate(messages):
                 if stored["id"] is None:
                     stored["id"] = f"{conn.id}:{msg_serial}:{idx}"  # Ably's id for a realtime publish

@@ -2,6 +2,12 @@
 
 Thread-safe (one lock) because the threaded emulator is inspected from the test's thread while its
 loop publishes. Per-message work is kept to a few dict operations: benchmarks push 100k+ messages.
+
+A stored message is a flat dict: the MESSAGE_FIELDS, ``channel`` and ``received_at``, with ``extras`` kept
+as its compact JSON text. Holding no container, it is never tracked by the garbage collector, which
+would otherwise walk every message kept at each collection (with 100k messages stored, more CPU than
+the publishing itself). ``messages()`` and listeners get the public form (``extras`` an object again);
+``history()`` and delivery listeners get the stored dicts, rendered through ``rest.history_view``.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from emulators.ably.config import EmulatorConfig
 from emulators.ably.errors import CHANNEL_RATE_LIMIT, AblyHttpError
 
 Listener = Callable[[dict[str, Any]], None]
 # (channel, position of the first message (1-based), the messages, origin): one call per published unit.
 DeliveryListener = Callable[[str, int, list[dict[str, Any]], str | None], None]
+# A unit of a batch publish: (channel, normalised messages, unit id, owned: the store may keep the dicts,
+# which must then come from messages.normalize_for_store).
+BatchUnit = tuple[str, list[dict[str, Any]], str | None, bool]
 
 
 @dataclass(frozen=True)
@@ -117,47 +128,102 @@ class Store:
         cost: int | None = None,
         origin: str | None = None,
     ) -> PublishResult:
-        """Deliver ``messages`` (normalised, see messages.normalize_message) to ``channel`` as one unit.
+        """Deliver ``messages`` (normalised: messages.normalize_message or normalize_for_store) to ``channel``
+        as one unit.
 
         A unit whose id was seen on this channel within the dedupe window is accepted but not stored.
         ``cost`` is what the publish counts toward the channel rate limit (default: one per message).
         ``origin`` is the realtime connection that published it (None for REST), for delivery listeners.
         Raises 42913 when the channel rate limit is exceeded.
         """
+        [outcome], deliveries = self._publish_units([(channel, messages, unit_id, False)], cost)
+        if isinstance(outcome, AblyHttpError):
+            raise outcome
+        self._notify(deliveries, origin)
+        return PublishResult(outcome, not deliveries)
+
+    def publish_batch(self, units: list[BatchUnit]) -> list[str | AblyHttpError]:
+        """Publish the units of a REST batch in order, each ``(channel, messages, unit_id, owned)``; return
+        per unit its message id (a duplicate's too) or its 42913 error.
+
+        The same rules as ``publish`` with ``cost=1`` (a BatchSpec counts as one message toward the channel
+        rate limit), but one lock, one clock reading and one counter update for the whole request. With
+        ``owned`` the caller hands the message dicts over, so they are completed in place rather than
+        copied (for a unit published to a single channel). Listeners are called once every unit is stored,
+        unit by unit in order, exactly as ``publish`` calls them.
+        """
+        outcomes, deliveries = self._publish_units(units, 1)
+        self._notify(deliveries, None)
+        return outcomes
+
+    def _publish_units(
+        self, units: list[BatchUnit], cost: int | None
+    ) -> tuple[list[str | AblyHttpError], list[tuple[str, int, list[dict[str, Any]]]]]:
+        """Store units under the lock: per unit its message id or error, and per delivered (not duplicate)
+        unit (channel, position of its first message, the stored messages). ``cost`` None: per message."""
         now = self._clock()
         received_at = self._wall_ms()
+        outcomes: list[str | AblyHttpError] = []
+        deliveries: list[tuple[str, int, list[dict[str, Any]]]] = []
+        delivered_count = 0
         with self._lock:
-            self._take_tokens(channel, len(messages) if cost is None else cost, now)
-            if unit_id is not None:
-                self._expire_seen(now)
-                key = (channel, unit_id)
-                if key in self._seen:
-                    self._counters["duplicates_dropped"] += len(messages)
-                    return PublishResult(unit_id, True)
-                self._seen[key] = now
-                self._seen_order.append((now, key))
-                base = unit_id
-            else:
-                base = f"{self._id_prefix}-{next(self._ids)}"
-            history = self._by_channel.get(channel)
-            if history is None:
-                history = self._by_channel[channel] = []
-            first_position = len(history) + 1
-            delivered = []
-            for idx, msg in enumerate(messages):
-                stored = dict(msg, channel=channel, received_at=received_at)
-                if stored["id"] is None:
-                    stored["id"] = f"{base}:{idx}"
-                delivered.append(stored)
-            history.extend(delivered)
-            self._messages.extend(delivered)
-            self._counters["messages_delivered"] += len(delivered)
-        for listener in self._listeners:
-            for stored in delivered:
-                listener(stored)
-        for delivery_listener in self._delivery_listeners:
-            delivery_listener(channel, first_position, delivered, origin)
-        return PublishResult(base, False)
+            seen, seen_order, by_channel = self._seen, self._seen_order, self._by_channel
+            rate_limited = self._config.channel_rate_limit > 0
+            horizon = now - self._config.dedupe_window_s
+            for channel, messages, unit_id, owned in units:
+                if rate_limited:
+                    try:
+                        self._take_tokens(channel, len(messages) if cost is None else cost, now)
+                    except AblyHttpError as exc:
+                        outcomes.append(exc)
+                        continue
+                if unit_id is not None:
+                    if seen_order and seen_order[0][0] <= horizon:
+                        self._expire_seen(now)
+                    key = (channel, unit_id)
+                    if key in seen:
+                        self._counters["duplicates_dropped"] += len(messages)
+                        outcomes.append(unit_id)
+                        continue
+                    seen[key] = now
+                    seen_order.append((now, key))
+                    base = unit_id
+                else:
+                    base = f"{self._id_prefix}-{next(self._ids)}"
+                history = by_channel.get(channel)
+                if history is None:
+                    history = by_channel[channel] = []
+                if owned:
+                    # The dicts are ours, already in stored form: completed in place.
+                    for idx, stored in enumerate(messages):
+                        stored["channel"] = channel
+                        stored["received_at"] = received_at
+                        if stored["id"] is None:
+                            stored["id"] = f"{base}:{idx}"
+                    delivered = messages
+                else:
+                    delivered = [
+                        _stored(msg, idx, base, channel, received_at) for idx, msg in enumerate(messages)
+                    ]
+                deliveries.append((channel, len(history) + 1, delivered))
+                history.extend(delivered)
+                self._messages.extend(delivered)
+                delivered_count += len(delivered)
+                outcomes.append(base)
+            self._counters["messages_delivered"] += delivered_count
+        return outcomes, deliveries
+
+    def _notify(self, deliveries: list[tuple[str, int, list[dict[str, Any]]]], origin: str | None) -> None:
+        """Call the listeners for each delivered unit in order (outside the lock)."""
+        listeners, delivery_listeners = self._listeners, self._delivery_listeners
+        for channel, first_position, delivered in deliveries:
+            if listeners:
+                messages = [public_message(stored) for stored in delivered]
+                for listener in listeners:
+                    for message in messages:
+                        listener(message)
+            for delivery_listener in delivery_listeners:
+                delivery_listener(channel, first_position, delivered, origin)
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a named counter (requests, faults_served, messages_rejected, …)."""
@@ -175,14 +241,22 @@ class Store:
             self._counters["requests"] += 1
             self._status_counts[str(status)] += 1
 
-    def messages(self, channel: str | None = None) -> list[dict[str, Any]]:
-        """Delivered messages in arrival order (copies), optionally of one channel."""
+    def messages(self, channel: str | None = None, since: int = 0) -> list[dict[str, Any]]:
+        """Delivered messages in arrival order (copies), optionally of one channel; ``since`` skips the
+        first ones (a slice start: negative counts from the end)."""
         with self._lock:
             source = self._messages if channel is None else self._by_channel.get(channel, [])
-            return [dict(m) for m in source]
+            return [public_message(m) for m in source[since:]]
+
+    def messages_for_json(self, channel: str | None = None, since: int = 0) -> list[dict[str, Any]]:
+        """``messages()`` for JSON encoding only: ``extras`` stays its JSON (an orjson.Fragment)."""
+        with self._lock:
+            source = self._messages if channel is None else self._by_channel.get(channel, [])
+            return [_for_json(m) for m in source[since:]]
 
     def history(self, channel: str) -> list[dict[str, Any]]:
-        """A snapshot of the channel's messages, oldest first (the stored dicts: do not mutate)."""
+        """A snapshot of the channel's messages, oldest first (the stored dicts, ``extras`` as JSON text:
+        do not mutate; render them with ``rest.history_view``)."""
         with self._lock:
             return list(self._by_channel.get(channel, ()))
 
@@ -207,3 +281,35 @@ class Store:
                 "requests_by_key": dict(self._key_requests),
                 "channels": {name: len(msgs) for name, msgs in self._by_channel.items()},
             }
+
+
+def _stored(msg: dict[str, Any], idx: int, base: str, channel: str, received_at: int) -> dict[str, Any]:
+    """The stored form of a normalised message published as ``<base>:<idx>`` unless it has an id."""
+    extras = msg["extras"]
+    return {
+        "id": f"{base}:{idx}" if msg["id"] is None else msg["id"],
+        "name": msg["name"],
+        "data": msg["data"],
+        "encoding": msg["encoding"],
+        "clientId": msg["clientId"],
+        "extras": orjson.dumps(extras).decode() if isinstance(extras, dict) else extras,
+        "channel": channel,
+        "received_at": received_at,
+    }
+
+
+def public_message(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored message as ``messages()`` returns it: a copy with ``extras`` an object again."""
+    message = dict(stored)
+    extras = message["extras"]
+    if extras is not None:
+        message["extras"] = orjson.loads(extras)
+    return message
+
+
+def _for_json(stored: dict[str, Any]) -> dict[str, Any]:
+    message = dict(stored)
+    extras = message["extras"]
+    if extras is not None:
+        message["extras"] = orjson.Fragment(extras)
+    return message

@@ -126,6 +126,57 @@ async def test_rest_and_batch_publishes_reach_attached_connections_with_serials(
     await ws.close()
 
 
+async def test_batch_fan_out_reaches_attached_channels_only_one_frame_per_unit(
+    session: aiohttp.ClientSession, ably: AblyEmulator
+) -> None:
+    ws, _ = await connect(session, ably)
+    epoch = (await attach(ws, "sub"))["channelSerial"].split(":")[0]
+    extras = {"headers": {"x-ably-models-event-uuid": "u"}}
+    specs = [
+        {"channels": "unsubscribed", "messages": {"id": "u1", "data": "no one listens"}},
+        {"channels": "sub", "messages": {"id": "s1", "data": "one", "extras": extras}},
+        {"channels": "sub", "messages": [{"id": "s2:0", "data": "two"}, {"id": "s2:1", "data": {"n": 3}}]},
+        {"channels": "sub", "messages": {"id": "s1", "data": "duplicate: not delivered again"}},
+        {"channels": ["unsubscribed", "sub"], "messages": {"name": "both"}},
+    ]
+    async with rest(ably) as http:
+        response = await http.post("/messages", json=specs)
+    assert response.status_code == 201
+    frames = [await recv(ws) for _ in range(3)]
+    assert [f["channel"] for f in frames] == ["sub", "sub", "sub"]
+    assert [[m["id"] for m in f["messages"]] for f in frames] == [
+        ["s1"],
+        ["s2:0", "s2:1"],
+        [f"{response.json()[5]['messageId']}:0"],
+    ]
+    assert [f["channelSerial"] for f in frames] == [f"{epoch}:1", f"{epoch}:3", f"{epoch}:4"]
+    assert frames[0]["messages"][0]["extras"] == extras and "connectionId" not in frames[0]
+    assert frames[1]["messages"][1] == {
+        "id": "s2:1",
+        "data": '{"n":3}',
+        "encoding": "json",
+        "timestamp": frames[1]["timestamp"],
+    }
+    assert frames[2]["messages"][0]["name"] == "both"
+    # Nothing for the channel without a subscriber, which stored its messages all the same.
+    await send(ws, action=Action.HEARTBEAT, id="after-the-batch")
+    assert await recv(ws) == {"action": Action.HEARTBEAT, "id": "after-the-batch"}
+    assert [m["data"] for m in ably.messages("unsubscribed")] == ["no one listens", None]
+    # A client attaching later resumes from the start of the channel with the same frames.
+    await ws.close()
+    ws, _ = await connect(session, ably)
+    await attach(ws, "sub", channelSerial=f"{epoch}:0")
+    replayed = [await recv(ws) for _ in range(4)]
+    assert [m["id"] for f in replayed for m in f["messages"]] == [
+        "s1",
+        "s2:0",
+        "s2:1",
+        frames[2]["messages"][0]["id"],
+    ]
+    assert replayed[0]["messages"][0]["extras"] == extras
+    await ws.close()
+
+
 async def test_history_until_attach_ends_at_the_attach_serial_and_pages(
     session: aiohttp.ClientSession, ably: AblyEmulator
 ) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from emulators.ably.config import EmulatorConfig
 from emulators.ably.errors import AblyHttpError
 from emulators.ably.faults import FaultBook, parse_fault
-from emulators.ably.messages import normalize_message, unit_id
+from emulators.ably.messages import normalize_for_store, normalize_message, unit_id
 from emulators.ably.store import Store
 
 
@@ -105,6 +106,59 @@ def test_messages_returns_copies() -> None:
     store.publish("c", [_msg(data="d")], None)
     store.messages()[0]["data"] = "changed"
     assert store.messages()[0]["data"] == "d"
+
+
+def test_publish_batch_stores_units_in_order_with_listeners_called_after_as_publish_calls_them() -> None:
+    clock = FakeClock()
+    store = _store(clock, channel_rate_limit=3)  # a duplicate takes its token too
+    heard: list[tuple[str, Any]] = []
+    units_heard: list[tuple[str, int, list[str | None], str | None]] = []
+    store.add_listener(lambda message: heard.append((message["id"], message["extras"])))
+    store.add_delivery_listener(
+        lambda channel, first, messages, origin: units_heard.append(
+            (channel, first, [m["id"] for m in messages], origin)
+        )
+    )
+    extras = {"headers": {"h": "v"}}
+    owned = [normalize_for_store({"id": "a", "extras": extras}, 65536)]
+    shared = [normalize_for_store({"data": "x"}, 65536), normalize_for_store({"data": "y"}, 65536)]
+    outcomes = store.publish_batch(
+        [
+            ("c", owned, "a", True),
+            ("c", [normalize_for_store({"id": "a"}, 65536)], "a", True),  # a duplicate
+            ("c", shared, None, False),
+            ("d", shared, None, False),
+            ("c", [normalize_for_store({"id": "b"}, 65536)], "b", True),  # the fourth unit on c: limited
+        ]
+    )
+    assert outcomes[:2] == ["a", "a"]
+    base_c, base_d = outcomes[2], outcomes[3]
+    assert isinstance(base_c, str) and isinstance(base_d, str) and base_c != base_d
+    assert isinstance(outcomes[4], AblyHttpError) and outcomes[4].code == 42913
+    history = store.history("c")
+    assert history[0] is owned[0]  # an owned dict is kept, completed in place
+    assert owned[0]["channel"] == "c" and owned[0]["received_at"] == 42
+    assert [m["id"] for m in history] == ["a", f"{base_c}:0", f"{base_c}:1"]
+    assert shared[0]["id"] is None and "channel" not in shared[0]  # shared dicts are copied
+    assert heard == [("a", extras)] + [(f"{base}:{i}", None) for base in (base_c, base_d) for i in (0, 1)]
+    assert units_heard == [
+        ("c", 1, ["a"], None),
+        ("c", 2, [f"{base_c}:0", f"{base_c}:1"], None),
+        ("d", 1, [f"{base_d}:0", f"{base_d}:1"], None),
+    ]
+    stats = store.stats()
+    assert (stats["messages_delivered"], stats["duplicates_dropped"], stats["rate_limited"]) == (5, 1, 1)
+
+
+def test_messages_since_skips_the_first_and_views_agree() -> None:
+    store = _store(FakeClock())
+    for data in ("a", "b", "c"):
+        store.publish("ch", [_msg(data=data, extras={"headers": {"k": data}})], None)
+    assert [m["data"] for m in store.messages(since=1)] == ["b", "c"]
+    assert [m["data"] for m in store.messages("ch", since=-1)] == ["c"]
+    assert store.messages("nowhere", since=1) == []
+    as_json = orjson.loads(orjson.dumps(store.messages_for_json(since=1)))
+    assert as_json == store.messages(since=1)
 
 
 @pytest.mark.parametrize(
