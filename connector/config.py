@@ -174,7 +174,7 @@ class Settings(BaseSettings):
     log_format: LogFormat = "json"
     mongo_driver: MongoDriver = "pymongo"
     json_mode: JsonMode = "relaxed"
-    publish_batch_size: int = Field(default=500, gt=0)
+    publish_batch_size: int = Field(default=1000, gt=0)
     publish_linger_ms: int = Field(default=0, ge=0)
     publish_concurrency: int = Field(default=8, gt=0)
     max_in_flight: int = Field(default=5000, gt=0)

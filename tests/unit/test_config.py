@@ -48,7 +48,7 @@ def test_defaults() -> None:
     assert (s.deadletter_ttl_days, s.max_message_size) == (14, 65536)
     assert (s.checkpoint_interval_ms, s.idle_checkpoint_interval_s, s.http_port) == (1000, 60.0, 8080)
     assert (s.log_level, s.log_format, s.mongo_driver, s.json_mode) == ("INFO", "json", "pymongo", "relaxed")
-    assert (s.publish_batch_size, s.publish_linger_ms, s.publish_concurrency) == (500, 0, 8)
+    assert (s.publish_batch_size, s.publish_linger_ms, s.publish_concurrency) == (1000, 0, 8)
     assert (s.max_in_flight, s.shutdown_grace_s, s.ably_request_timeout_s) == (5000, 25.0, 10.0)
 
 
