@@ -247,9 +247,9 @@ async def test_motor_stream_has_no_token_until_its_lazy_open(mongo_uri: str, db_
     from connector.sources.mongodb.client import Mongo
 
     mongo = Mongo(mongo_uri, db_name, driver="motor")
-    stream = await mongo.watch("orders", [], max_await_time_ms=100)
+    stream = await mongo.watch_batches("orders", [], max_await_time_ms=100)
     assert stream.resume_token is None  # Motor opens on the first poll; asking earlier must not raise
-    assert await stream.try_next() is None
+    assert await stream.next_batch() == []
     assert stream.resume_token is not None
     await stream.close()
     await mongo.close()

@@ -43,7 +43,13 @@ async def test_full_document_options(
     async with connector(
         connector_env, FULL_DOCUMENT=full_document, FULL_DOCUMENT_BEFORE_CHANGE=before_change
     ):
-        await four_operations(db)
+        await db.orders.insert_one({"_id": "a", "v": 1, "channel": "room:1"})
+        await db.orders.update_one({"_id": "a"}, {"$set": {"v": 2}})
+        # updateLookup reads the document when the stream reaches the update (MongoDB's semantics): the
+        # replace must not land before that, or the update's fullDocument is already v 3 (or null).
+        await wait_delivered(ably, 2)
+        await db.orders.replace_one({"_id": "a"}, {"v": 3, "channel": "room:1"})
+        await db.orders.delete_one({"_id": "a"})
         msgs = await wait_delivered(ably, 4)
     insert, update, replace, delete = (m["event"] for m in msgs)
     assert [e["operationType"] for e in (insert, update, replace, delete)] == [

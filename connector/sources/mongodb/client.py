@@ -11,7 +11,7 @@ import inspect
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from bson import Timestamp
 from bson.binary import UuidRepresentation
@@ -31,20 +31,6 @@ CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
 )
 MAJORITY = WriteConcern(w="majority")
 SERVER_SELECTION_TIMEOUT_MS = 10_000
-
-
-class ChangeStreamLike(Protocol):
-    """What the reader needs from a driver's change stream."""
-
-    @property
-    def alive(self) -> bool: ...
-
-    @property
-    def resume_token(self) -> Mapping[str, Any] | None: ...
-
-    async def try_next(self) -> Mapping[str, Any] | None: ...
-
-    async def close(self) -> None: ...
 
 
 class Mongo:
@@ -77,19 +63,6 @@ class Mongo:
             name, codec_options=CODEC_OPTIONS, write_concern=MAJORITY if majority else None
         )
 
-    async def watch(
-        self, collection: str, pipeline: Sequence[Mapping[str, Any]], **options: Any
-    ) -> ChangeStreamLike:
-        """Open a change stream on one collection, or on the whole database when `collection` is empty."""
-        target = self.collection(collection) if collection else self.db
-        stream = target.watch(list(pipeline), **options)
-        if inspect.isawaitable(stream):  # PyMongo async: watch() is a coroutine; Motor: it is not.
-            stream = await stream
-        if self.driver == "motor":
-            return MotorStreamAdapter(stream)
-        native: ChangeStreamLike = stream
-        return native
-
     async def watch_batches(
         self,
         collection: str,
@@ -115,7 +88,10 @@ class Mongo:
                 "start_after": start_after,
                 "start_at_operation_time": start_at_operation_time,
             }
-            stream = await self.watch(collection, pipeline, **{k: v for k, v in options.items() if v})
+            target = self.collection(collection) if collection else self.db
+            stream = target.watch(list(pipeline), **{k: v for k, v in options.items() if v})
+            if inspect.isawaitable(stream):  # PyMongo async: watch() is a coroutine; Motor: it is not.
+                stream = await stream
             return DriverStreamBatches(stream)
         stage: dict[str, Any] = {}
         if full_document:
@@ -148,34 +124,6 @@ class Mongo:
             return
         self._closed = True
         result = self.client.close()
-        if inspect.isawaitable(result):
-            await result
-
-
-class MotorStreamAdapter:
-    """Motor's change stream, made to look like PyMongo's (its `close()` is also a coroutine)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    @property
-    def alive(self) -> bool:
-        return bool(self._stream.alive)
-
-    @property
-    def resume_token(self) -> Mapping[str, Any] | None:
-        # Motor opens the server-side stream lazily, on the first try_next(); until then there is no token.
-        if getattr(self._stream, "delegate", None) is None:
-            return None
-        token: Mapping[str, Any] | None = self._stream.resume_token
-        return token
-
-    async def try_next(self) -> Mapping[str, Any] | None:
-        change: Mapping[str, Any] | None = await self._stream.try_next()
-        return change
-
-    async def close(self) -> None:
-        result = self._stream.close()
         if inspect.isawaitable(result):
             await result
 

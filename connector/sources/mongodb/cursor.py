@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -228,7 +229,7 @@ class ChangeStreamCursor:
 
 
 class DriverStreamBatches:
-    """The driver's ChangeStream (PyMongo async or Motor) as a BatchStream of one event per batch."""
+    """The driver's own ChangeStream (PyMongo async or Motor) as a BatchStream of one event per batch."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -239,6 +240,9 @@ class DriverStreamBatches:
 
     @property
     def resume_token(self) -> Mapping[str, Any] | None:
+        # Motor opens the server-side stream lazily, on the first try_next(); until then there is no token.
+        if hasattr(self._stream, "delegate") and self._stream.delegate is None:
+            return None
         token: Mapping[str, Any] | None = self._stream.resume_token
         return token
 
@@ -247,4 +251,6 @@ class DriverStreamBatches:
         return [] if change is None else [change]
 
     async def close(self) -> None:
-        await self._stream.close()
+        result = self._stream.close()  # a coroutine for both drivers today; a plain call in older Motor
+        if inspect.isawaitable(result):
+            await result
