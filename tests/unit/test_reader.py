@@ -46,6 +46,7 @@ class FakeStream:
         self._alive = True
         self._exhausted = on_exhausted
         self.closed = False
+        self.polls = 0
 
     @property
     def alive(self) -> bool:
@@ -56,6 +57,7 @@ class FakeStream:
         return self._token
 
     async def next_batch(self) -> list[Mapping[str, Any]]:
+        self.polls += 1
         await asyncio.sleep(0)
         if not self._script:
             self._exhausted.set()
@@ -84,6 +86,7 @@ class FakeMongo:
         self.scripts = scripts
         self.open_token = open_token
         self.opened: list[dict[str, Any]] = []
+        self.streams: list[FakeStream] = []
         self.exhausted = asyncio.Event()
 
     async def watch_batches(self, collection: str, pipeline: Any, **options: Any) -> FakeStream:
@@ -91,7 +94,9 @@ class FakeMongo:
         script = self.scripts.pop(0) if self.scripts else []
         if isinstance(script, BaseException):
             raise script
-        return FakeStream(script, self.exhausted if not self.scripts else asyncio.Event(), self.open_token)
+        stream = FakeStream(script, self.exhausted if not self.scripts else asyncio.Event(), self.open_token)
+        self.streams.append(stream)
+        return stream
 
 
 class CollectingPublisher:
@@ -319,3 +324,17 @@ async def test_invalidate_at_the_end_of_a_batch_reopens_with_start_after() -> No
     assert mongo.opened[1]["start_after"] == ev(3)["_id"]
     assert [m.seq for m in publisher.sent] == [0, 1, 3]
     assert ledger.checkpoint() == ev(4)["_id"]
+
+
+async def test_a_full_ledger_stops_reading_beyond_one_batch_ahead() -> None:
+    """Invariant 5 with read-ahead: while the ledger is full, no batch is asked for beyond the one routed
+    and the one already requested."""
+    mongo = FakeMongo([[ev(n) for n in range(1, 50)]])
+    reader, _, publisher, _ = build(mongo, capacity=5, auto_ack=False)
+    task = asyncio.create_task(reader.run(StartPosition(), asyncio.Event()))
+    await asyncio.sleep(0.1)
+    assert len(publisher.sent) == 5
+    assert mongo.streams[0].polls == 7  # 5 routed, the 6th waiting for room, the 7th read ahead
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

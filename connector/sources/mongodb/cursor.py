@@ -129,7 +129,8 @@ class ChangeStreamCursor:
             if not is_resumable(exc):
                 await self.close()
                 raise
-            log.info("change stream interrupted (%s: %s); resuming once", type(exc).__name__, exc)
+            cause = str(exc).split(", Topology Description: ")[0]  # the description is long and says little
+            log.info("change stream interrupted (%s: %s); resuming once", type(exc).__name__, cause)
             if isinstance(exc, ConnectionFailure):
                 self._cursor_id = 0  # the server is unreachable: killing its cursor would only wait
             await self._kill_cursor()

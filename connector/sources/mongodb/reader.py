@@ -1,7 +1,9 @@
 """The reader: pulls change events, routes them, and hands them to the publisher in stream order.
 
-It owns the change stream. Backpressure (invariant 5) is `ledger.reserve()`: when the ledger is full the
-reader stops calling `try_next()`, so nothing more is pulled from MongoDB until Ably catches up.
+It owns the change stream, read a batch at a time with the next batch requested before the current one is
+routed. Backpressure (invariant 5) is `ledger.reserve()`: when the ledger is full the reader stops routing,
+so no getMore beyond the one already sent goes to MongoDB until Ably catches up (in memory: MAX_IN_FLIGHT
+events plus at most two batches, the one being routed and the one read ahead).
 After a non-resumable error the stream is reopened from the last position *read* (not the last one
 stored): events read before it are still in the ledger and will complete, so rereading them would only
 produce duplicates.
