@@ -549,3 +549,23 @@ async def test_aclose_is_idempotent_and_closed_client_refuses_requests(fake: Fak
     await c.aclose()
     with pytest.raises(RuntimeError):
         await c.time()
+
+
+async def test_an_error_entry_in_a_2xx_reply_is_still_that_messages_outcome(
+    client: AblyRestClient, fake: FakeAbly
+) -> None:
+    """An all-accepted reply is read without parsing; one with an error entry is parsed entry by entry."""
+    body = [{"channel": "a", "messageId": "m"}, {"channel": "b", "error": {"code": 40010, "statusCode": 400}}]
+    fake.fail_next(PRIMARY, always(lambda: httpx.Response(201, json=body)))
+    outcomes = await client.publish_batch([make_message(0, "a"), make_message(1, "b")])
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], AblyRejectedError) and outcomes[1].ably_code == 40010
+
+
+async def test_error_text_inside_names_does_not_make_an_accepted_reply_fail(
+    client: AblyRestClient, fake: FakeAbly
+) -> None:
+    channel = 'room "error": 1'  # escaped in JSON, so never the bare key
+    body = [{"channel": channel, "messageId": '"error":'}]
+    fake.fail_next(PRIMARY, always(lambda: httpx.Response(201, json=body)))
+    assert await client.publish_batch([make_message(0, channel)]) == [None]
