@@ -1,5 +1,5 @@
 """`python -m connector` is the same as the `livesync-connector` console script."""
 
-from connector.cli import main
+from connector.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())
