@@ -300,16 +300,17 @@ def _stored(msg: dict[str, Any], idx: int, base: str, channel: str, received_at:
 
 def public_message(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored message as ``messages()`` returns it: a copy with ``extras`` an object again."""
-    message = dict(stored)
-    extras = message["extras"]
-    if extras is not None:
-        message["extras"] = orjson.loads(extras)
-    return message
+    return _with_extras(stored, orjson.loads)
 
 
 def _for_json(stored: dict[str, Any]) -> dict[str, Any]:
+    return _with_extras(stored, orjson.Fragment)
+
+
+def _with_extras(stored: dict[str, Any], convert: Any) -> dict[str, Any]:
+    """A copy of a stored message with its ``extras`` JSON text passed through ``convert``."""
     message = dict(stored)
     extras = message["extras"]
     if extras is not None:
-        message["extras"] = orjson.Fragment(extras)
+        message["extras"] = convert(extras)
     return message

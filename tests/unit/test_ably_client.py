@@ -382,17 +382,29 @@ async def test_partial_failure_returns_one_outcome_per_message(
     assert len(fake.requests) == 1  # a partial failure is an answer, not retried by the client
 
 
-async def test_batch_result_shape_of_newer_protocols_is_understood(
-    client: AblyRestClient, fake: FakeAbly
+BATCH_RESULT_PARTIAL = {
+    "error": {"code": 40020, "statusCode": 400, "message": "Batched response includes errors"},
+    "batchResponse": [
+        {"successCount": 1, "failureCount": 0, "results": [{"channel": "a", "messageId": "m"}]},
+        {"successCount": 0, "failureCount": 1, "results": [{"channel": "b", "error": {"code": 40010}}]},
+    ],
+}
+ERROR_ENTRY_IN_2XX = [
+    {"channel": "a", "messageId": "m"},
+    {"channel": "b", "error": {"code": 40010, "statusCode": 400}},
+]
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(400, BATCH_RESULT_PARTIAL), (201, ERROR_ENTRY_IN_2XX)],
+    ids=["batch-result-shape-of-newer-protocols", "error-entry-in-a-2xx-reply"],
+)
+async def test_a_per_entry_error_is_that_messages_outcome(
+    client: AblyRestClient, fake: FakeAbly, status: int, body: object
 ) -> None:
-    body = {
-        "error": {"code": 40020, "statusCode": 400, "message": "Batched response includes errors"},
-        "batchResponse": [
-            {"successCount": 1, "failureCount": 0, "results": [{"channel": "a", "messageId": "m"}]},
-            {"successCount": 0, "failureCount": 1, "results": [{"channel": "b", "error": {"code": 40010}}]},
-        ],
-    }
-    fake.fail_next(PRIMARY, always(lambda: httpx.Response(400, json=body)))
+    """An all-accepted 2xx reply is read without parsing; one with an error entry, entry by entry."""
+    fake.fail_next(PRIMARY, always(lambda: httpx.Response(status, json=body)))
     outcomes = await client.publish_batch([make_message(0, "a"), make_message(1, "b")])
     assert outcomes[0] is None
     assert isinstance(outcomes[1], AblyRejectedError) and outcomes[1].ably_code == 40010
@@ -549,17 +561,6 @@ async def test_aclose_is_idempotent_and_closed_client_refuses_requests(fake: Fak
     await c.aclose()
     with pytest.raises(RuntimeError):
         await c.time()
-
-
-async def test_an_error_entry_in_a_2xx_reply_is_still_that_messages_outcome(
-    client: AblyRestClient, fake: FakeAbly
-) -> None:
-    """An all-accepted reply is read without parsing; one with an error entry is parsed entry by entry."""
-    body = [{"channel": "a", "messageId": "m"}, {"channel": "b", "error": {"code": 40010, "statusCode": 400}}]
-    fake.fail_next(PRIMARY, always(lambda: httpx.Response(201, json=body)))
-    outcomes = await client.publish_batch([make_message(0, "a"), make_message(1, "b")])
-    assert outcomes[0] is None
-    assert isinstance(outcomes[1], AblyRejectedError) and outcomes[1].ably_code == 40010
 
 
 async def test_error_text_inside_names_does_not_make_an_accepted_reply_fail(
