@@ -30,6 +30,21 @@ CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
     tz_aware=False, uuid_representation=UuidRepresentation.UNSPECIFIED
 )
 MAJORITY = WriteConcern(w="majority")
+#: Topologies where every primary-preference command reaches the member holding a cursor.
+PINNED_TOPOLOGIES = frozenset({"Single", "ReplicaSetWithPrimary"})
+
+
+def pins_getmores(driver: DriverName, read_preference_mode: int, topology_type: str) -> bool:
+    """Whether getMores sent as plain commands reach the cursor's server: PyMongo, a primary read
+    preference, one server or a replica set with a primary. Not through several mongos or a load balancer,
+    nor with a non-primary read preference (only the driver pins a cursor's getMores there), nor Motor."""
+    return (
+        driver == "pymongo"
+        and read_preference_mode == ReadPreference.PRIMARY.mode
+        and topology_type in PINNED_TOPOLOGIES
+    )
+
+
 SERVER_SELECTION_TIMEOUT_MS = 10_000
 
 
@@ -63,6 +78,19 @@ class Mongo:
             name, codec_options=CODEC_OPTIONS, write_concern=MAJORITY if majority else None
         )
 
+    async def getmores_reach_the_cursor(self) -> bool:
+        """True where a command sent with a primary read preference always reaches the member holding the
+        cursor: a single server or a replica set's primary (after a failover the new primary answers
+        CursorNotFound, which resumes). The topology is discovered first if it is not known yet."""
+        if self.driver == "pymongo" and self.client.topology_description.topology_type_name in (
+            "Unknown",
+            "ReplicaSetNoPrimary",
+        ):
+            await self.db.command("ping")  # waits (server selection) for a primary, or fails
+        return pins_getmores(
+            self.driver, self.db.read_preference.mode, self.client.topology_description.topology_type_name
+        )
+
     async def watch_batches(
         self,
         collection: str,
@@ -76,9 +104,9 @@ class Mongo:
         start_after: Mapping[str, Any] | None = None,
         start_at_operation_time: Timestamp | None = None,
     ) -> BatchStream:
-        """Open a change stream read a batch at a time (`cursor.ChangeStreamCursor`), or, for Motor and
-        non-primary read preferences, the driver's own stream one event per batch."""
-        if self.driver == "motor" or self.db.read_preference.mode != ReadPreference.PRIMARY.mode:
+        """Open a change stream read a batch at a time (`cursor.ChangeStreamCursor`) where every getMore
+        reaches the server holding the cursor, else the driver's own stream, one event per batch."""
+        if not await self.getmores_reach_the_cursor():
             options: dict[str, Any] = {
                 "max_await_time_ms": max_await_time_ms,
                 "batch_size": batch_size,

@@ -15,9 +15,10 @@ It keeps the driver spec's resume rules (change-streams spec, "Resume Process"):
 - the server cursor is killed on close, and getMores run in the session that opened it.
 Anything else reaches the reader, which reopens from its last position with a growing backoff.
 
-`DriverStreamBatches` wraps the driver's own ChangeStream in the same interface, one event per batch: for
-Motor, and for a client whose read preference is not primary (a getMore must reach the server holding
-the cursor, and only the driver pins one; commands here go to the primary).
+`DriverStreamBatches` wraps the driver's own ChangeStream in the same interface, one event per batch,
+wherever a getMore sent here might not reach the server holding the cursor (only the driver pins one):
+several mongos, a load balancer, a read preference other than primary; and for Motor
+(`Mongo.getmores_reach_the_cursor`).
 """
 
 from __future__ import annotations
