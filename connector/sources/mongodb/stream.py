@@ -1,8 +1,8 @@
 """Opening the change stream, and telling its failures apart.
 
-Resumable errors (network errors, `ResumableChangeStreamError` labels, CursorNotFound) are the driver's
-job: `try_next()` resumes once by itself. What reaches us is classified here, by code and label, never by
-message text:
+Resumable errors (network errors, `ResumableChangeStreamError` labels, CursorNotFound) are resumed once
+by the stream itself (`cursor.ChangeStreamCursor`, or the driver's `try_next()`). What reaches us is
+classified here, by code and label, never by message text:
 - 286 ChangeStreamHistoryLost → HistoryLostError (ON_HISTORY_LOST decides: the events between our stored
   position and the oldest oplog entry are gone, and only the user can accept that);
 - everything else → StreamError (the reader reopens from its last read position with growing backoff).
