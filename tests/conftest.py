@@ -15,6 +15,13 @@ from typing import Any
 
 import pytest
 
+from connector.sources.mongodb import driver_fix
+
+# The tests' own AsyncMongoClients get the connector's fix for the driver's socket leak on a cancelled
+# connect too: without it, a client closed while its monitor connects leaves a socket whose
+# ResourceWarning fails whichever test is running when it is collected.
+driver_fix.install()
+
 ABLY_TEST_KEY = "testapp.key1:s3cr3t-value"
 # One key per connector instance in the failover suite: the Ably emulator counts requests per key.
 NODE_KEYS = [f"testapp.node{i}:s3cr3t-node{i}" for i in range(1, 4)]

@@ -19,6 +19,7 @@ from bson.codec_options import CodecOptions
 from pymongo import ReadPreference, WriteConcern
 from pymongo.errors import ServerSelectionTimeoutError
 
+from connector.sources.mongodb import driver_fix
 from connector.sources.mongodb.cursor import BatchStream, ChangeStreamCursor, DriverStreamBatches
 
 DriverName = Literal["pymongo", "motor"]
@@ -69,6 +70,7 @@ class Mongo:
         else:
             from pymongo import AsyncMongoClient
 
+            driver_fix.install()
             self.client = AsyncMongoClient(uri, **kwargs)
         self.db: Any = self.client.get_database(database, codec_options=CODEC_OPTIONS)
         self._closed = False
