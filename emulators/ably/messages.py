@@ -60,7 +60,7 @@ def _data_and_size(data: Any, encoding: str | None) -> tuple[str | None, str | N
         if encoding and _is_base64(encoding):
             try:
                 return data, encoding, len(binascii.a2b_base64(data, strict_mode=True))
-            except binascii.Error as exc:
+            except ValueError as exc:  # binascii.Error, or non-ASCII text (a plain ValueError)
                 raise AblyHttpError(INVALID_DATA, 400, f"invalid base64 data: {exc}") from exc
         return data, encoding, _utf8_len(data)
     if isinstance(data, dict | list):

@@ -105,7 +105,15 @@ async def test_non_flat_string_headers_are_rejected_with_40013(
 
 
 @pytest.mark.parametrize(
-    "message", [{"data": 5}, {"data": True}, {"name": 3}, {"id": ["x"]}, {"data": "!!", "encoding": "base64"}]
+    "message",
+    [
+        {"data": 5},
+        {"data": True},
+        {"name": 3},
+        {"id": ["x"]},
+        {"data": "!!", "encoding": "base64"},
+        {"data": "aé==", "encoding": "base64"},
+    ],
 )
 async def test_invalid_fields_are_rejected_with_40013(client: httpx.AsyncClient, message: object) -> None:
     response = await client.post("/channels/c/messages", json=message)
