@@ -44,7 +44,15 @@ def _extras_json(extras: Any) -> bytes:
                 raise AblyHttpError(
                     INVALID_DATA, 400, f"extras.headers must map strings to strings (header {key!r})"
                 )
-    return orjson.dumps(extras)
+    return _compact_json(extras, "extras")
+
+
+def _compact_json(value: Any, what: str) -> bytes:
+    # orjson refuses nesting deeper than 254 levels (its loads accepts more): a client's error, not ours.
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise AblyHttpError(INVALID_DATA, 400, f"message {what} cannot be stored: {exc}") from exc
 
 
 def _is_base64(encoding: str) -> bool:
@@ -65,7 +73,7 @@ def _data_and_size(data: Any, encoding: str | None) -> tuple[str | None, str | N
         return data, encoding, _utf8_len(data)
     if isinstance(data, dict | list):
         # A raw JSON payload is stored the way SDKs send it: a JSON string with encoding "json".
-        text = orjson.dumps(data).decode()
+        text = _compact_json(data, "data").decode()
         return text, f"{encoding}/json" if encoding else "json", _utf8_len(text)
     raise AblyHttpError(INVALID_DATA, 400, f"unsupported data type {type(data).__name__}")
 

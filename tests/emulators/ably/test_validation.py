@@ -121,6 +121,18 @@ async def test_invalid_fields_are_rejected_with_40013(client: httpx.AsyncClient,
     assert response.json()["error"]["code"] == 40013
 
 
+@pytest.mark.parametrize("field", ["data", "extras"])
+async def test_a_payload_nested_too_deep_to_store_is_40013_not_a_500(
+    client: httpx.AsyncClient, field: str
+) -> None:
+    body = b'{"%s":' % field.encode() + b'{"a":' * 300 + b"{}" + b"}" * 300 + b"}"
+    response = await client.post(
+        "/channels/c/messages", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == 40013
+
+
 async def test_wrong_secret_unknown_key_and_missing_auth_are_40101(ably: AblyEmulator, connect: Any) -> None:
     async with connect(ably.url, key="app.key:wrong") as wrong:
         response = await wrong.post("/channels/c/messages", json={"data": "x"})
