@@ -18,6 +18,9 @@ async def test_every_operation_type_reaches_its_channel_in_order(
     async with connector(connector_env, FULL_DOCUMENT="updateLookup"):
         await db.orders.insert_one({"_id": "a", "status": "placed", "n": 1})
         await db.orders.update_one({"_id": "a"}, {"$set": {"status": "paid"}, "$unset": {"n": ""}})
+        # updateLookup reads the document when the stream reaches the update (on mongod too): the
+        # replace must not land before that, or the update's fullDocument is already the replaced one.
+        await wait_delivered(ably, 2, channel="orders:a")
         await db.orders.replace_one({"_id": "a"}, {"status": "replaced"})
         await db.orders.delete_one({"_id": "a"})
         msgs = await wait_delivered(ably, 4, channel="orders:a")
