@@ -24,7 +24,7 @@ from bson import Timestamp, json_util
 from connector.ably.client import AblyRestClient
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
-from connector.ably.publisher import Publisher
+from connector.ably.publisher import build_publisher
 from connector.check_report import ably_from
 from connector.config import Settings
 from connector.errors import AblyError, ConnectorError, FatalError, LeadershipLost, StreamError
@@ -42,9 +42,6 @@ from connector.sources.mongodb.stream import StartPosition, StreamOptions
 
 log = logging.getLogger(__name__)
 
-# Longest wait between publish rounds while Ably fails. Short, so delivery resumes within about two seconds
-# of an outage ending; the client already backs off inside each round (429s grow to 10 s there).
-PUBLISH_RETRY_BACKOFF_MAX_S = 2.0
 # How long a stopping reader may take to notice: one awaitData poll (stream.MAX_AWAIT_TIME_MS) plus margin.
 READER_STOP_GRACE_S = 2.0
 # How long the checkpointer and the lease renewal may take to finish a write in progress when stopping.
@@ -133,15 +130,7 @@ class Worker:
             interval=settings.checkpoint_interval_ms / 1000,
             idle_interval=settings.idle_checkpoint_interval_s,
         )
-        self.publisher = Publisher(
-            self.ably,
-            self.ledger,
-            on_rejected=self._on_rejected,
-            max_batch_messages=settings.publish_batch_size,
-            linger_ms=settings.publish_linger_ms,
-            concurrency=settings.publish_concurrency,
-            retry_backoff_max=PUBLISH_RETRY_BACKOFF_MAX_S,
-        )
+        self.publisher = build_publisher(settings, self.ably, self.ledger, self._on_rejected)
         self.reader = Reader(
             self.mongo,
             StreamOptions(

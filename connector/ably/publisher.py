@@ -23,12 +23,15 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from connector.ably.client import MAX_BODY_BYTES, MAX_CHANNELS_PER_REQUEST, encode_spec
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
 from connector.errors import AblyError, AblyRateLimitError, AblyRejectedError, AblyRetryableError
+
+if TYPE_CHECKING:
+    from connector.config import Settings
 
 __all__ = ["BatchClient", "Publisher", "PublisherStats", "RejectHandler"]
 
@@ -40,6 +43,9 @@ RETRY_BACKOFF_BASE_S: Final = 1.0
 # Safety net for the scheduler's wait: every state change sets the wakeup event, so this only bounds a wait
 # that would otherwise be unbounded.
 SCHEDULER_IDLE_WAIT_S: Final = 1.0
+# Longest wait between publish rounds while Ably fails. Short, so delivery resumes within about two seconds
+# of an outage ending; the client already backs off inside each round (429s grow to 10 s there).
+PUBLISH_RETRY_BACKOFF_MAX_S: Final = 2.0
 # "[" + "]" around the BatchSpecs, plus one comma per additional spec (counted per entry).
 _BODY_OVERHEAD: Final = 2
 
@@ -409,3 +415,19 @@ class Publisher:
         if not task.cancelled() and (exc := task.exception()) is not None and self._fatal is None:
             self._fatal = exc
         self._wakeup.set()
+
+
+def build_publisher(
+    settings: Settings, client: BatchClient, ledger: InFlightLedger, on_rejected: RejectHandler
+) -> Publisher:
+    """The publisher as configured by PUBLISH_BATCH_SIZE, PUBLISH_LINGER_MS and PUBLISH_CONCURRENCY
+    (either source's term builds one)."""
+    return Publisher(
+        client,
+        ledger,
+        on_rejected=on_rejected,
+        max_batch_messages=settings.publish_batch_size,
+        linger_ms=settings.publish_linger_ms,
+        concurrency=settings.publish_concurrency,
+        retry_backoff_max=PUBLISH_RETRY_BACKOFF_MAX_S,
+    )

@@ -20,7 +20,7 @@ from typing import Any, Final
 from connector.ably.client import AblyRestClient
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
-from connector.ably.publisher import Publisher
+from connector.ably.publisher import build_publisher
 from connector.config import Settings
 from connector.errors import AblyError, ConnectorError, FatalError, LeadershipLost
 from connector.sources.postgres.db import Connection, close_quietly, connect
@@ -32,8 +32,6 @@ from connector.sources.postgres.store import OutboxStore, load_start
 
 log = logging.getLogger(__name__)
 
-#: Longest wait between publish rounds while Ably fails (as for the MongoDB source).
-PUBLISH_RETRY_BACKOFF_MAX_S: Final = 2.0
 #: How long a stopping reader may take to finish its round (one fetch and one lock read).
 READER_STOP_GRACE_S: Final = 5.0
 #: How long a cancelled task may take to finish (psycopg cancels a running query within 5 s, bounded).
@@ -52,15 +50,7 @@ class Term:
         self._store_conn: Connection | None = None
         self.wake = asyncio.Event()
         self.ledger = InFlightLedger(settings.max_in_flight)
-        self.publisher = Publisher(
-            ably,
-            self.ledger,
-            on_rejected=self._on_rejected,
-            max_batch_messages=settings.publish_batch_size,
-            linger_ms=settings.publish_linger_ms,
-            concurrency=settings.publish_concurrency,
-            retry_backoff_max=PUBLISH_RETRY_BACKOFF_MAX_S,
-        )
+        self.publisher = build_publisher(settings, ably, self.ledger, self._on_rejected)
         self.listener = NotifyListener(settings.postgres_uri, self.wake)
         self.reader: OutboxReader | None = None
         self.store: OutboxStore | None = None
