@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
-
-import orjson
+from collections.abc import AsyncIterator, Mapping
 
 from connector.config import load_settings
 from connector.worker import Worker
+from tests.delivery import delivered, until, wait_delivered
 
-WAIT_TIMEOUT_S = 20.0
+__all__ = ["RunningConnector", "connector", "delivered", "until", "wait_delivered"]
 
 
 class RunningConnector:
@@ -42,33 +39,3 @@ async def connector(env: Mapping[str, str], **overrides: str) -> AsyncIterator[R
     finally:
         if not task.done():
             await running.stop()
-
-
-async def until(
-    predicate: Callable[[], Any], *, timeout: float = WAIT_TIMEOUT_S, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def delivered(ably: Any, channel: str | None = None) -> list[dict[str, Any]]:
-    """Messages the Ably emulator delivered (duplicates by id already dropped), with `data` decoded."""
-    out = []
-    for msg in ably.messages(channel=channel):
-        msg = dict(msg)
-        if msg.get("encoding") == "json":
-            msg["event"] = orjson.loads(msg["data"])
-        out.append(msg)
-    return out
-
-
-async def wait_delivered(
-    ably: Any, count: int, *, channel: str | None = None, timeout: float = WAIT_TIMEOUT_S
-) -> list[dict[str, Any]]:
-    await until(
-        lambda: len(ably.messages(channel=channel)) >= count, timeout=timeout, what=f"{count} messages"
-    )
-    return delivered(ably, channel)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
 from connector.config import load_settings
 from connector.sources.postgres.worker import PostgresWorker
+from tests import delivery
 
 WAIT_TIMEOUT_S = 30.0
 
@@ -58,11 +57,7 @@ async def running(
 async def until(
     predicate: Callable[[], Any], *, timeout: float = WAIT_TIMEOUT_S, what: str = "condition"
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+    await delivery.until(predicate, timeout=timeout, what=what)
 
 
 def insert_row(
@@ -94,22 +89,13 @@ def insert_row(
 
 def delivered(ably: Any, channel: str | None = None) -> list[dict[str, Any]]:
     """Messages the Ably emulator delivered, with `data` decoded into `payload`."""
-    out = []
-    for msg in ably.messages(channel=channel):
-        msg = dict(msg)
-        if msg.get("encoding") == "json":
-            msg["payload"] = orjson.loads(msg["data"])
-        out.append(msg)
-    return out
+    return delivery.delivered(ably, channel, decoded_as="payload")
 
 
 async def wait_delivered(
     ably: Any, count: int, *, channel: str | None = None, timeout: float = WAIT_TIMEOUT_S
 ) -> list[dict[str, Any]]:
-    await until(
-        lambda: len(ably.messages(channel=channel)) >= count, timeout=timeout, what=f"{count} messages"
-    )
-    return delivered(ably, channel)
+    return await delivery.wait_delivered(ably, count, channel=channel, timeout=timeout, decoded_as="payload")
 
 
 def outbox_ids(conn: psycopg.Connection[Any]) -> list[tuple[int, bool]]:
