@@ -43,7 +43,7 @@ MIN_SECRET_LENGTH = 4
 _URI_PASSWORD_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s@]+)@")
 #: Libraries that log one INFO line per HTTP request (every publish, every health probe): at INFO the
 #: connector's own lifecycle lines would drown. They speak again at DEBUG.
-CHATTY_LOGGERS: tuple[str, ...] = ("httpx", "httpcore", "aiohttp.access", "hpack")
+CHATTY_LOGGERS: tuple[str, ...] = ("httpx", "httpcore", "hpack")
 #: Attributes every LogRecord has; anything else came in through `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
