@@ -20,6 +20,8 @@ import h11
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from connector.errors import FatalError
+
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], tuple[bool, dict[str, Any]]]
@@ -33,6 +35,19 @@ READ_CHUNK: Final = 4096
 CLOSE_TIMEOUT_S: Final = 2.0
 JSON: Final = "application/json"
 ALLOWED_METHODS: Final = (b"GET", b"HEAD")
+
+
+async def serve_health(port: int, readiness: Readiness, registry: CollectorRegistry) -> HealthServer | None:
+    """The health server on HTTP_PORT, started; None when HTTP_PORT is 0. A port that cannot be bound is
+    fatal: an orchestrator's probes would fail without saying why."""
+    if not port:
+        return None
+    server = HealthServer(port, readiness, registry)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise FatalError(f"cannot serve health checks on HTTP_PORT {port}: {exc}") from exc
+    return server
 
 
 class HealthServer:

@@ -28,7 +28,7 @@ from connector.ably.publisher import build_publisher
 from connector.check_report import ably_from
 from connector.config import Settings
 from connector.errors import AblyError, ConnectorError, FatalError, LeadershipLost, StreamError
-from connector.health import HealthServer
+from connector.health import HealthServer, serve_health
 from connector.lease import Leadership
 from connector.metrics import build_registry
 from connector.sources.mongodb.checkpoint import Checkpointer, Fence, StoredPosition, TokenStore
@@ -213,14 +213,8 @@ class Worker:
                 "no pipeline stage sets _ablyChannel: every event will be unpublishable",
                 extra={"code": 72004},
             )
-        port = self.settings.http_port
-        if not port:
-            return
-        self.health = HealthServer(port, self.readiness, build_registry(self.snapshot, self.labels()))
-        try:
-            await self.health.start()
-        except OSError as exc:
-            raise FatalError(f"cannot serve health checks on HTTP_PORT {port}: {exc}") from exc
+        registry = build_registry(self.snapshot, self.labels())
+        self.health = await serve_health(self.settings.http_port, self.readiness, registry)
 
     async def _lead(self) -> BaseException | None:
         """One term as the leader. Returns a fatal error, or None after a clean stop or a lost lease."""

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.health import HealthServer
+from connector.errors import FatalError
+from connector.health import HealthServer, serve_health
 from connector.metrics import build_registry
 
 READY: dict[str, Any] = {"ready": True, "details": {"role": "leader", "problems": []}}
@@ -112,3 +113,11 @@ async def test_close_ends_idle_keep_alive_connections_and_stops_listening(server
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", server.port)
     await server.aclose()  # twice is harmless
+
+
+async def test_serve_health_is_off_at_port_0_and_fatal_on_a_taken_port(server: HealthServer) -> None:
+    registry = build_registry(lambda: {})
+    assert await serve_health(0, lambda: (True, {}), registry) is None
+    assert server.port is not None
+    with pytest.raises(FatalError, match=f"cannot serve health checks on HTTP_PORT {server.port}"):
+        await serve_health(server.port, lambda: (True, {}), registry)

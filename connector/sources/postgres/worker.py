@@ -29,7 +29,7 @@ from connector.errors import (
     LeadershipLost,
     SchemaError,
 )
-from connector.health import HealthServer
+from connector.health import HealthServer, serve_health
 from connector.metrics import build_registry
 from connector.sources.postgres.check import schema_problems
 from connector.sources.postgres.db import close_quietly, connect
@@ -96,7 +96,9 @@ class PostgresWorker:
     async def run(self) -> int:
         fatal: BaseException | None = None
         try:
-            await self._start_health()
+            self.health = await serve_health(
+                self.settings.http_port, self.readiness, build_registry(self.snapshot)
+            )
             if await self._prepare():
                 fatal = await self._serve()
         except ConnectorError as exc:
@@ -108,16 +110,6 @@ class PostgresWorker:
             return EXIT_FATAL
         log.info("stopped cleanly (%s)", self._stop_reason or "requested")
         return EXIT_OK
-
-    async def _start_health(self) -> None:
-        port = self.settings.http_port
-        if not port:
-            return
-        self.health = HealthServer(port, self.readiness, build_registry(self.snapshot))
-        try:
-            await self.health.start()
-        except OSError as exc:
-            raise FatalError(f"cannot serve health checks on HTTP_PORT {port}: {exc}") from exc
 
     async def _prepare(self) -> bool:
         """Wait for PostgreSQL (as long as it takes), then check and complete the schema; False if stopped."""
