@@ -12,7 +12,7 @@ import copy
 import functools
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bson import Timestamp
 from mongomock import aggregate as mm_aggregate
@@ -20,6 +20,8 @@ from mongomock import filtering as mm_filtering
 
 from .errors import CommandError
 from .expressions import REMOVE, evaluate
+
+_T = TypeVar("_T")
 
 Stage = Callable[[list[dict[str, Any]], Any, Any], list[dict[str, Any]]]
 
@@ -242,19 +244,11 @@ def _filter_applies(spec: dict[str, Any], doc: dict[str, Any]) -> bool:
 # a user's `operationType` or `ns.coll` filter) are decided here; mongomock walks a filter per document
 # at about 5 µs. A path that meets an array is left to mongomock, which implements MongoDB's array rules.
 _SimpleTest = tuple[list[str], str, Any]
-_SIMPLE_CACHE: dict[int, tuple[Any, Callable[[dict[str, Any]], bool | None] | None]] = {}
 
 
-def _simple_filter_cached(spec: dict[str, Any]) -> Callable[[dict[str, Any]], bool | None] | None:
-    hit = _SIMPLE_CACHE.get(id(spec))
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    if len(_SIMPLE_CACHE) >= _TIMESTAMP_CACHE_SIZE:
-        _SIMPLE_CACHE.clear()
+def _simple_filter(spec: dict[str, Any]) -> Callable[[dict[str, Any]], bool | None] | None:
     tests = _simple_tests(spec)
-    result = None if tests is None else functools.partial(_simple_match, tests)
-    _SIMPLE_CACHE[id(spec)] = (spec, result)
-    return result
+    return None if tests is None else functools.partial(_simple_match, tests)
 
 
 def _simple_tests(spec: dict[str, Any]) -> list[_SimpleTest] | None:
@@ -306,21 +300,24 @@ def _simple_match(tests: list[_SimpleTest], doc: dict[str, Any]) -> bool | None:
     return True
 
 
-# Filters are the same objects for every event of a stream, so remember the (recursive) answer per
-# filter; entries hold the filter itself so an id is never reused while cached.
-_TIMESTAMP_CACHE: dict[int, tuple[Any, bool]] = {}
-_TIMESTAMP_CACHE_SIZE = 1024
+class _PerFilter(Generic[_T]):
+    """An answer computed once per filter: filters are the same objects for every event of a stream.
+    Entries hold the filter itself, so an id is never reused while cached."""
 
+    def __init__(self, compute: Callable[[Any], _T], size: int = 1024) -> None:
+        self._compute = compute
+        self._size = size
+        self._cache: dict[int, tuple[Any, _T]] = {}
 
-def _contains_timestamp_cached(spec: Any) -> bool:
-    hit = _TIMESTAMP_CACHE.get(id(spec))
-    if hit is not None and hit[0] is spec:
-        return hit[1]
-    if len(_TIMESTAMP_CACHE) >= _TIMESTAMP_CACHE_SIZE:
-        _TIMESTAMP_CACHE.clear()
-    result = _contains_timestamp(spec)
-    _TIMESTAMP_CACHE[id(spec)] = (spec, result)
-    return result
+    def __call__(self, spec: Any) -> _T:
+        hit = self._cache.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        if len(self._cache) >= self._size:
+            self._cache.clear()
+        result = self._compute(spec)
+        self._cache[id(spec)] = (spec, result)
+        return result
 
 
 def _contains_timestamp(value: Any) -> bool:
@@ -331,6 +328,10 @@ def _contains_timestamp(value: Any) -> bool:
     if isinstance(value, list):
         return any(_contains_timestamp(v) for v in value)
     return False
+
+
+_contains_timestamp_cached = _PerFilter(_contains_timestamp)
+_simple_filter_cached = _PerFilter(_simple_filter)
 
 
 def _truthy(value: Any) -> bool:
