@@ -81,6 +81,7 @@ class HealthServer:
             await asyncio.wait(self._connections, timeout=CLOSE_TIMEOUT_S)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT_S)
+        await asyncio.sleep(0)  # aborted transports close their sockets in the loop's next round
 
     # -- one connection: requests in turn until the client closes, idles or errs -------------------------
 
