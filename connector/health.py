@@ -29,7 +29,7 @@ Reply = tuple[int, str, bytes]
 
 #: A connection may wait this long for its next request (Prometheus keeps its connection between scrapes).
 KEEPALIVE_TIMEOUT_S: Final = 75.0
-#: Requests carry no body here: anything larger than this in one request is refused.
+#: A request line and headers larger than this are refused (431); a body is read and ignored.
 MAX_REQUEST_BYTES: Final = 16 * 1024
 READ_CHUNK: Final = 4096
 CLOSE_TIMEOUT_S: Final = 2.0
@@ -112,12 +112,12 @@ class HealthServer:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 status = exc.error_status_hint
                 _send(conn, writer, b"GET", (status, JSON, orjson.dumps({"error": str(exc)})))
-                await writer.drain()
+                await _flush(writer)
             return False
         if request is None:
             return False
         _send(conn, writer, request.method, self._reply(request.method, request.target))
-        await writer.drain()
+        await _flush(writer)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     def _reply(self, method: bytes, target: bytes) -> Reply:
@@ -159,6 +159,12 @@ async def _next_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h
         elif isinstance(event, h11.ConnectionClosed):
             return None
         # h11.Data: a request body, which no endpoint reads
+
+
+async def _flush(writer: asyncio.StreamWriter) -> None:
+    # A client that stops reading must not hold the connection forever.
+    async with asyncio.timeout(KEEPALIVE_TIMEOUT_S):
+        await writer.drain()
 
 
 def _send(conn: h11.Connection, writer: asyncio.StreamWriter, method: bytes, reply: Reply) -> None:
