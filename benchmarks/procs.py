@@ -160,7 +160,8 @@ class ConnectorProcess:
             self.check_alive()
             with contextlib.suppress(httpx.HTTPError):
                 # role leader: a standby is ready (200) too, but its stream is not open yet
-                ready = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1)
+                # plain http to a local process: verify=False skips loading the CA bundle (20 ms CPU a call)
+                ready = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1, verify=False)
                 if ready.status_code == 200 and ready.json().get("role") == "leader":
                     return
             time.sleep(READY_POLL_S)
@@ -177,7 +178,9 @@ class ConnectorProcess:
     def in_flight(self) -> int | None:
         """The connector's in-flight ledger size from its metrics endpoint, None if it cannot say."""
         try:
-            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=METRICS_TIMEOUT_S).text
+            text = httpx.get(
+                f"http://127.0.0.1:{self.port}/metrics", timeout=METRICS_TIMEOUT_S, verify=False
+            ).text
         except httpx.HTTPError:
             return None
         for line in text.splitlines():

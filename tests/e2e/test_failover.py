@@ -59,7 +59,9 @@ class Fleet:
             if i == skip or proc.proc is None or proc.proc.poll() is not None:
                 continue
             try:
-                out[i] = httpx.get(f"http://127.0.0.1:{proc.port}/readyz", timeout=1).json()["role"]
+                # plain http to a local process: verify=False skips loading the CA bundle (20 ms CPU a call)
+                ready = httpx.get(f"http://127.0.0.1:{proc.port}/readyz", timeout=1, verify=False)
+                out[i] = ready.json()["role"]
             except (httpx.HTTPError, ValueError, KeyError):
                 continue  # starting, stopped, or paused
         return out
