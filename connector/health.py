@@ -62,6 +62,11 @@ class HealthServer:
         self._registry = registry
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._routes: dict[bytes, Callable[[], Reply]] = {
+            b"/healthz": self._healthz,
+            b"/readyz": self._readyz,
+            b"/metrics": self._metrics,
+        }
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -122,15 +127,12 @@ class HealthServer:
 
     def _reply(self, method: bytes, target: bytes) -> Reply:
         path = target.split(b"?", 1)[0]
-        route = self._routes().get(path)
+        route = self._routes.get(path)
         if route is None:
             return 404, JSON, orjson.dumps({"error": f"no such endpoint: {path.decode('latin-1')}"})
         if method not in ALLOWED_METHODS:
             return 405, JSON, orjson.dumps({"error": f"{method.decode('latin-1')} is not allowed"})
         return route()
-
-    def _routes(self) -> dict[bytes, Callable[[], Reply]]:
-        return {b"/healthz": self._healthz, b"/readyz": self._readyz, b"/metrics": self._metrics}
 
     def _healthz(self) -> Reply:
         return 200, JSON, orjson.dumps({"status": "ok"})

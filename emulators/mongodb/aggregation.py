@@ -218,25 +218,27 @@ def _match(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, An
     if "$expr" in spec and len(spec) == 1:
         return [doc for doc in docs if _truthy(evaluate(spec["$expr"], doc))]
     simple = _simple_filter_cached(spec)
-    if simple is not None:
-        out = []
-        for doc in docs:
-            decided = simple(doc)
-            if decided is None:  # an array on the path: MongoDB's array rules, mongomock's job
-                decided = _filter_applies(spec, doc)
-            if decided:
-                out.append(doc)
-        return out
-    return [doc for doc in docs if _filter_applies(spec, doc)]
+    if simple is None:
+        return _full_match(docs, spec)
+    out = []
+    for doc in docs:
+        decided = simple(doc)
+        if decided is None:  # an array on the path: MongoDB's array rules, mongomock's job
+            decided = bool(_full_match([doc], spec))
+        if decided:
+            out.append(doc)
+    return out
 
 
-def _filter_applies(spec: dict[str, Any], doc: dict[str, Any]) -> bool:
+def _full_match(docs: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """mongomock's filter over `docs` (the timestamp check and any encoding done once per call)."""
     if not _contains_timestamp_cached(spec):
         try:
-            return bool(mm_filtering.filter_applies(spec, doc))
+            return [doc for doc in docs if mm_filtering.filter_applies(spec, doc)]
         except NotImplementedError:
             pass  # a Timestamp met a comparison: mongomock cannot order it, the encoded form can
-    return bool(mm_filtering.filter_applies(_encode_timestamps(spec), _encode_timestamps(doc)))
+    filt = _encode_timestamps(spec)
+    return [doc for doc in docs if mm_filtering.filter_applies(filt, _encode_timestamps(doc))]
 
 
 # -- a fast path for the filters change streams run on every event ------------------------------------
