@@ -42,6 +42,7 @@ from dotenv import dotenv_values
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connector.ably.oversize import OnOversize
 from connector.errors import ConfigError, PipelineError
 from connector.sources.mongodb.pipeline import exclusion_stage, parse_pipeline
 from connector.sources.postgres.adbc import apply_adbc_aliases
@@ -167,6 +168,7 @@ class Settings(BaseSettings):
     deadletter_collection: str = "ably_deadletter"
     deadletter_ttl_days: int = Field(default=14, ge=0)
     max_message_size: int = Field(default=65536, gt=0)
+    on_oversize: OnOversize = "truncate"
     checkpoint_interval_ms: int = Field(default=1000, gt=0)
     idle_checkpoint_interval_s: float = Field(default=60.0, gt=0)
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -212,6 +214,7 @@ class Settings(BaseSettings):
         "full_document_before_change",
         "on_history_lost",
         "on_unpublishable",
+        "on_oversize",
         "log_level",
         "log_format",
         "mongo_driver",

@@ -58,19 +58,30 @@ class PipelineError(ConfigError):
 
 
 class UnpublishableEvent(ConnectorError):
-    """Raised when one event can never be published (routing, headers, size, permanent 4xx)."""
+    """Raised when one event can never be published (routing, headers, size, undecodable, permanent 4xx).
+
+    `kind` names the reason in a bounded vocabulary (metrics label, dead-letter field); `fatal` stops the
+    connector whatever ON_UNPUBLISHABLE says (ON_OVERSIZE=fail).
+    """
 
     code = 72001
+    kind = "invalid"
 
-    def __init__(self, reason: str, *, code: int | None = None) -> None:
+    def __init__(
+        self, reason: str, *, code: int | None = None, kind: str | None = None, fatal: bool = False
+    ) -> None:
         super().__init__(reason, code=code)
         self.reason = reason
+        if kind is not None:
+            self.kind = kind
+        self.fatal = fatal
 
 
 class NoChannelError(UnpublishableEvent):
     """Raised when an event has no (valid) `_ablyChannel`."""
 
     code = 72004
+    kind = "no_channel"
 
 
 class AblyError(ConnectorError):

@@ -26,6 +26,18 @@ METRICS: dict[str, tuple[str, str]] = {
     ),
     "livesync_events_deadlettered": ("counter", "Events written to the dead-letter collection"),
     "livesync_events_skipped": ("counter", "Unpublishable events skipped (ON_UNPUBLISHABLE=skip)"),
+    "livesync_unpublishable_by_kind": (
+        "counter",
+        "Dead-lettered or skipped events by reason (label kind: no_channel, invalid, too_large, "
+        "undecodable, rejected)",
+    ),
+    "livesync_messages_truncated": (
+        "counter",
+        "Changes over MAX_MESSAGE_SIZE published without their document bodies (ON_OVERSIZE=truncate)",
+    ),
+    "livesync_events_reassembled": ("counter", "Change events over 16 MiB reassembled from split fragments"),
+    "livesync_lossy_decodes": ("counter", "Events with invalid UTF-8 replaced by U+FFFD when decoded"),
+    "livesync_undecodable_events": ("counter", "Events that could not be decoded at all (dead-lettered)"),
     "livesync_publish_requests": ("counter", "Batch publish requests sent to Ably"),
     "livesync_publish_retries": ("counter", "Publish attempts retried after a retryable failure"),
     "livesync_stream_reopens": ("counter", "Times the change stream was reopened after an error"),
@@ -71,6 +83,12 @@ class SnapshotCollector(Collector):
             if value is None:
                 continue
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            if isinstance(value, Mapping):  # one series per reason: a small, fixed vocabulary
+                labelled = family(name, help_text, labels=["kind"])
+                for label, count in sorted(value.items()):
+                    labelled.add_metric([str(label)], float(count))
+                yield labelled
+                continue
             yield family(name, help_text, value=float(value))
 
 

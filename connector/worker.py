@@ -31,11 +31,12 @@ from connector.errors import AblyError, ConnectorError, FatalError, LeadershipLo
 from connector.health import HealthServer, serve_health
 from connector.lease import Leadership
 from connector.metrics import build_registry
+from connector.sources.mongodb import decode
 from connector.sources.mongodb.checkpoint import Checkpointer, Fence, StoredPosition, TokenStore
 from connector.sources.mongodb.client import Mongo
 from connector.sources.mongodb.deadletter import UnpublishableHandler
 from connector.sources.mongodb.lease import MongoLeaseStore
-from connector.sources.mongodb.messages import encode_driver_event, make_router
+from connector.sources.mongodb.messages import RouteStats, encode_driver_event, make_router
 from connector.sources.mongodb.pipeline import pipeline_hash, sets_channel
 from connector.sources.mongodb.reader import Reader
 from connector.sources.mongodb.stream import StartPosition, StreamOptions
@@ -65,6 +66,7 @@ TERM_COUNTERS = (
     "publish_retries",
     "stream_reopens",
     "checkpoints_stored",
+    "events_reassembled",
 )
 
 
@@ -89,10 +91,13 @@ class Worker:
         self.mongo = mongo or mongo_from(settings)
         self.ably = ably or ably_from(settings)
         # Events arrive decoded with the MongoDB client's CODEC_OPTIONS: the walk-free encoder applies.
+        self.route_stats = RouteStats()
         self._route = make_router(
             json_mode=settings.json_mode,
             max_message_size=settings.max_message_size,
             encoder=encode_driver_event if settings.json_mode == "relaxed" else None,
+            on_oversize=settings.on_oversize,
+            stats=self.route_stats,
         )
         self.stages = settings.pipeline_stages()
         self.pipeline_hash = pipeline_hash(self.stages)
@@ -155,7 +160,7 @@ class Worker:
         self._new_term()
 
     def _term_counters(self) -> dict[str, int]:
-        r, p = self.reader.stats, self.publisher.stats
+        r, p, r_fragments = self.reader.stats, self.publisher.stats, self.reader.fragments
         return {
             "events_read": r.events_read,
             "messages_published": p.published,
@@ -164,6 +169,7 @@ class Worker:
             "publish_retries": p.retries,
             "stream_reopens": r.reopens,
             "checkpoints_stored": self.checkpointer.stores,
+            "events_reassembled": r_fragments.reassembled,
         }
 
     # -- wiring ------------------------------------------------------------------------------------
@@ -174,7 +180,9 @@ class Worker:
         if not isinstance(event, dict):
             event = {"_id": msg.token}
         event.setdefault("_id", msg.token)
-        await self.unpublishable.handle(event, f"rejected by Ably: {error}", error.ably_code or error.code)
+        await self.unpublishable.handle(
+            event, f"rejected by Ably: {error}", error.ably_code or error.code, kind="rejected"
+        )
 
     def request_stop(self, reason: str = "signal") -> None:
         """Called from a signal handler: only records the request and sets the event."""
@@ -418,6 +426,10 @@ class Worker:
             **{name: self._past_terms[name] + totals[name] for name in TERM_COUNTERS},
             "events_deadlettered": self.unpublishable.deadlettered,
             "events_skipped": self.unpublishable.skipped,
+            "unpublishable_by_kind": dict(self.unpublishable.by_kind),
+            "messages_truncated": self.route_stats.truncated,
+            "lossy_decodes": decode.STATS.lossy_events,
+            "undecodable_events": decode.STATS.undecodable_events,
             "in_flight_events": self.ledger.pending,
             "in_flight_capacity": self.ledger.capacity,
             "stream_open": int(r.stream_open),

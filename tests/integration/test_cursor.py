@@ -58,7 +58,6 @@ def cursor_on(db: Any, **position: Any) -> ChangeStreamCursor:
         change_stream_options={},
         max_await_time_ms=50,
         batch_size=position.pop("batch_size", 100),
-        codec_options=CODEC_OPTIONS,
         **position,
     )
 

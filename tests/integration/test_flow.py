@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -93,20 +94,44 @@ async def test_missing_channel_is_deadlettered_and_the_stream_moves_on(
     assert "_ablyChannel" in dead["reason"]
 
 
+async def test_oversize_change_is_published_truncated_in_order(
+    connector_env: dict[str, str], db: Any, ably: Any
+) -> None:
+    async with connector(connector_env, MAX_MESSAGE_SIZE="2000") as running:
+        await db.orders.insert_one({"_id": "before"})
+        await db.orders.insert_one({"_id": "big", "blob": "x" * 5000})
+        await db.orders.insert_one({"_id": "after"})
+        await wait_delivered(ably, 3)
+        assert running.worker.route_stats.truncated == 1
+    messages = delivered(ably)
+    assert [m["channel"] for m in messages] == ["orders:before", "orders:big", "orders:after"]
+    big = messages[1]
+    headers = big["extras"]["headers"]
+    assert headers["x-livesync-truncated"] == "true"
+    assert int(headers["x-livesync-original-size"]) > 5000
+    data = json.loads(big["data"])
+    assert data["documentKey"] == {"_id": "big"} and "fullDocument" not in data
+    assert [m["id"] for m in messages] == sorted(m["id"] for m in messages)
+    assert await db.ably_deadletter.count_documents({}) == 0
+
+
 async def test_oversize_event_is_deadlettered(connector_env: dict[str, str], db: Any, ably: Any) -> None:
-    async with connector(connector_env, MAX_MESSAGE_SIZE="2000"):
+    async with connector(connector_env, MAX_MESSAGE_SIZE="2000", ON_OVERSIZE="deadletter"):
         await db.orders.insert_one({"_id": "big", "blob": "x" * 5000})
         await db.orders.insert_one({"_id": "small"})
         await wait_delivered(ably, 1)
     assert [m["channel"] for m in delivered(ably)] == ["orders:small"]
     dead = await db.ably_deadletter.find_one({})
     assert dead is not None and "2000" in dead["reason"]
+    assert dead["kind"] == "too_large"
 
 
 async def test_skip_policy_counts_without_deadlettering(
     connector_env: dict[str, str], db: Any, ably: Any
 ) -> None:
-    async with connector(connector_env, ON_UNPUBLISHABLE="skip", MAX_MESSAGE_SIZE="2000") as running:
+    async with connector(
+        connector_env, ON_UNPUBLISHABLE="skip", MAX_MESSAGE_SIZE="2000", ON_OVERSIZE="deadletter"
+    ) as running:
         await db.orders.insert_one({"_id": "big", "blob": "x" * 5000})
         await db.orders.insert_one({"_id": "small"})
         await wait_delivered(ably, 1)
@@ -117,7 +142,9 @@ async def test_skip_policy_counts_without_deadlettering(
 async def test_fail_policy_stops_with_exit_1_before_the_event(
     connector_env: dict[str, str], db: Any, ably: Any
 ) -> None:
-    async with connector(connector_env, ON_UNPUBLISHABLE="fail", MAX_MESSAGE_SIZE="2000") as running:
+    async with connector(
+        connector_env, ON_UNPUBLISHABLE="fail", MAX_MESSAGE_SIZE="2000", ON_OVERSIZE="deadletter"
+    ) as running:
         await db.orders.insert_one({"_id": "ok1"})
         await wait_delivered(ably, 1)
         await db.orders.insert_one({"_id": "big", "blob": "x" * 5000})

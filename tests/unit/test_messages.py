@@ -47,8 +47,10 @@ def event(**fields: Any) -> dict[str, Any]:
     return base
 
 
-def mapped(ev: dict[str, Any], *, json_mode: str = "relaxed", limit: int = 65536) -> Any:
-    return to_message(42, ev, json_mode=json_mode, max_message_size=limit)
+def mapped(
+    ev: dict[str, Any], *, json_mode: str = "relaxed", limit: int = 65536, on_oversize: Any = "truncate"
+) -> Any:
+    return to_message(42, ev, json_mode=json_mode, max_message_size=limit, on_oversize=on_oversize)
 
 
 def data_of(ev: dict[str, Any], json_mode: str = "relaxed") -> Any:
@@ -275,14 +277,81 @@ def test_exactly_at_the_limit_passes_one_over_fails() -> None:
     size = mapped(ev).size
     assert mapped(ev, limit=size).size == size
     with pytest.raises(UnpublishableEvent) as info:
-        mapped(ev, limit=size - 1)
+        mapped(ev, limit=size - 1, on_oversize="deadletter")
     assert info.value.reason == f"message is {size} bytes, over MAX_MESSAGE_SIZE of {size - 1} bytes"
+    assert info.value.kind == "too_large"
+    assert not info.value.fatal
     assert not isinstance(info.value, NoChannelError)
 
 
-def test_big_event_is_unpublishable_at_default_limit() -> None:
+def test_big_event_is_unpublishable_at_default_limit_when_deadlettering() -> None:
     with pytest.raises(UnpublishableEvent, match=r"^message is \d+ bytes, over MAX_MESSAGE_SIZE of 65536"):
-        mapped(event(fill="x" * 70000))
+        mapped(event(fill="x" * 70000), on_oversize="deadletter")
+
+
+def test_oversize_fail_policy_is_fatal() -> None:
+    with pytest.raises(UnpublishableEvent) as info:
+        mapped(event(fullDocument={"_id": OID, "fill": "x" * 70000}), on_oversize="fail")
+    assert info.value.fatal
+    assert "ON_OVERSIZE=fail" in info.value.reason
+
+
+def test_oversize_change_is_published_truncated_on_its_channel_with_its_id_and_name() -> None:
+    big = {"_id": OID, "fill": "x" * 70000}
+    ev = event(
+        operationType="update",
+        fullDocument=big,
+        fullDocumentBeforeChange=big,
+        updateDescription={"updatedFields": {"fill": "x" * 70000}, "removedFields": []},
+        _ablyMsgName="order.updated",
+        _ablyMsgHeaders={"x-ably-models-event-uuid": "m-1"},
+    )
+    full_size = message_size(
+        "order.updated",
+        encode_reference(ev),
+        {"headers": {"x-ably-models-event-uuid": "m-1"}},
+    )
+    out = mapped(ev)
+    assert out.channel == "orders:1"
+    assert out.message["id"] == TOKEN["_data"]
+    assert out.message["name"] == "order.updated"
+    headers = out.message["extras"]["headers"]
+    assert headers == {
+        "x-ably-models-event-uuid": "m-1",
+        "x-livesync-truncated": "true",
+        "x-livesync-original-size": str(full_size),
+    }
+    data = json.loads(out.message["data"])
+    assert set(data) == {
+        "_id",
+        "operationType",
+        "ns",
+        "documentKey",
+        "_ablyChannel",
+        "_ablyMsgName",
+        "_ablyMsgHeaders",
+    }
+    assert data["documentKey"] == {"_id": {"$oid": str(OID)}}
+    assert out.size <= 65536
+    assert out.size == message_size("order.updated", out.message["data"].encode(), out.message["extras"])
+
+
+def test_truncated_form_still_too_large_is_unpublishable() -> None:
+    ev = event(fullDocument={"_id": OID, "fill": "x" * 70000}, documentKey={"_id": "k" * 70000})
+    with pytest.raises(UnpublishableEvent) as info:
+        mapped(ev)
+    assert info.value.kind == "too_large"
+    assert "truncated it is still" in info.value.reason
+
+
+def test_bodies_dropped_by_the_server_are_published_truncated_with_their_size() -> None:
+    ev = event(_livesyncOversize=20_000_000)
+    del ev["fullDocument"]
+    out = mapped(ev)
+    headers = out.message["extras"]["headers"]
+    assert headers["x-livesync-truncated"] == "true"
+    assert int(headers["x-livesync-original-size"]) > 20_000_000
+    assert "_livesyncOversize" not in json.loads(out.message["data"])
 
 
 # ---- the fast encoder equals json_util on arbitrary BSON ----

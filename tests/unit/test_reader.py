@@ -71,7 +71,7 @@ class FakeStream:
             return []
         batch = item if isinstance(item, list) else [item]
         self._token = batch[-1]["_id"]
-        if batch[-1]["operationType"] == "invalidate":
+        if batch[-1].get("operationType") == "invalidate":
             self._alive = False
         return batch
 
@@ -88,9 +88,14 @@ class FakeMongo:
         self.opened: list[dict[str, Any]] = []
         self.streams: list[FakeStream] = []
         self.exhausted = asyncio.Event()
+        self.pipelines: list[Any] = []
+
+    async def server_version(self) -> tuple[int, ...]:
+        return (7, 0, 0)
 
     async def watch_batches(self, collection: str, pipeline: Any, **options: Any) -> FakeStream:
         self.opened.append(options)
+        self.pipelines.append(pipeline)
         script = self.scripts.pop(0) if self.scripts else []
         if isinstance(script, BaseException):
             raise script
@@ -326,3 +331,96 @@ async def test_a_full_ledger_stops_reading_beyond_one_batch_ahead() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# ---- split events ($changeStreamSplitLargeEvent) ----
+
+
+def fragment(n: int, part: int, of: int, **fields: Any) -> dict[str, Any]:
+    """Fragment `part` of `of` of event n: its own token (sorting after the event's earlier fragments)."""
+    doc: dict[str, Any] = {
+        "_id": {"_data": f"82{n:016X}{part:02X}"},
+        "splitEvent": {"fragment": part, "of": of},
+    }
+    doc.update(fields)
+    return doc
+
+
+def split(n: int, of: int = 3) -> list[dict[str, Any]]:
+    head = {"operationType": "update", "clusterTime": Timestamp(n, 1), "_ablyChannel": "ch"}
+    parts = [fragment(n, 1, of, **head)]
+    parts += [fragment(n, i, of, **{f"body{i}": "x" * 10}) for i in range(2, of + 1)]
+    return parts
+
+
+async def test_split_event_is_reassembled_in_order_with_its_last_fragments_token() -> None:
+    frags = split(2)
+    mongo = FakeMongo([[[ev(1), frags[0]], [frags[1]], [frags[2], ev(3)]]])
+    reader, ledger, publisher, _ = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    ids = [m.message["id"] for m in publisher.sent]
+    assert ids == [ev(1)["_id"]["_data"], frags[2]["_id"]["_data"], ev(3)["_id"]["_data"]]
+    assert [m.seq for m in publisher.sent] == [0, 1, 2]
+    assert reader.fragments.reassembled == 1
+    assert mongo.pipelines[0][-1] == {"$changeStreamSplitLargeEvent": {}}
+
+
+async def test_reassembled_event_holds_every_fragments_fields() -> None:
+    merged: list[Mapping[str, Any]] = []
+
+    def keep(seq: int, event: Mapping[str, Any]) -> OutboundMessage:
+        merged.append(event)
+        return route(seq, event)
+
+    frags = split(5, of=3)
+    mongo = FakeMongo([[[*frags]]])
+    reader, _, _, _ = build(mongo)
+    reader._route = keep
+    await run_until_exhausted(reader, mongo)
+    (event,) = merged
+    assert event["_id"] == frags[-1]["_id"]
+    assert "splitEvent" not in event
+    assert event["operationType"] == "update"
+    assert event["body2"] == event["body3"] == "x" * 10
+
+
+async def test_position_never_falls_between_fragments() -> None:
+    """A reopen while an event is incomplete starts before its first fragment (never from a fragment
+    token), and the partial event is rebuilt from the start: one message, nothing lost or doubled."""
+    frags = split(2)
+    mongo = FakeMongo([[[ev(1), frags[0]], None, OperationFailure("boom", code=8)], [[*frags, ev(3)]]])
+    reader, ledger, publisher, _ = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert mongo.opened[1]["resume_after"] == ev(1)["_id"]
+    ids = [m.message["id"] for m in publisher.sent]
+    assert ids == [ev(1)["_id"]["_data"], frags[2]["_id"]["_data"], ev(3)["_id"]["_data"]]
+    assert ledger.checkpoint() == ev(3)["_id"]
+
+
+async def test_no_idle_mark_is_stored_inside_a_split_event() -> None:
+    """Empty polls while an event is incomplete move the stream's post-batch token past its first
+    fragment; none of those positions may reach the checkpointer."""
+    frags = split(2)
+    mongo = FakeMongo([[ev(1), frags[0], None, None, OperationFailure("boom", code=8)], [[*frags]]])
+    reader, _, _, _ = build(mongo)
+    marks: list[str] = []
+    original = reader._checkpointer.note_stream_mark
+
+    def spy(mark: Any) -> None:
+        marks.append(mark.token["_data"])
+        original(mark)
+
+    reader._checkpointer.note_stream_mark = spy  # type: ignore[method-assign]
+    await run_until_exhausted(reader, mongo)
+    inside = frags[0]["_id"]["_data"]
+    assert not [mark for mark in marks if mark.startswith(inside)]
+    assert mongo.opened[1]["resume_after"] == ev(1)["_id"]
+
+
+async def test_fragment_out_of_sequence_reopens_before_the_event() -> None:
+    frags = split(2)
+    mongo = FakeMongo([[ev(1), frags[1]], [[*frags]]])
+    reader, _, publisher, _ = build(mongo)
+    await run_until_exhausted(reader, mongo)
+    assert reader.stats.reopens == 1
+    assert [m.message["id"] for m in publisher.sent] == [ev(1)["_id"]["_data"], frags[2]["_id"]["_data"]]

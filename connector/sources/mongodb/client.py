@@ -14,22 +14,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from bson import Timestamp
-from bson.binary import UuidRepresentation
 from bson.codec_options import CodecOptions
 from pymongo import ReadPreference, WriteConcern
 from pymongo.errors import ServerSelectionTimeoutError
 
 from connector.sources.mongodb import driver_fix
 from connector.sources.mongodb.cursor import BatchStream, ChangeStreamCursor, DriverStreamBatches
+from connector.sources.mongodb.decode import EVENT_CODEC_OPTIONS, RAW_CODEC_OPTIONS
 
 DriverName = Literal["pymongo", "motor"]
 
-# Change events decode with naive UTC datetimes and binary subtype 4 left as `Binary` (never uuid.UUID):
-# the shapes `messages.encode_driver_event` writes exactly without a Python walk. The Extended JSON is
-# the same either way (json_util writes one `$date` for naive and aware values, one `$binary` for both).
-CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
-    tz_aware=False, uuid_representation=UuidRepresentation.UNSPECIFIED
-)
+# Everything the connector reads decodes as change events do (decode.py): naive UTC datetimes, binary
+# subtype 4 left as `Binary`, any date and any string MongoDB stores.
+CODEC_OPTIONS: CodecOptions[dict[str, Any]] = EVENT_CODEC_OPTIONS
 MAJORITY = WriteConcern(w="majority")
 #: Topologies where every primary-preference command reaches the member holding a cursor.
 PINNED_TOPOLOGIES = frozenset({"Single", "ReplicaSetWithPrimary"})
@@ -74,6 +71,15 @@ class Mongo:
             self.client = AsyncMongoClient(uri, **kwargs)
         self.db: Any = self.client.get_database(database, codec_options=CODEC_OPTIONS)
         self._closed = False
+        self._version: tuple[int, ...] | None = None
+
+    async def server_version(self) -> tuple[int, ...]:
+        """The server's (or mongos') version, e.g. (7, 0, 12); asked once per client."""
+        if self._version is None:
+            info = await self.db.command("buildInfo")
+            parts = info.get("versionArray") or [int(p) for p in re.findall(r"\d+", info["version"])[:3]]
+            self._version = tuple(int(p) for p in parts[:3])
+        return self._version
 
     def collection(self, name: str, *, majority: bool = False) -> Any:
         return self.db.get_collection(
@@ -118,7 +124,10 @@ class Mongo:
                 "start_after": start_after,
                 "start_at_operation_time": start_at_operation_time,
             }
-            target = self.collection(collection) if collection else self.db
+            # Raw events: DriverStreamBatches decodes each one, so one bad event cannot fail the stream.
+            target = (self.db.get_collection(collection) if collection else self.db).with_options(
+                codec_options=RAW_CODEC_OPTIONS
+            )
             stream = target.watch(list(pipeline), **{k: v for k, v in options.items() if v})
             if inspect.isawaitable(stream):  # PyMongo async: watch() is a coroutine; Motor: it is not.
                 stream = await stream
@@ -135,7 +144,6 @@ class Mongo:
             change_stream_options=stage,
             max_await_time_ms=max_await_time_ms,
             batch_size=batch_size,
-            codec_options=CODEC_OPTIONS,
             resume_after=start_after or resume_after,
             start_after=start_after is not None,
             start_at_operation_time=start_at_operation_time,

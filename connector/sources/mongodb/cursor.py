@@ -33,6 +33,8 @@ from typing import Any, Protocol
 from bson import Int64, Timestamp
 from pymongo.errors import ConnectionFailure, CursorNotFound, InvalidOperation, OperationFailure, PyMongoError
 
+from connector.sources.mongodb.decode import RAW_CODEC_OPTIONS, decode_event, decode_reply, plain_token
+
 log = logging.getLogger(__name__)
 
 Event = Mapping[str, Any]
@@ -74,7 +76,6 @@ class ChangeStreamCursor:
         change_stream_options: Mapping[str, Any],
         max_await_time_ms: int,
         batch_size: int | None,
-        codec_options: Any,
         resume_after: Mapping[str, Any] | None = None,
         start_after: bool = False,
         start_at_operation_time: Timestamp | None = None,
@@ -85,7 +86,6 @@ class ChangeStreamCursor:
         self._options = dict(change_stream_options)
         self._max_await_time_ms = max_await_time_ms
         self._batch_size = batch_size
-        self._codec_options = codec_options
         self._token: Mapping[str, Any] | None = resume_after
         self._start_after = start_after and resume_after is not None
         self._operation_time = None if resume_after is not None else start_at_operation_time
@@ -125,7 +125,7 @@ class ChangeStreamCursor:
             self._closed = True  # the server closed the cursor (after an invalidate)
             return []
         try:
-            reply = await self._command(self._get_more())
+            reply = decode_reply(await self._command(self._get_more()), "nextBatch")
         except PyMongoError as exc:
             if not is_resumable(exc):
                 await self.close()
@@ -150,7 +150,7 @@ class ChangeStreamCursor:
     # -- internals ----------------------------------------------------------------------------------
 
     async def _aggregate(self) -> None:
-        reply = await self._command(self._aggregate_command())
+        reply = decode_reply(await self._command(self._aggregate_command()), "firstBatch")
         cursor = reply["cursor"]
         self._cursor_id = cursor["id"]
         # getMore names the collection as the reply's namespace does ("$cmd.aggregate" database-wide).
@@ -211,8 +211,9 @@ class ChangeStreamCursor:
         return command
 
     async def _command(self, command: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Run a command in the stream's session; the reply stays raw (`decode.decode_reply` decodes it)."""
         reply: Mapping[str, Any] = await self._db.command(
-            command, session=self._session, codec_options=self._codec_options
+            command, session=self._session, codec_options=RAW_CODEC_OPTIONS
         )
         return reply
 
@@ -231,7 +232,11 @@ class ChangeStreamCursor:
 
 
 class DriverStreamBatches:
-    """The driver's own ChangeStream (PyMongo async or Motor) as a BatchStream of one event per batch."""
+    """The driver's own ChangeStream (PyMongo async or Motor) as a BatchStream of one event per batch.
+
+    The stream's target must use `decode.RAW_CODEC_OPTIONS`: events arrive raw and are decoded here, one
+    at a time, so an event that cannot be decoded is handed on as an `UndecodableEvent` (the driver has
+    already moved its resume token past it) instead of failing the stream."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -245,12 +250,14 @@ class DriverStreamBatches:
         # Motor opens the server-side stream lazily, on the first try_next(); until then there is no token.
         if hasattr(self._stream, "delegate") and self._stream.delegate is None:
             return None
-        token: Mapping[str, Any] | None = self._stream.resume_token
+        token: Mapping[str, Any] | None = plain_token(self._stream.resume_token)
         return token
 
     async def next_batch(self) -> Sequence[Event]:
-        change: Event | None = await self._stream.try_next()
-        return [] if change is None else [change]
+        change: Any = await self._stream.try_next()
+        if change is None:
+            return []
+        return [decode_event(change.raw) if hasattr(change, "raw") else change]
 
     async def close(self) -> None:
         result = self._stream.close()  # a coroutine for both drivers today; a plain call in older Motor

@@ -1,9 +1,10 @@
 """What happens to an event that can never be published (ON_UNPUBLISHABLE).
 
-`deadletter` (default) writes `{_id: token, event, reason, code, at}` to the dead-letter collection and
-moves on; `skip` logs and counts it; `fail` stops the connector, and since the event never completes,
-the stored position stays before it. A dead-letter write that fails is retried: the event is not
-complete until it is stored somewhere.
+`deadletter` (default) writes `{_id: token, event, reason, kind, code, at}` to the dead-letter collection
+(plus `rawEvent`, the BSON as read, for an event that could not be decoded; an event too large to store
+whole is stored without its document bodies, with `eventSize`) and moves on; `skip` logs and counts it;
+`fail` stops the connector, and since the event never completes, the stored position stays before it.
+A dead-letter write that fails is retried: the event is not complete until it is stored somewhere.
 """
 
 from __future__ import annotations
@@ -14,15 +15,23 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pymongo.errors import DuplicateKeyError, PyMongoError
+import bson
+from bson import Binary
+from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure, PyMongoError
 
 from connector.errors import FatalError
+from connector.sources.mongodb.decode import UndecodableEvent
 
 log = logging.getLogger(__name__)
 
 Policy = Literal["deadletter", "skip", "fail"]
 
 RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)  # then every 5 s: never give up on an event
+#: Server codes for a document over 16 MiB (BSONObjectTooLarge, BadValue on insert, update result too
+#: large): retrying the same document can never succeed, so it is stored compact instead.
+TOO_LARGE_CODES = frozenset({10334, 2, 17419, 17420})
+#: Fields of an event kept when the whole event is too large to store.
+IDENTITY_FIELDS = ("_id", "operationType", "ns", "documentKey", "clusterTime", "wallTime", "_ablyChannel")
 
 
 class UnpublishableHandler:
@@ -34,6 +43,8 @@ class UnpublishableHandler:
         self._ttl_days = ttl_days
         self.deadlettered = 0
         self.skipped = 0
+        #: Dead-lettered (or skipped) events by `UnpublishableEvent.kind`: a bounded vocabulary.
+        self.by_kind: dict[str, int] = {}
 
     async def ensure_indexes(self) -> None:
         """TTL index on `at`, so dead letters expire after DEADLETTER_TTL_DAYS (0 keeps them)."""
@@ -47,14 +58,17 @@ class UnpublishableHandler:
             # A missing index costs disk, not correctness: warn and keep going.
             log.warning("cannot create the dead-letter TTL index: %s", exc)
 
-    async def handle(self, event: Mapping[str, Any], reason: str, code: int) -> None:
+    async def handle(
+        self, event: Mapping[str, Any], reason: str, code: int, *, kind: str = "invalid", fatal: bool = False
+    ) -> None:
         """Dead-letter, skip, or raise FatalError; returns once the event may count as done."""
         token = event.get("_id")
         channel = event.get("_ablyChannel")
-        if self.policy == "fail":
+        if self.policy == "fail" or fatal:
             raise FatalError(
                 f"unpublishable event {_token_text(token)} (channel {channel!r}): {reason}", code=code
             )
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
         if self.policy == "skip":
             self.skipped += 1
             log.warning(
@@ -64,7 +78,16 @@ class UnpublishableHandler:
                 extra={"code": code, "channel": channel},
             )
             return
-        doc = {"_id": token, "event": dict(event), "reason": reason, "code": code, "at": datetime.now(UTC)}
+        doc: dict[str, Any] = {
+            "_id": token,
+            "event": dict(event),
+            "reason": reason,
+            "kind": kind,
+            "code": code,
+            "at": datetime.now(UTC),
+        }
+        if isinstance(event, UndecodableEvent):
+            doc["rawEvent"] = Binary(event.raw)
         await self._insert_with_retry(doc)
         self.deadlettered += 1
         log.warning(
@@ -74,7 +97,7 @@ class UnpublishableHandler:
             extra={"code": code, "channel": channel},
         )
 
-    async def _insert_with_retry(self, doc: Mapping[str, Any]) -> None:
+    async def _insert_with_retry(self, doc: dict[str, Any]) -> None:
         attempt = 0
         while True:
             try:
@@ -82,6 +105,14 @@ class UnpublishableHandler:
                 return
             except DuplicateKeyError:
                 return  # already dead-lettered before a restart: the same token, the same event
+            except DocumentTooLarge:
+                doc = _compact(doc)
+                continue
+            except OperationFailure as exc:
+                if exc.code not in TOO_LARGE_CODES or doc.get("eventTruncated"):
+                    raise
+                doc = _compact(doc)
+                continue
             except PyMongoError as exc:
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 attempt += 1
@@ -93,6 +124,22 @@ class UnpublishableHandler:
                     extra={"code": 72001},
                 )
                 await asyncio.sleep(delay)
+
+
+def _compact(doc: dict[str, Any]) -> dict[str, Any]:
+    """The dead letter without the event's bodies (or raw BSON): what identifies it, and its size."""
+    event = doc["event"]
+    size = len(doc["rawEvent"]) if "rawEvent" in doc else len(bson.encode(event))
+    out = {key: value for key, value in doc.items() if key not in ("event", "rawEvent")}
+    out["event"] = {key: event[key] for key in IDENTITY_FIELDS if key in event}
+    out["eventSize"] = size
+    out["eventTruncated"] = True
+    log.warning(
+        "dead letter for event %s is too large to store whole: stored without its bodies (%d bytes)",
+        _token_text(doc.get("_id")),
+        size,
+    )
+    return out
 
 
 def _token_text(token: Any) -> str:

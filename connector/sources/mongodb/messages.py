@@ -16,9 +16,11 @@ test pins the two together.
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -28,13 +30,17 @@ from bson.binary import UuidRepresentation
 from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS, JSONOptions
 
 from connector.ably.outbound import AblyMessage, OutboundMessage
+from connector.ably.oversize import OnOversize, oversize_error, truncated_headers
 from connector.ably.validation import channel_name_problem, headers_problem, message_size, quote
 from connector.errors import NoChannelError, UnpublishableEvent
+from connector.sources.mongodb.decode import UndecodableEvent
 
 __all__ = [
     "ENCODERS",
     "MISSING",
+    "OVERSIZE_FIELD",
     "Encoder",
+    "RouteStats",
     "channel_problem",
     "decimal128_str",
     "encode_driver_event",
@@ -46,6 +52,8 @@ __all__ = [
 ]
 
 Encoder = Callable[[Mapping[str, Any]], bytes]
+
+log = logging.getLogger(__name__)
 
 _NONE = type(None)
 
@@ -242,18 +250,39 @@ def _headers(raw: Any) -> dict[str, str]:
 #: Channel names checked once and remembered (a stream reuses few); bounded, then checked afresh.
 CHANNEL_CACHE_SIZE = 10_000
 
+#: The document bodies a truncated message leaves out (ON_OVERSIZE=truncate).
+BODY_FIELDS = frozenset({"fullDocument", "fullDocumentBeforeChange", "updateDescription"})
+#: Set by the stages the connector appends on servers without `$changeStreamSplitLargeEvent`
+#: (`pipeline.oversize_stages`) when they dropped an event's bodies server-side: their size in bytes.
+OVERSIZE_FIELD = "_livesyncOversize"
+
 Router = Callable[[int, Mapping[str, Any]], OutboundMessage]
 NO_TOKEN = "event has no resume token (_id._data); was _id changed by the pipeline?"
 
 
-def make_router(*, json_mode: str, max_message_size: int, encoder: Encoder | None = None) -> Router:
+@dataclass(slots=True)
+class RouteStats:
+    truncated: int = 0  # published in compact form (ON_OVERSIZE=truncate)
+
+
+def make_router(
+    *,
+    json_mode: str,
+    max_message_size: int,
+    encoder: Encoder | None = None,
+    on_oversize: OnOversize = "truncate",
+    stats: RouteStats | None = None,
+) -> Router:
     """`to_message` with its settings bound, and each good channel name validated once."""
     encode = encoder or ENCODERS[json_mode]
     good_channels: set[str] = set()
+    counts = stats if stats is not None else RouteStats()
 
     def route(seq: int, event: Mapping[str, Any]) -> OutboundMessage:
         channel = event.get("_ablyChannel", MISSING)
         if channel.__class__ is not str or channel not in good_channels:
+            if isinstance(event, UndecodableEvent):
+                raise UnpublishableEvent(event.reason, kind="undecodable", code=72000)
             problem = channel_problem(channel)
             if problem or not isinstance(channel, str):
                 raise NoChannelError(problem or "_ablyChannel must be a string")
@@ -275,18 +304,59 @@ def make_router(*, json_mode: str, max_message_size: int, encoder: Encoder | Non
         raw_headers = event.get("_ablyMsgHeaders")
         headers = _headers(raw_headers) if raw_headers is not None else None
         extras = {"headers": headers} if headers else None
-        data = encode(event)
-        size = message_size(name, data, extras)
-        if size > max_message_size:
-            raise UnpublishableEvent(
-                f"message is {size} bytes, over MAX_MESSAGE_SIZE of {max_message_size} bytes"
-            )
+        if OVERSIZE_FIELD in event:
+            data, extras, size = _compact(event, name, headers, encode, max_message_size, on_oversize)
+            counts.truncated += 1
+        else:
+            data = encode(event)
+            size = message_size(name, data, extras)
+            if size > max_message_size:
+                data, extras, size = _compact(event, name, headers, encode, max_message_size, on_oversize)
+                counts.truncated += 1
         message: AblyMessage = {"id": token_data, "name": name, "data": data.decode(), "encoding": "json"}
         if extras is not None:
             message["extras"] = extras
         return OutboundMessage(seq, channel, message, size, token)
 
     return route
+
+
+def _compact(
+    event: Mapping[str, Any],
+    name: str,
+    headers: Mapping[str, str] | None,
+    encode: Encoder,
+    max_size: int,
+    policy: OnOversize,
+) -> tuple[bytes, dict[str, Any], int]:
+    """The event without its document bodies, with the truncation headers (ON_OVERSIZE=truncate).
+
+    The size reported is the full message's: measured here unless the server already dropped the bodies
+    (then the bodies' size, which the appended stages measured, plus the rest)."""
+    compact = {k: v for k, v in event.items() if k not in BODY_FIELDS and k != OVERSIZE_FIELD}
+    data = encode(compact)
+    dropped = event.get(OVERSIZE_FIELD)
+    if isinstance(dropped, int | float):
+        size = message_size(name, data, {"headers": headers} if headers else None) + int(dropped)
+    else:
+        size = message_size(name, encode(event), {"headers": headers} if headers else None)
+    if policy != "truncate":
+        raise oversize_error(size, max_size, policy)
+    extras: dict[str, Any] = {"headers": truncated_headers(headers, size)}
+    compact_size = message_size(name, data, extras)
+    if compact_size > max_size:
+        raise oversize_error(size, max_size, policy, compact_size=compact_size)
+    log.warning(
+        "event %s (documentKey %s) is %d bytes, over MAX_MESSAGE_SIZE of %d: published truncated "
+        "(%d bytes, without its document bodies)",
+        event.get("_id", {}).get("_data") if isinstance(event.get("_id"), Mapping) else event.get("_id"),
+        quote(event.get("documentKey")),
+        size,
+        max_size,
+        compact_size,
+        extra={"code": 72001, "channel": event.get("_ablyChannel")},
+    )
+    return data, extras, compact_size
 
 
 def to_message(
@@ -296,7 +366,10 @@ def to_message(
     json_mode: str,
     max_message_size: int,
     encoder: Encoder | None = None,
+    on_oversize: OnOversize = "truncate",
 ) -> OutboundMessage:
     """Map one change event to an OutboundMessage or raise UnpublishableEvent / NoChannelError."""
-    route = make_router(json_mode=json_mode, max_message_size=max_message_size, encoder=encoder)
+    route = make_router(
+        json_mode=json_mode, max_message_size=max_message_size, encoder=encoder, on_oversize=on_oversize
+    )
     return route(seq, event)

@@ -12,6 +12,7 @@ Public API:
     sets_channel(stages) -> bool
     pipeline_hash(stages) -> str
     exclusion_stage(coll_names) -> dict
+    large_event_stages(pipeline, *, split_supported) -> list[dict]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "ALLOWED_STAGES",
     "CHANNEL_FIELD",
     "exclusion_stage",
+    "large_event_stages",
     "parse_pipeline",
     "pipeline_hash",
     "sets_channel",
@@ -243,3 +245,40 @@ def exclusion_stage(coll_names: list[str]) -> Stage:
     matches events that have no `ns.coll` at all (dropDatabase, invalidate), which must pass.
     """
     return {"$match": {"ns.coll": {"$nin": list(coll_names)}}}
+
+
+SPLIT_STAGE: Stage = {"$changeStreamSplitLargeEvent": {}}
+#: Above this, the stages appended on a server without the split stage drop an event's document bodies
+#: (the change then arrives, and is published truncated). Under 16 MiB with room for the event's other
+#: fields (token, namespace, documentKey, the pipeline's `_ably*` fields).
+OVERSIZE_BODIES_BYTES = 15 * 1024 * 1024
+#: Must match `messages.OVERSIZE_FIELD` (the router reads it; the pipeline must not import the router).
+OVERSIZE_FIELD = "_livesyncOversize"
+_BODIES = ("fullDocument", "fullDocumentBeforeChange", "updateDescription")
+
+
+def split_supported(version: tuple[int, ...]) -> bool:
+    """`$changeStreamSplitLargeEvent` exists from MongoDB 7.0, and in 6.0 from 6.0.9 (not 6.1-6.3)."""
+    return version >= (7, 0) or (6, 0, 9) <= version < (6, 1)
+
+
+def oversize_stages(limit: int = OVERSIZE_BODIES_BYTES) -> list[Stage]:
+    """Stages that drop an event's document bodies server-side when together they exceed `limit` bytes,
+    leaving their size in `_livesyncOversize`, so the event stays under 16 MiB and reaches the connector
+    (which publishes it truncated) instead of failing the stream with BSONObjectTooLarge (10334)."""
+    size = {"$add": [{"$bsonSize": {"$ifNull": [f"${field}", {}]}} for field in _BODIES]}
+    over = {"$gt": [f"${OVERSIZE_FIELD}", limit]}
+    drop: dict[str, Any] = {field: {"$cond": [over, "$$REMOVE", f"${field}"]} for field in _BODIES}
+    drop[OVERSIZE_FIELD] = {"$cond": [over, f"${OVERSIZE_FIELD}", "$$REMOVE"]}
+    return [{"$set": {OVERSIZE_FIELD: size}}, {"$set": drop}]
+
+
+def large_event_stages(pipeline: list[Stage], *, split_supported: bool) -> list[Stage]:
+    """What the connector appends so that an event over 16 MiB never halts the stream: the split stage
+    where the server has it (unless the user's pipeline already ends with it), else `oversize_stages`.
+
+    Not part of `pipeline_hash` (the user's pipeline): a token stored before these stages existed
+    resumes under them, and they are the same on every open, as resuming from a fragment requires."""
+    if pipeline and "$changeStreamSplitLargeEvent" in pipeline[-1]:
+        return []
+    return [dict(SPLIT_STAGE)] if split_supported else oversize_stages()

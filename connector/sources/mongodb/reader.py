@@ -6,7 +6,8 @@ so no getMore beyond the one already sent goes to MongoDB until Ably catches up 
 events plus at most two batches, the one being routed and the one read ahead).
 After a non-resumable error the stream is reopened from the last position *read* (not the last one
 stored): events read before it are still in the ledger and will complete, so rereading them would only
-produce duplicates.
+produce duplicates. The position never falls between the fragments of a split event (fragments.py): while
+one is incomplete, it stays just before the first fragment.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from connector.sources.mongodb.checkpoint import Checkpointer, StreamMark
 from connector.sources.mongodb.client import Mongo
 from connector.sources.mongodb.cursor import BatchStream
 from connector.sources.mongodb.deadletter import UnpublishableHandler
+from connector.sources.mongodb.fragments import SPLIT_FIELD, Reassembler
 from connector.sources.mongodb.stream import StartPosition, StreamOptions, classify, open_stream
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class Reader:
         self._failures = 0
         self.position = StartPosition()
         self.stats = ReaderStats()
+        self.fragments = Reassembler()
 
     async def run(self, start: StartPosition, stop: asyncio.Event) -> None:
         """Read until `stop` is set (or the task is cancelled); raises FatalError / HistoryLostError."""
@@ -109,6 +112,7 @@ class Reader:
                 await self._backoff(exc, stop)
                 continue
             log.info("change stream open (%s)", self.position.describe())
+            self.fragments.reset()  # opened before the first fragment of any incomplete event
             self.stats.stream_open = True
             try:
                 await self._store_first_position(stream)
@@ -157,7 +161,7 @@ class Reader:
                     if not stream.alive:
                         self._note_position(stream)
                         raise StreamError("change stream closed by the server")
-                    if token is not None:
+                    if token is not None and not self.fragments.pending:
                         self.position = StartPosition(token=token)
                         self._checkpointer.note_stream_mark(StreamMark(token, self._seq))
                     continue
@@ -167,7 +171,9 @@ class Reader:
                     await asyncio.sleep(0)  # let it send its getMore before we route this batch
                 if await self._accept_batch(batch, stop):
                     return  # invalidated: `_invalidated` set the position to start after it
-                if token is not None:
+                if self.fragments.pending:
+                    self.position = self.fragments.before
+                elif token is not None:
                     self.position = StartPosition(token=token)
         finally:
             if ahead is not None:
@@ -177,7 +183,9 @@ class Reader:
         """Remember the position after the last batch read, to reopen from it (only when nothing was
         read ahead: the stream's token has then moved past nothing the ledger has not seen)."""
         token = stream.resume_token
-        if token is not None:
+        if self.fragments.pending:
+            self.position = self.fragments.before
+        elif token is not None:
             self.position = StartPosition(token=token)
 
     async def _accept_batch(self, batch: Sequence[Mapping[str, Any]], stop: asyncio.Event) -> bool:
@@ -188,7 +196,13 @@ class Reader:
         stats = self.stats
         last: Mapping[str, Any] | None = None
         try:
-            for change in batch:
+            for index, change in enumerate(batch):
+                if SPLIT_FIELD in change:
+                    before = StartPosition(token=batch[index - 1]["_id"]) if index else self.position
+                    whole = self.fragments.add(change, before)
+                    if whole is None:
+                        continue
+                    change = whole
                 if change.get("operationType") == "invalidate":
                     self._submit(out)
                     await self._invalidated(change, stop)
@@ -207,7 +221,9 @@ class Reader:
                 except UnpublishableEvent as exc:
                     self._submit(out)
                     stats.unpublishable += 1
-                    await self._unpublishable.handle(change, exc.reason, exc.code)
+                    await self._unpublishable.handle(
+                        change, exc.reason, exc.code, kind=exc.kind, fatal=exc.fatal
+                    )
                     ledger.complete(seq)
                 if len(out) >= ROUTE_SLICE:
                     self._submit(out)

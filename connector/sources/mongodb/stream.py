@@ -21,6 +21,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from connector.errors import HistoryLostError, StreamError
 from connector.sources.mongodb.client import Mongo, brief_error
 from connector.sources.mongodb.cursor import BatchStream
+from connector.sources.mongodb.pipeline import large_event_stages, split_supported
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ class StreamOptions:
     full_document_before_change: str = "off"
     max_await_time_ms: int = MAX_AWAIT_TIME_MS
     batch_size: int | None = None
+    #: Append `pipeline.large_event_stages` (the split stage, or the oversize fallback) on open.
+    large_events: bool = True
 
 
 def is_history_lost(exc: BaseException) -> bool:
@@ -87,6 +90,10 @@ async def open_stream(mongo: Mongo, options: StreamOptions, position: StartPosit
     elif position.operation_time is not None:
         kwargs["start_at_operation_time"] = position.operation_time
     try:
-        return await mongo.watch_batches(options.collection, options.pipeline, **kwargs)
+        pipeline = [dict(stage) for stage in options.pipeline]
+        if options.large_events:
+            supported = split_supported(await mongo.server_version())
+            pipeline += large_event_stages(pipeline, split_supported=supported)
+        return await mongo.watch_batches(options.collection, pipeline, **kwargs)
     except PyMongoError as exc:
         raise classify(exc, position) from exc
