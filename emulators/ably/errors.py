@@ -21,6 +21,7 @@ MESSAGE_TOO_LARGE: Final = 40009
 INVALID_CHANNEL: Final = 40010
 INVALID_DATA: Final = 40013
 BATCH_PARTIAL: Final = 40020
+INVALID_MESSAGE_ID: Final = 40031  # a client-supplied id empty, not a string, or breaking <base>:<index>
 AUTH_FAILED: Final = 40101
 TOKEN_INVALID: Final = 40140
 CHANNEL_RATE_LIMIT: Final = 42913

@@ -2,7 +2,11 @@
 
 Ably counts a message's size as the bytes of ``name`` + ``data`` + ``clientId`` + the JSON of ``extras``
 (for an object payload, the length of its JSON string; for base64 data, the decoded bytes). The connector
-pre-checks against the same formula, so it lives here in one place and is tested byte-exactly.
+pre-checks against the same formula, so it lives here in one place and is tested byte-exactly. Messages
+published together (an array, a BatchSpec's ``messages``) are one payload: the limit applies to their sum.
+
+Client-supplied ids follow Ably's rule (error 40031): an id must be a non-empty string, and messages
+published together carry ids ``<base>:<index>`` (0-based) sharing one base, or no ids at all.
 """
 
 from __future__ import annotations
@@ -12,7 +16,13 @@ from typing import Any, Final
 
 import orjson
 
-from emulators.ably.errors import BAD_REQUEST, INVALID_CHANNEL, INVALID_DATA, MESSAGE_TOO_LARGE, AblyHttpError
+from emulators.ably.errors import (
+    INVALID_CHANNEL,
+    INVALID_DATA,
+    INVALID_MESSAGE_ID,
+    MESSAGE_TOO_LARGE,
+    AblyHttpError,
+)
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 65536  # Ably's Free/Standard plan limit (64 KiB)
 
@@ -82,6 +92,23 @@ def _not_a_string(field: str) -> AblyHttpError:
     return AblyHttpError(INVALID_DATA, 400, f"message field {field!r} must be a string")
 
 
+def _bad_id(msg_id: Any) -> AblyHttpError:
+    """40031 for a client-supplied id that is empty or not a string (Ably's wording for the first)."""
+    if isinstance(msg_id, str):
+        return AblyHttpError(INVALID_MESSAGE_ID, 400, "Client-specified message id cannot be empty")
+    return AblyHttpError(
+        INVALID_MESSAGE_ID, 400, f"Client-specified message id must be a string, not {type(msg_id).__name__}"
+    )
+
+
+def _too_large(size: int, max_size: int) -> AblyHttpError:
+    return AblyHttpError(
+        MESSAGE_TOO_LARGE,
+        413,
+        f"Maximum message length exceeded (size was {size} bytes, limit is {max_size} bytes)",
+    )
+
+
 def _measure(raw: Any, extras_as_json: bool) -> tuple[dict[str, Any], int]:
     """measure_message, with ``extras`` in the stored form as its compact JSON text if ``extras_as_json``.
 
@@ -93,8 +120,8 @@ def _measure(raw: Any, extras_as_json: bool) -> tuple[dict[str, Any], int]:
     get = raw.get
     msg_id, name, client_id, encoding = get("id"), get("name"), get("clientId"), get("encoding")
     # In this order (id, name, clientId, encoding): the first bad field names the error.
-    if msg_id is not None and not isinstance(msg_id, str):
-        raise _not_a_string("id")
+    if msg_id is not None and (type(msg_id) is not str or not msg_id):
+        raise _bad_id(msg_id)
     if name is not None and not isinstance(name, str):
         raise _not_a_string("name")
     if client_id is not None and not isinstance(client_id, str):
@@ -131,11 +158,7 @@ def _measure(raw: Any, extras_as_json: bool) -> tuple[dict[str, Any], int]:
 def _within_limit(measured: tuple[dict[str, Any], int], max_size: int) -> dict[str, Any]:
     stored, size = measured
     if size > max_size:
-        raise AblyHttpError(
-            MESSAGE_TOO_LARGE,
-            413,
-            f"message size {size} exceeds the maximum of {max_size} bytes",
-        )
+        raise _too_large(size, max_size)
     return stored
 
 
@@ -161,28 +184,65 @@ def normalize_for_store(raw: Any, max_size: int) -> dict[str, Any]:
     return _within_limit(_measure(raw, True), max_size)
 
 
+def normalize_unit_for_store(
+    raw_messages: list[Any], max_size: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Messages published together (atomically): each validated as ``normalize_for_store`` does, then the id
+    rule (``unit_id``), then the size limit on their combined size. Returns (stored forms, unit id)."""
+    if len(raw_messages) == 1:
+        message = normalize_for_store(raw_messages[0], max_size)
+        return [message], message["id"]
+    messages = []
+    total = 0
+    for raw in raw_messages:
+        stored, size = _measure(raw, True)
+        messages.append(stored)
+        total += size
+    uid = unit_id(messages)
+    if total > max_size:
+        raise _too_large(total, max_size)
+    return messages, uid
+
+
+# Ably's wording (ably-common errors/codes/40031.md).
+MULTI_ID_FORMAT: Final = (
+    "Client-specified message ids do not match the required format for multi-message ProtocolMessages"
+)
+
+
 def unit_id(messages: list[dict[str, Any]]) -> str | None:
     """The idempotency key of messages published together, or None when the server assigns ids.
 
-    One message: its id. Several: every id must be ``<base>:<idx>`` with idx its 0-based position, and
-    the array is deduplicated as one unit under ``<base>`` (Ably's rule for multi-message publishes).
+    One message: its id (any non-empty string, ``x:0`` included). Several: either no message has an id,
+    or every one has ``<base>:<idx>`` with one non-empty base and idx its 0-based position, and the array
+    is deduplicated as one unit under ``<base>``; anything else (a missing id among given ones, another
+    base, a wrong or out-of-order index) is 40031, Ably's rule for multi-message publishes.
     """
     first = messages[0]["id"]
     if len(messages) == 1:
         return first
     ids = [m["id"] for m in messages]
-    if all(i is None for i in ids):
-        return None
-    if any(i is None for i in ids):
-        raise AblyHttpError(BAD_REQUEST, 400, "all or none of the messages in a publish must have an id")
+    if first is None:
+        if all(i is None for i in ids):
+            return None
+        position = next(idx for idx, i in enumerate(ids) if i is not None)
+        raise AblyHttpError(
+            INVALID_MESSAGE_ID,
+            400,
+            f"{MULTI_ID_FORMAT}: message 0 has no id but message {position} has {ids[position]!r} "
+            "(give every message an id <base>:<index>, or none)",
+        )
     base, sep, _ = first.rpartition(":")
-    if not sep:
-        raise AblyHttpError(BAD_REQUEST, 400, "message ids in a multi-message publish must be <base>:<idx>")
+    if not sep or not base:
+        raise AblyHttpError(
+            INVALID_MESSAGE_ID, 400, f"{MULTI_ID_FORMAT}: id {first!r} of message 0 is not <base>:0"
+        )
     for idx, msg_id in enumerate(ids):
         if msg_id != f"{base}:{idx}":
+            found = "no id" if msg_id is None else f"id {msg_id!r}"
             raise AblyHttpError(
-                BAD_REQUEST,
+                INVALID_MESSAGE_ID,
                 400,
-                f"message id {msg_id!r} is not <base>:<idx> (expected {base}:{idx})",
+                f"{MULTI_ID_FORMAT}: message {idx} has {found}, expected {base + ':' + str(idx)!r}",
             )
     return base

@@ -33,7 +33,7 @@ from emulators.ably.errors import (
     error_info,
     error_response,
 )
-from emulators.ably.messages import normalize_for_store, unit_id, validate_channel
+from emulators.ably.messages import normalize_unit_for_store, unit_id, validate_channel
 from emulators.ably.protocol import (
     CONNECTION_EXPIRED,
     DEFAULT_MODES,
@@ -396,11 +396,12 @@ class RealtimeHub:
             validate_channel(name)
             if not isinstance(raw, list) or not raw:
                 raise AblyHttpError(INVALID_BODY, 400, "MESSAGE without messages")
-            messages = [normalize_for_store(m, self._config.max_message_size) for m in raw]
-            for idx, stored in enumerate(messages):
-                if stored["id"] is None:
+            messages, uid = normalize_unit_for_store(raw, self._config.max_message_size)
+            if uid is None:  # no client-supplied ids (the id rule allows all or none)
+                for idx, stored in enumerate(messages):
                     stored["id"] = f"{conn.id}:{msg_serial}:{idx}"  # Ably's id for a realtime publish
-            self._store.publish(name, messages, unit_id(messages), origin=conn.id)
+                uid = unit_id(messages)
+            self._store.publish(name, messages, uid, origin=conn.id)
         except AblyHttpError as exc:
             conn.send({"action": Action.NACK, "msgSerial": msg_serial, "count": 1, "error": exc.to_info()})
             return

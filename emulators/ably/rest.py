@@ -29,7 +29,12 @@ from emulators.ably.errors import (
     json_response,
 )
 from emulators.ably.faults import Fault, FaultBook, RequestKind
-from emulators.ably.messages import MESSAGE_FIELDS, normalize_for_store, unit_id, validate_channel
+from emulators.ably.messages import (
+    MESSAGE_FIELDS,
+    normalize_for_store,
+    normalize_unit_for_store,
+    validate_channel,
+)
 from emulators.ably.protocol import parse_channel_serial
 from emulators.ably.store import BatchUnit, Store
 
@@ -178,10 +183,6 @@ class RestApi:
         except orjson.JSONDecodeError as exc:
             raise AblyHttpError(INVALID_BODY, 400, f"request body is not valid JSON: {exc}") from exc
 
-    def _normalize_all(self, raw_messages: list[Any]) -> list[dict[str, Any]]:
-        max_size = self._config.max_message_size
-        return [normalize_for_store(raw, max_size) for raw in raw_messages]
-
     # -- endpoints ----------------------------------------------------------------------------------
 
     async def publish(self, request: web.Request) -> web.Response:
@@ -195,8 +196,8 @@ class RestApi:
             validate_channel(channel)
             if not raw_messages:
                 raise AblyHttpError(INVALID_BODY, 400, "no messages to publish")
-            messages = self._normalize_all(raw_messages)
-            result = self._store.publish(channel, messages, unit_id(messages))
+            messages, uid = normalize_unit_for_store(raw_messages, self._config.max_message_size)
+            result = self._store.publish(channel, messages, uid)
         except AblyHttpError:
             self._store.count("messages_rejected", len(raw_messages))
             raise
@@ -242,8 +243,7 @@ class RestApi:
                         message = normalize_for_store(raw_messages[0], max_size)
                         messages, uid = [message], message["id"]
                     else:
-                        messages = [normalize_for_store(raw, max_size) for raw in raw_messages]
-                        uid = unit_id(messages)
+                        messages, uid = normalize_unit_for_store(raw_messages, max_size)
                 except AblyHttpError as exc:
                     entries.extend((channel, exc, count) for channel in spec_channels)
                     continue

@@ -58,9 +58,13 @@ async def test_array_ids_must_follow_base_colon_index(client: httpx.AsyncClient,
         "/channels/c/messages", json=[{"id": "b:0", "data": "a"}, {"id": "b:2", "data": "b"}]
     )
     assert bad.status_code == 400
-    assert bad.json()["error"]["code"] == 40000
+    assert bad.json()["error"]["code"] == 40031
+    assert bad.headers["X-Ably-ErrorCode"] == "40031"
     mixed = await client.post("/channels/c/messages", json=[{"id": "b:0", "data": "a"}, {"data": "b"}])
     assert mixed.status_code == 400
+    assert mixed.json()["error"]["code"] == 40031
+    assert ably.messages() == []
+    assert ably.stats()["messages_rejected"] == 4
     good = await client.post(
         "/channels/c/messages", json=[{"id": "b:0", "data": "a"}, {"id": "b:1", "data": "b"}]
     )

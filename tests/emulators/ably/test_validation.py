@@ -45,7 +45,7 @@ async def test_message_exactly_at_the_limit_passes_one_byte_over_fails(
     assert over.json()["error"] == {
         "code": 40009,
         "statusCode": 413,
-        "message": f"message size {LIMIT + 1} exceeds the maximum of {LIMIT} bytes",
+        "message": f"Maximum message length exceeded (size was {LIMIT + 1} bytes, limit is {LIMIT} bytes)",
         "href": "https://help.ably.io/error/40009",
     }
     assert len(ably.messages("c")) == 1
@@ -110,7 +110,6 @@ async def test_non_flat_string_headers_are_rejected_with_40013(
         {"data": 5},
         {"data": True},
         {"name": 3},
-        {"id": ["x"]},
         {"data": "!!", "encoding": "base64"},
         {"data": "aé==", "encoding": "base64"},
     ],
