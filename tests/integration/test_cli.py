@@ -27,9 +27,25 @@ def test_check_passes_and_publishes_nothing(
     out = capsys.readouterr().out
     assert "replica set" in out
     assert "change stream opens" in out
+    assert "supports $changeStreamSplitLargeEvent: events over 16 MiB are split and reassembled" in out
     assert "Ably credentials accepted" in out
     assert "all checks passed" in out
     assert ably.messages() == []
+
+
+def test_check_warns_when_the_server_cannot_split_large_events(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connector.sources.mongodb.client import Mongo
+
+    async def old_server(self: Mongo) -> tuple[int, ...]:
+        return (6, 0, 8)
+
+    monkeypatch.setattr(Mongo, "server_version", old_server)
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert "MongoDB 6.0.8 has no $changeStreamSplitLargeEvent" in out
+    assert "published without its document bodies" in out
 
 
 def test_check_reports_a_wrong_ably_key(

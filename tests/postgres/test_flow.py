@@ -154,13 +154,32 @@ async def test_unpublishable_rows_are_dead_lettered_and_never_block(
     headers = insert_row(outbox, "ok", {"v": 2}, headers={"n": 1})
     big = insert_row(outbox, "ok", {"v": "x" * 70_000})
     good = insert_row(outbox, "ok", {"v": 3})
-    async with running(pg_env):
+    async with running(pg_env, ON_OVERSIZE="deadletter"):
         got = await wait_delivered(ably, 1)
         await until(lambda: outbox_ids(outbox) == [(good, True)], what="the outbox emptied")
     assert [m["id"] for m in got] == [str(good)]
     letters = outbox.execute("SELECT sequence_id, code, reason FROM outbox_deadletter ORDER BY 1").fetchall()
     assert [(r[0], r[1]) for r in letters] == [(bad, 72004), (headers, 72001), (big, 72001)]
     assert "over MAX_MESSAGE_SIZE" in letters[2][2]
+
+
+async def test_oversize_row_reaches_its_channel_truncated_in_order(
+    pg_env: dict[str, str], outbox: psycopg.Connection[Any], ably: Any
+) -> None:
+    first = insert_row(outbox, "doc", {"v": 1})
+    big = insert_row(outbox, "doc", {"v": "x" * 70_000})
+    last = insert_row(outbox, "doc", {"v": 3})
+    async with running(pg_env) as handle:
+        got = await wait_delivered(ably, 3)
+        await until(lambda: outbox_ids(outbox) == [(last, True)], what="the outbox emptied")
+        term = handle.worker.term
+        assert term is not None and term.reader is not None and term.reader.stats.truncated == 1
+    assert [m["id"] for m in got] == [str(first), str(big), str(last)]
+    truncated = got[1]
+    assert "data" not in truncated or truncated["data"] is None
+    headers = truncated["extras"]["headers"]
+    assert headers["x-livesync-truncated"] == "true" and int(headers["x-livesync-original-size"]) > 70_000
+    assert outbox.execute("SELECT count(*) FROM outbox_deadletter").fetchone() == (0,)
 
 
 @pytest.mark.parametrize("policy", ["skip", "fail"])

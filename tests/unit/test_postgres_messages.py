@@ -56,7 +56,36 @@ def test_size_is_counted_as_ably_counts_it() -> None:
     assert msg.size == len("addComment") + len('{"id": 7, "text": "hi"}') + len(extras)
     assert row_to_message(0, row(), max_message_size=msg.size, token={}).size == msg.size
     with pytest.raises(UnpublishableEvent, match=f"message is {msg.size} bytes, over MAX_MESSAGE_SIZE"):
-        row_to_message(0, row(), max_message_size=msg.size - 1, token={})
+        row_to_message(0, row(), max_message_size=msg.size - 1, token={}, on_oversize="deadletter")
+
+
+def test_oversize_row_is_published_without_its_data_with_the_truncation_headers() -> None:
+    big = row(data='{"text": "' + "x" * 70_000 + '"}', headers='{"x-trace": "t1"}')
+    full = row_to_message(0, big, max_message_size=10**6, token={})
+    msg = row_to_message(0, big, max_message_size=65536, token={"k": 1})
+    assert msg.channel == "posts:7" and msg.token == {"k": 1}
+    assert msg.message == {
+        "id": "42",
+        "name": "addComment",
+        "extras": {
+            "headers": {
+                "x-trace": "t1",
+                "x-ably-models-event-uuid": "mut-1",
+                "x-livesync-truncated": "true",
+                "x-livesync-original-size": str(full.size),
+            }
+        },
+    }
+    assert msg.size == len("addComment") + len(orjson.dumps(msg.message["extras"]))
+
+
+def test_oversize_row_fail_policy_is_fatal_and_too_large_headers_are_unpublishable() -> None:
+    big = row(data='{"text": "' + "x" * 70_000 + '"}')
+    with pytest.raises(UnpublishableEvent) as info:
+        row_to_message(0, big, max_message_size=65536, token={}, on_oversize="fail")
+    assert info.value.fatal and info.value.kind == "too_large"
+    with pytest.raises(UnpublishableEvent, match="truncated it is still"):
+        row_to_message(0, row(headers='{"h": "' + "y" * 200 + '"}'), max_message_size=150, token={})
 
 
 @pytest.mark.parametrize(

@@ -362,6 +362,7 @@ async def test_split_event_is_reassembled_in_order_with_its_last_fragments_token
     assert ids == [ev(1)["_id"]["_data"], frags[2]["_id"]["_data"], ev(3)["_id"]["_data"]]
     assert [m.seq for m in publisher.sent] == [0, 1, 2]
     assert reader.fragments.reassembled == 1
+    assert ledger.checkpoint() == ev(3)["_id"]
     assert mongo.pipelines[0][-1] == {"$changeStreamSplitLargeEvent": {}}
 
 

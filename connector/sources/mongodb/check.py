@@ -15,7 +15,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from connector.check_report import Out, Report, check_ably
 from connector.config import Settings
 from connector.sources.mongodb.client import Mongo, brief_error
-from connector.sources.mongodb.pipeline import sets_channel
+from connector.sources.mongodb.pipeline import sets_channel, split_supported
 from connector.sources.mongodb.stream import StartPosition, StreamOptions, open_stream
 from connector.worker import mongo_from
 
@@ -68,7 +68,28 @@ async def _check_mongo(settings: Settings, mongo: Mongo, report: Report) -> None
         report.ok(f"change stream opens on {settings.watch_label} with the pipeline and options")
     except Exception as exc:  # reported, not raised: `check` lists every problem it can find
         report.fail(f"cannot open a change stream on {settings.watch_label}: {brief_error(exc)}", 72003)
+    await _check_large_events(mongo, report)
     await _check_images(settings, mongo, report)
+
+
+async def _check_large_events(mongo: Mongo, report: Report) -> None:
+    """Whether events over 16 MiB are split and reassembled, or lose their bodies server-side."""
+    try:
+        version = await mongo.server_version()
+    except PyMongoError as exc:
+        report.warn(f"cannot read the server version (buildInfo): {brief_error(exc)}")
+        return
+    shown = ".".join(str(part) for part in version)
+    if split_supported(version):
+        report.ok(
+            f"MongoDB {shown} supports $changeStreamSplitLargeEvent: events over 16 MiB are split "
+            "and reassembled"
+        )
+    else:
+        report.warn(
+            f"MongoDB {shown} has no $changeStreamSplitLargeEvent (7.0, 6.0.9+): an event over 16 MiB "
+            "is published without its document bodies (truncated)"
+        )
 
 
 def _needs_images(settings: Settings) -> bool:

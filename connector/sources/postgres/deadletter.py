@@ -35,10 +35,14 @@ class UnpublishableRows:
         ).format(names.deadletter.sql)
         self.deadlettered = 0
         self.skipped = 0
+        #: Dead-lettered (or skipped) rows by `UnpublishableEvent.kind`.
+        self.by_kind: dict[str, int] = {}
 
-    async def handle(self, row: OutboxRow, reason: str, code: int) -> None:
+    async def handle(
+        self, row: OutboxRow, reason: str, code: int, *, kind: str = "invalid", fatal: bool = False
+    ) -> None:
         """Dead-letter, skip, or raise FatalError; returns once the row may count as done."""
-        if self.policy == "fail":
+        if self.policy == "fail" or fatal:
             raise FatalError(
                 f"unpublishable outbox row {row.sequence_id} (channel {row.channel!r}): {reason}", code=code
             )
@@ -50,7 +54,9 @@ class UnpublishableRows:
                 reason,
                 extra={"code": code, "channel": row.channel},
             )
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
             return
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
         with mapped_errors("writing a dead letter"):
             await self._conn.execute(
                 self._insert,

@@ -10,23 +10,29 @@
 | | `"true"` for a `rejected` row) |
 
 The row is read with `data::text` and `headers::text`: the JSON text goes out as it is, never parsed and
-re-encoded (only `headers` is parsed, to merge and check it). A row that can never be published (bad
-channel name, headers that are not a flat string map, over MAX_MESSAGE_SIZE) raises
-`UnpublishableEvent`.
+re-encoded (only `headers` is parsed, to merge and check it). A row over MAX_MESSAGE_SIZE is published
+without its payload by default (ON_OVERSIZE=truncate, `connector.ably.oversize`): same channel, id and
+name, its headers plus `x-livesync-truncated` and `x-livesync-original-size`. A row that can never be
+published (bad channel name, headers that are not a flat string map, too large even without its
+payload) raises `UnpublishableEvent`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from connector.ably.outbound import AblyMessage, OutboundMessage
+from connector.ably.oversize import OnOversize, oversize_error, truncated_headers
 from connector.ably.validation import channel_name_problem, headers_problem, message_size
 from connector.errors import NoChannelError, UnpublishableEvent
 
 __all__ = ["COLUMNS", "EVENT_UUID_HEADER", "REJECT_HEADER", "OutboxRow", "row_to_message"]
+
+log = logging.getLogger(__name__)
 
 EVENT_UUID_HEADER = "x-ably-models-event-uuid"
 REJECT_HEADER = "x-ably-models-reject"
@@ -64,7 +70,12 @@ def _headers(row: OutboxRow) -> dict[str, str]:
 
 
 def row_to_message(
-    seq: int, row: OutboxRow, *, max_message_size: int, token: dict[str, Any]
+    seq: int,
+    row: OutboxRow,
+    *,
+    max_message_size: int,
+    token: dict[str, Any],
+    on_oversize: OnOversize = "truncate",
 ) -> OutboundMessage:
     """Map one row or raise UnpublishableEvent (NoChannelError for a bad channel name)."""
     problem = channel_name_problem(row.channel)
@@ -79,7 +90,19 @@ def row_to_message(
         data = row.data.encode("utf-8")
     size = message_size(row.name, data, extras)
     if size > max_message_size:
-        raise UnpublishableEvent(
-            f"message is {size} bytes, over MAX_MESSAGE_SIZE of {max_message_size} bytes"
+        if on_oversize != "truncate":
+            raise oversize_error(size, max_message_size, on_oversize)
+        extras = {"headers": truncated_headers(extras["headers"], size)}
+        message = {"id": message["id"], "name": row.name, "extras": extras}
+        compact = message_size(row.name, b"", extras)
+        if compact > max_message_size:
+            raise oversize_error(size, max_message_size, on_oversize, compact_size=compact)
+        log.warning(
+            "outbox row %d is %d bytes, over MAX_MESSAGE_SIZE of %d: published truncated (without its data)",
+            row.sequence_id,
+            size,
+            max_message_size,
+            extra={"code": 72001, "channel": row.channel},
         )
+        size = compact
     return OutboundMessage(seq=seq, channel=row.channel, message=message, size=size, token=token)

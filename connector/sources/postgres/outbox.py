@@ -33,6 +33,7 @@ from psycopg import sql
 
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
+from connector.ably.oversize import TRUNCATED_HEADER, OnOversize
 from connector.errors import UnpublishableEvent
 from connector.sources.postgres.db import Connection, mapped_errors
 from connector.sources.postgres.deadletter import UnpublishableRows
@@ -58,6 +59,7 @@ class ReaderStats:
     rows_read: int = 0
     rounds: int = 0
     unpublishable: int = 0
+    truncated: int = 0  # published without their data (ON_OVERSIZE=truncate)
     late_rows: int = 0
     gaps_opened: int = 0
     gaps_proven: int = 0
@@ -90,6 +92,7 @@ class OutboxReader:
         wake: asyncio.Event,
         max_message_size: int,
         batch_size: int,
+        on_oversize: OnOversize = "truncate",
         poll_interval_s: float,
         gap_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
@@ -100,6 +103,7 @@ class OutboxReader:
         self._unpublishable = unpublishable
         self._wake = wake
         self._max_message_size = max_message_size
+        self._on_oversize: OnOversize = on_oversize
         self._batch = batch_size
         self._poll_s = poll_interval_s
         self._clock = clock
@@ -298,12 +302,16 @@ class OutboxReader:
         token: dict[str, Any] = {"row": row}
         seq = await self._entry(watermark, token)
         try:
-            msg = row_to_message(seq, row, max_message_size=self._max_message_size, token=token)
+            msg = row_to_message(
+                seq, row, max_message_size=self._max_message_size, token=token, on_oversize=self._on_oversize
+            )
         except UnpublishableEvent as exc:
             self.stats.unpublishable += 1
-            await self._unpublishable.handle(row, exc.reason, exc.code)
+            await self._unpublishable.handle(row, exc.reason, exc.code, kind=exc.kind, fatal=exc.fatal)
             self._ledger.complete(seq)
             return seq
+        if TRUNCATED_HEADER in msg.message["extras"]["headers"]:
+            self.stats.truncated += 1
         self._publisher.submit(msg)
         return seq
 

@@ -72,6 +72,7 @@ class Term:
             unpublishable=self.unpublishable,
             wake=self.wake,
             max_message_size=settings.max_message_size,
+            on_oversize=settings.on_oversize,
             batch_size=settings.outbox_batch_size,
             poll_interval_s=settings.poll_interval_ms / 1000,
             gap_timeout_s=settings.gap_timeout_ms / 1000,
@@ -96,7 +97,7 @@ class Term:
         """Ably refused a row for good: apply ON_UNPUBLISHABLE to it."""
         assert self.unpublishable is not None
         await self.unpublishable.handle(
-            msg.token["row"], f"rejected by Ably: {error}", error.ably_code or error.code
+            msg.token["row"], f"rejected by Ably: {error}", error.ably_code or error.code, kind="rejected"
         )
 
     async def run(self, stop: asyncio.Event, lost: asyncio.Event) -> BaseException | None:

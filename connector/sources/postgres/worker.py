@@ -56,6 +56,7 @@ _COUNTERS: Final = (
     "publish_retries",
     "checkpoints_stored",
     "late_rows",
+    "messages_truncated",
     "gaps_proven",
     "gaps_timed_out",
 )
@@ -81,6 +82,7 @@ class PostgresWorker:
         self._lost = asyncio.Event()
         self.term: Term | None = None
         self._totals = dict.fromkeys(_COUNTERS, 0)
+        self._by_kind: dict[str, int] = {}  # dead-lettered or skipped rows of finished terms, by reason
         self._max_gap_wait_s = 0.0
         self.health: HealthServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -203,6 +205,8 @@ class PostgresWorker:
         current = self._term_counters(term)
         for key in _COUNTERS:
             self._totals[key] += current[key]
+        for kind, count in (term.unpublishable.by_kind if term.unpublishable else {}).items():
+            self._by_kind[kind] = self._by_kind.get(kind, 0) + count
         if term.reader is not None:
             self._max_gap_wait_s = max(self._max_gap_wait_s, term.reader.stats.max_gap_wait_s)
         self.term = None
@@ -277,6 +281,7 @@ class PostgresWorker:
             "publish_retries": p.retries,
             "checkpoints_stored": term.store.stats.flushes if term.store else 0,
             "late_rows": r.late_rows if r else 0,
+            "messages_truncated": r.truncated if r else 0,
             "gaps_proven": r.gaps_proven if r else 0,
             "gaps_timed_out": r.gaps_timed_out if r else 0,
         }
@@ -287,6 +292,10 @@ class PostgresWorker:
         if term is not None:
             for key, value in self._term_counters(term).items():
                 values[key] += value
+        by_kind = dict(self._by_kind)
+        for kind, count in (term.unpublishable.by_kind if term and term.unpublishable else {}).items():
+            by_kind[kind] = by_kind.get(kind, 0) + count
+        values["unpublishable_by_kind"] = by_kind
         ready, _ = self.readiness()
         stats = self.leadership.stats
         reading = term is not None and term.reader is not None and term.reader.stats.reading
