@@ -85,9 +85,22 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--channels", type=int, default=50)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--channel-rate-limit", type=float, default=0.0, help="per channel, messages/s (0 = off)"
+    )
     parser.add_argument("--payload-bytes", type=int, default=PAYLOAD_BYTES, help="padding in each data")
     args = parser.parse_args()
-    command = [sys.executable, "-m", "emulators.ably", "--port", "0", "--latency-ms", str(args.latency_ms)]
+    command = [
+        sys.executable,
+        "-m",
+        "emulators.ably",
+        "--port",
+        "0",
+        "--latency-ms",
+        str(args.latency_ms),
+        "--channel-rate-limit",
+        str(args.channel_rate_limit),
+    ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as server:
         try:
             assert server.stdout is not None
@@ -106,7 +119,8 @@ def main() -> int:
     delivered = stats["messages_delivered"]
     print(
         f"{args.messages} messages, {args.per_request}/request, concurrency {args.concurrency}, "
-        f"latency {args.latency_ms:g} ms: {elapsed:.2f} s, {args.messages / elapsed:,.0f} messages/s, "
+        f"latency {args.latency_ms:g} ms, channel rate limit {args.channel_rate_limit:g}/s: "
+        f"{elapsed:.2f} s, {args.messages / elapsed:,.0f} messages/s, "
         f"delivered {delivered}, duplicates {stats['duplicates_dropped']}; "
         f"server CPU {server_cpu:.2f} s = {args.messages / server_cpu:,.0f} messages per server CPU second, "
         f"{server_cpu / args.messages * 10_000:.3f} CPU-s per 10k messages"

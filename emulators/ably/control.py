@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -87,7 +86,7 @@ class ControlApi:
         if not specs or not all(isinstance(s, dict) for s in specs):
             return _bad_request("expected a fault object or a list of them")
         try:
-            faults = [parse_fault(spec, time.monotonic()) for spec in specs]
+            faults = [parse_fault(spec, self._emulator.clock()) for spec in specs]
         except (ValueError, TypeError) as exc:
             return _bad_request(str(exc))
         refusals = [f for f in faults if f.mode == "refuse"]

@@ -68,8 +68,12 @@ class AblyEmulator:
         tokens: Iterable[str] = (),
         connection_state_ttl_s: float = DEFAULT_CONNECTION_STATE_TTL_S,
         heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
+        # Monotonic seconds for the channel rate buckets, the dedupe window and fault durations: a test
+        # may pass a clock it moves by hand, to measure pacing without sleeping.
+        self.clock = clock
         self._requested_port = port
         self.config = EmulatorConfig(
             keys=tuple(keys),
@@ -83,9 +87,9 @@ class AblyEmulator:
         )
         # reset() returns to these, so a session-wide emulator shared by tests starts each test the same.
         self._initial_settings = self.config.public()
-        self.store = Store(self.config)
+        self.store = Store(self.config, clock=clock)
         self.realtime = RealtimeHub(self.config, self.store)
-        self.faults = FaultBook()
+        self.faults = FaultBook(clock=clock)
         self.stopping = False
         self._state = _State.UNOPENED
         self._port: int | None = None
@@ -281,8 +285,9 @@ class AblyEmulator:
 
     def stats(self) -> dict[str, Any]:
         """Counters: requests, publish_requests, messages_delivered, duplicates_dropped, messages_rejected,
-        rate_limited, faults_served, status_counts, channels (messages per channel), and ``realtime``:
-        open connections and attached connections per channel."""
+        rate_limited, rate_limited_by_channel, rate_limited_requests, faults_served, status_counts,
+        requests_by_key, channels (messages per channel), and ``realtime``: open connections and attached
+        connections per channel."""
         return {**self.store.stats(), "realtime": self.realtime.stats()}
 
     def inject_fault(self, **spec: Any) -> dict[str, Any]:
@@ -290,7 +295,7 @@ class AblyEmulator:
 
         ``mode="refuse"`` takes effect before this returns. Raises ValueError for an invalid spec.
         """
-        fault = parse_fault(spec, time.monotonic())
+        fault = parse_fault(spec, self.clock())
         if fault.mode == "refuse":
             self.refuse_for(fault.duration_s or DEFAULT_REFUSE_S)
         elif fault.mode == "disconnect":

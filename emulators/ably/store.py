@@ -70,6 +70,8 @@ class Store:
         self._seen_order: deque[tuple[float, tuple[str, str]]] = deque()
         # channel → [tokens, last refill time] of a token bucket holding at most one second of rate.
         self._buckets: dict[str, list[float]] = {}
+        # channel → publishes it refused with 42913 (a test measures a client's pacing per channel).
+        self._rate_limited_by_channel: Counter[str] = Counter()
         self._counters: Counter[str] = Counter()
         self._status_counts: Counter[str] = Counter()
         # API key name → authenticated requests: which client did what (e.g. which of several connectors).
@@ -102,41 +104,48 @@ class Store:
             if seen.get(key) == first_seen:
                 del seen[key]
 
-    def _take_tokens(self, channel: str, cost: int, now: float) -> None:
-        rate = self._config.channel_rate_limit
-        if rate <= 0:
-            return
+    def _take_token(self, channel: str, rate: float, now: float) -> AblyHttpError | None:
+        """Take one publish's token from the channel's bucket (rate > 0); the 42913 error if it is empty.
+
+        One bucket per channel, whoever publishes (every key, REST and realtime): Ably's limit is on the
+        channel. A publish counts one, however many messages it carries (an array, a BatchSpec).
+        """
         bucket = self._buckets.get(channel)
         if bucket is None:
             bucket = self._buckets[channel] = [rate, now]
         tokens = min(rate, bucket[0] + (now - bucket[1]) * rate)
         bucket[1] = now
-        # A publish bigger than a whole second's allowance passes only on a full bucket (else it never could).
-        if tokens < cost and tokens < rate:
+        # Under 1/s the bucket never holds a whole token: a publish then passes on a full bucket.
+        if tokens < 1 and tokens < rate:
             bucket[0] = tokens
             self._counters["rate_limited"] += 1
-            raise AblyHttpError(
-                CHANNEL_RATE_LIMIT, 429, f"rate limit exceeded on channel {channel!r} ({rate:g} messages/s)"
+            self._rate_limited_by_channel[channel] += 1
+            return AblyHttpError(
+                CHANNEL_RATE_LIMIT,
+                429,
+                f"Rate limit exceeded; request rejected (nonfatal); metric = channel.maxRate; "
+                f"channel {channel!r}, {rate:g} messages/s",
             )
-        bucket[0] = tokens - cost
+        bucket[0] = tokens - 1
+        return None
 
     def publish(
         self,
         channel: str,
         messages: list[dict[str, Any]],
         unit_id: str | None,
-        cost: int | None = None,
         origin: str | None = None,
     ) -> PublishResult:
         """Deliver ``messages`` (normalised: messages.normalize_message or normalize_for_store) to ``channel``
         as one unit.
 
         A unit whose id was seen on this channel within the dedupe window is accepted but not stored.
-        ``cost`` is what the publish counts toward the channel rate limit (default: one per message).
-        ``origin`` is the realtime connection that published it (None for REST), for delivery listeners.
-        Raises 42913 when the channel rate limit is exceeded.
+        The publish counts one toward the channel rate limit, however many messages it has (Ably: an array
+        is published atomically and counts as a single message). ``origin`` is the realtime connection
+        that published it (None for REST), for delivery listeners. Raises 42913 when the channel rate
+        limit is exceeded.
         """
-        [outcome], deliveries = self._publish_units([(channel, messages, unit_id, False)], cost)
+        [outcome], deliveries = self._publish_units([(channel, messages, unit_id, False)])
         if isinstance(outcome, AblyHttpError):
             raise outcome
         self._notify(deliveries, origin)
@@ -146,21 +155,24 @@ class Store:
         """Publish the units of a REST batch in order, each ``(channel, messages, unit_id, owned)``; return
         per unit its message id (a duplicate's too) or its 42913 error.
 
-        The same rules as ``publish`` with ``cost=1`` (a BatchSpec counts as one message toward the channel
-        rate limit), but one lock, one clock reading and one counter update for the whole request. With
-        ``owned`` the caller hands the message dicts over, so they are completed in place rather than
-        copied (for a unit published to a single channel). Listeners are called once every unit is stored,
-        unit by unit in order, exactly as ``publish`` calls them.
+        The same rules as ``publish`` (a BatchSpec counts as one message toward each of its channels' rate
+        limits), but one lock, one clock reading and one counter update for the whole request: units are
+        decided in request order, so when a channel's budget runs out mid-request its earlier units are
+        accepted and its later ones refused, never the reverse. With ``owned`` the caller hands the
+        message dicts over, so they are completed in place rather than copied (for a unit published to a
+        single channel). Listeners are called once every unit is stored, unit by unit in order, exactly as
+        ``publish`` calls them.
         """
-        outcomes, deliveries = self._publish_units(units, 1)
+        outcomes, deliveries = self._publish_units(units)
         self._notify(deliveries, None)
         return outcomes
 
     def _publish_units(
-        self, units: list[BatchUnit], cost: int | None
+        self, units: list[BatchUnit]
     ) -> tuple[list[str | AblyHttpError], list[tuple[str, int, list[dict[str, Any]]]]]:
-        """Store units under the lock: per unit its message id or error, and per delivered (not duplicate)
-        unit (channel, position of its first message, the stored messages). ``cost`` None: per message."""
+        """Store units under the lock, in order: per unit its message id or error, and per delivered (not
+        duplicate) unit (channel, position of its first message, the stored messages). One call is one
+        publish request (REST request or realtime MESSAGE) for ``rate_limited_requests``."""
         now = self._clock()
         received_at = self._wall_ms()
         outcomes: list[str | AblyHttpError] = []
@@ -168,14 +180,14 @@ class Store:
         delivered_count = 0
         with self._lock:
             seen, seen_order, by_channel = self._seen, self._seen_order, self._by_channel
-            rate_limited = self._config.channel_rate_limit > 0
+            rate = self._config.channel_rate_limit
+            limited_before = self._counters["rate_limited"]
             horizon = now - self._config.dedupe_window_s
             for channel, messages, unit_id, owned in units:
-                if rate_limited:
-                    try:
-                        self._take_tokens(channel, len(messages) if cost is None else cost, now)
-                    except AblyHttpError as exc:
-                        outcomes.append(exc)
+                if rate > 0:
+                    refused = self._take_token(channel, rate, now)
+                    if refused is not None:
+                        outcomes.append(refused)
                         continue
                 if unit_id is not None:
                     if seen_order and seen_order[0][0] <= horizon:
@@ -211,6 +223,8 @@ class Store:
                 delivered_count += len(delivered)
                 outcomes.append(base)
             self._counters["messages_delivered"] += delivered_count
+            if rate > 0 and self._counters["rate_limited"] != limited_before:
+                self._counters["rate_limited_requests"] += 1
         return outcomes, deliveries
 
     def _notify(self, deliveries: list[tuple[str, int, list[dict[str, Any]]]], origin: str | None) -> None:
@@ -276,6 +290,8 @@ class Store:
                 "duplicates_dropped": counters["duplicates_dropped"],
                 "messages_rejected": counters["messages_rejected"],
                 "rate_limited": counters["rate_limited"],
+                "rate_limited_by_channel": dict(self._rate_limited_by_channel),
+                "rate_limited_requests": counters["rate_limited_requests"],
                 "faults_served": counters["faults_served"],
                 "status_counts": dict(self._status_counts),
                 "requests_by_key": dict(self._key_requests),

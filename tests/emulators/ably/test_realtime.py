@@ -353,3 +353,47 @@ async def test_bearer_tokens_are_accepted_raw_or_base64_encoded_as_sdks_send_the
                 headers={"X-Ably-Version": "6", "Authorization": f"Bearer {credential}"},
             )
             assert answer.status_code == (401 if credential == "dG9rLTI=" else 200)
+
+
+async def test_realtime_publish_follows_the_id_rule_with_40031(
+    session: aiohttp.ClientSession, ably: AblyEmulator
+) -> None:
+    ws, _ = await connect(session, ably)
+    mixed = [{"id": "m:0", "data": "a"}, {"data": "b"}]
+    await send(ws, action=Action.MESSAGE, channel="c", msgSerial=0, messages=mixed)
+    nack = await recv(ws)
+    assert nack["action"] == Action.NACK and nack["msgSerial"] == 0
+    assert (nack["error"]["code"], nack["error"]["statusCode"]) == (40031, 400)
+    linked = [{"id": "m:0", "data": "a"}, {"id": "m:1", "data": "b"}]
+    await send(ws, action=Action.MESSAGE, channel="c", msgSerial=1, messages=linked)
+    assert await recv(ws) == {"action": Action.ACK, "msgSerial": 1, "count": 1}
+    assert [m["id"] for m in ably.messages("c")] == ["m:0", "m:1"]
+    await ws.close()
+
+
+async def test_realtime_publish_counts_one_toward_the_channel_budget_it_shares_with_rest(
+    session: aiohttp.ClientSession,
+) -> None:
+    # A clock that stands still: no token comes back however slowly the test runs.
+    async with AblyEmulator(keys=[KEY], channel_rate_limit=2, clock=lambda: 1000.0) as ably:
+        await _publish_through_the_shared_budget(session, ably)
+
+
+async def _publish_through_the_shared_budget(session: aiohttp.ClientSession, ably: AblyEmulator) -> None:
+    ws, _ = await connect(session, ably)
+    three = [{"data": str(i)} for i in range(3)]
+    await send(ws, action=Action.MESSAGE, channel="c", msgSerial=0, messages=three)
+    assert (await recv(ws))["action"] == Action.ACK  # three messages in one publish: one of two tokens
+    await publish(ably, "c", {"data": "rest"})  # the second token, taken over REST
+    await send(ws, action=Action.MESSAGE, channel="c", msgSerial=1, messages=[{"data": "late"}])
+    nack = await recv(ws)
+    assert nack["action"] == Action.NACK
+    assert (nack["error"]["code"], nack["error"]["statusCode"]) == (42913, 429)
+    assert [m["data"] for m in ably.messages("c")] == ["0", "1", "2", "rest"]
+    stats = ably.stats()
+    assert (stats["rate_limited"], stats["rate_limited_by_channel"], stats["rate_limited_requests"]) == (
+        1,
+        {"c": 1},
+        1,
+    )
+    await ws.close()
