@@ -1,5 +1,12 @@
 """Fault injection: what the next matching requests suffer (an error status, a delay, a dropped
-connection, per-channel batch failures) and for how long (a request count, a duration, or until cleared).
+connection, per-entry batch failures) and for how long (a request count, a duration, or until cleared).
+
+A ``partial`` fault fails entries of a publish, not the request: every (BatchSpec, channel) entry of its
+``channels`` (all channels if omitted), or with ``entries`` only the n-th entries of each such channel in
+the request (0-based, negative from the end: ``[0]`` fails a channel's first spec and lets its later
+specs of the same request through, which Ably can do since it publishes a request's entries
+independently). Several partial faults matching one request all apply; an entry takes the error of the
+first that selects it.
 
 ``refuse`` (stop listening) and ``disconnect`` (drop realtime connections and refuse new ones for a while,
 REST unaffected) are not per-request faults; the server acts on them directly.
@@ -35,6 +42,9 @@ class Fault:
     delay_ms: float
     channels: frozenset[str] | None
     target: FaultTarget
+    # partial only: which entries of a matching channel fail (0-based occurrence in the request; negative
+    # counts from the channel's last entry); None = all of them.
+    entries: tuple[int, ...] | None
     remaining: int | None
     expires_at: float | None
     duration_s: float | None
@@ -51,10 +61,20 @@ class Fault:
             "delay_ms": self.delay_ms,
             "channels": sorted(self.channels) if self.channels is not None else None,
             "target": self.target,
+            "entries": list(self.entries) if self.entries is not None else None,
             "remaining": self.remaining,
             "duration_s": self.duration_s,
             "served": self.served,
         }
+
+    def selects(self, channel: str, occurrence: int, total: int) -> bool:
+        """Whether this partial fault fails the ``occurrence``-th of ``total`` entries of ``channel`` in a
+        request (a single-channel publish is occurrence 0 of 1)."""
+        if self.channels is not None and channel not in self.channels:
+            return False
+        if self.entries is None:
+            return True
+        return occurrence in self.entries or occurrence - total in self.entries
 
 
 _fault_ids = itertools.count(1)
@@ -86,8 +106,16 @@ def parse_fault(spec: dict[str, Any], now: float) -> Fault:
         isinstance(channels, list) and channels and all(isinstance(c, str) for c in channels)
     ):
         raise ValueError("channels must be a channel name or a non-empty list of them")
-    if mode == "partial" and channels is None:
-        raise ValueError("a partial fault needs channels")
+    entries = spec.get("entries")
+    if entries is not None:
+        if mode != "partial":
+            raise ValueError("entries applies to partial faults only")
+        if not (
+            isinstance(entries, list)
+            and entries
+            and all(isinstance(e, int) and not isinstance(e, bool) for e in entries)
+        ):
+            raise ValueError("entries must be a non-empty list of integers (0-based, negative from the end)")
     count, duration = spec.get("count"), spec.get("duration_s")
     if count is not None and (not isinstance(count, int) or count < 1):
         raise ValueError("count must be a positive integer")
@@ -108,6 +136,7 @@ def parse_fault(spec: dict[str, Any], now: float) -> Fault:
         delay_ms=float(delay_ms),
         channels=frozenset(channels) if channels is not None else None,
         target=cast(FaultTarget, target),
+        entries=tuple(entries) if entries is not None else None,
         remaining=count,
         expires_at=now + duration if duration is not None else None,
         duration_s=float(duration) if duration is not None else None,
@@ -141,14 +170,20 @@ class FaultBook:
     def _expire(self, now: float) -> None:
         self._faults = [f for f in self._faults if f.expires_at is None or f.expires_at > now]
 
-    def take(self, kind: RequestKind, channels: Collection[str]) -> Fault | None:
-        """Consume one use of the first fault matching a request of ``kind`` touching ``channels``."""
+    def take(self, kind: RequestKind, channels: Collection[str]) -> list[Fault]:
+        """Consume one use of the faults a request of ``kind`` touching ``channels`` suffers: the first
+        matching fault, and if it is ``partial``, every later matching ``partial`` fault as well (they
+        combine). Empty if none matches."""
         if not self._faults:  # unlocked fast path: the common case is no faults at all
-            return None
+            return []
+        taken: list[Fault] = []
         with self._lock:
             self._expire(self._clock())
-            for fault in self._faults:
-                if kind != "publish" and fault.target != "all":
+            for fault in list(self._faults):
+                partial = fault.mode == "partial"
+                if kind != "publish" and (partial or fault.target != "all"):
+                    continue
+                if taken and not partial:
                     continue
                 if fault.channels is not None and fault.channels.isdisjoint(channels):
                     continue
@@ -157,5 +192,7 @@ class FaultBook:
                     fault.remaining -= 1
                     if fault.remaining == 0:
                         self._faults.remove(fault)
-                return fault
-        return None
+                taken.append(fault)
+                if not partial:
+                    break
+        return taken

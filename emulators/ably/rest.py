@@ -10,6 +10,7 @@ import binascii
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -150,23 +151,31 @@ class RestApi:
             return False
         return decoded in self._config.tokens
 
-    async def _apply_fault(self, request: web.Request, kind: RequestKind, channels: Any) -> Fault | None:
-        """Serve the first matching fault: raise its error, drop, or delay. Partial faults are returned."""
-        fault = self._faults.take(kind, channels)
-        if fault is None:
-            return None
-        self._store.count("faults_served")
+    async def _apply_fault(self, request: web.Request, kind: RequestKind, channels: Any) -> list[Fault]:
+        """Serve the matching fault: raise its error, drop, or delay. Partial faults (all that match) are
+        returned for a batch to apply per entry; a single-channel publish is its channel's only entry."""
+        faults = self._faults.take(kind, channels)
+        if not faults:
+            return faults
+        self._store.count("faults_served", len(faults))
+        fault = faults[0]
         logger.debug("serving fault %s (%s) to %s %s", fault.id, fault.mode, request.method, request.path)
         if fault.mode == "delay":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closing.wait(), fault.delay_ms / 1000)
             if not self.closing.is_set():
-                return None
+                return []
         if fault.mode in ("drop", "delay"):  # a delay cut short by shutdown ends like a drop
             request.protocol.force_close()
             raise ConnectionDropped
-        if fault.mode == "partial" and request.path == "/messages":
-            return fault
+        if fault.mode == "partial":
+            if request.path == "/messages":
+                return faults
+            [channel] = channels
+            for partial in faults:
+                if partial.selects(channel, 0, 1):
+                    raise AblyHttpError(partial.code, partial.status, partial.message)
+            return []
         raise AblyHttpError(fault.code, fault.status, fault.message)
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -219,17 +228,19 @@ class RestApi:
         return self._publish_batch(specs, channels, partial)
 
     def _publish_batch(
-        self, specs: list[tuple[list[str], list[Any]]], channels: set[str], partial: Fault | None
+        self, specs: list[tuple[list[str], list[Any]]], channels: set[str], partial: list[Fault]
     ) -> web.Response:
-        # Per distinct channel, why it fails every entry (bad name, partial fault), checked once.
+        # Per distinct channel, why it fails every entry (a bad name), checked once.
         channel_errors: dict[str, AblyHttpError] = {}
         for channel in channels:
             try:
                 validate_channel(channel)
-                if partial is not None and partial.channels is not None and channel in partial.channels:
-                    raise AblyHttpError(partial.code, partial.status, partial.message)
             except AblyHttpError as exc:
                 channel_errors[channel] = exc
+        # Partial faults: per (channel, its n-th entry in the request), the error; entries counted as
+        # they come (`seen`), every entry of the channel included.
+        fault_errors = _fault_errors(specs, partial) if partial else None
+        seen: Counter[str] = Counter()
         max_size = self._config.max_message_size
         # One entry per (spec, channel) in request order: its channel, the error known before publishing
         # (None: its unit goes to the store) and how many messages it would have published.
@@ -246,16 +257,22 @@ class RestApi:
                         messages, uid = normalize_unit_for_store(raw_messages, max_size)
                 except AblyHttpError as exc:
                     entries.extend((channel, exc, count) for channel in spec_channels)
+                    if fault_errors is not None:
+                        seen.update(spec_channels)
                     continue
                 if len(spec_channels) == 1:  # the store may keep these dicts: no other channel needs them
                     channel = spec_channels[0]
                     error = channel_errors.get(channel) if channel_errors else None
+                    if fault_errors is not None:
+                        error = _entry_fault(fault_errors, seen, channel, error)
                     entries.append((channel, error, count))
                     if error is None:
                         units.append((channel, messages, uid, True))
                     continue
                 for channel in spec_channels:
                     error = channel_errors.get(channel)
+                    if fault_errors is not None:
+                        error = _entry_fault(fault_errors, seen, channel, error)
                     entries.append((channel, error, count))
                     if error is None:
                         units.append((channel, messages, uid, False))
@@ -380,6 +397,36 @@ def _int_param(query: Any, name: str, default: int | None) -> Any:
         return int(raw)
     except ValueError as exc:
         raise AblyHttpError(INVALID_PARAMETER, 400, f"{name} must be an integer") from exc
+
+
+def _fault_errors(
+    specs: list[tuple[list[str], list[Any]]], faults: list[Fault]
+) -> dict[tuple[str, int], AblyHttpError]:
+    """The entries that partial ``faults`` fail: (channel, its n-th entry in the request) → the error of
+    the first fault selecting it."""
+    totals: Counter[str] = Counter()
+    for spec_channels, _ in specs:
+        totals.update(spec_channels)
+    errors: dict[tuple[str, int], AblyHttpError] = {}
+    for channel, total in totals.items():
+        for occurrence in range(total):
+            for fault in faults:
+                if fault.selects(channel, occurrence, total):
+                    errors[(channel, occurrence)] = AblyHttpError(fault.code, fault.status, fault.message)
+                    break
+    return errors
+
+
+def _entry_fault(
+    fault_errors: dict[tuple[str, int], AblyHttpError],
+    seen: Counter[str],
+    channel: str,
+    error: AblyHttpError | None,
+) -> AblyHttpError | None:
+    """Count the next entry of ``channel``; its error: ``error`` (a bad name) first, else a fault's."""
+    occurrence = seen[channel]
+    seen[channel] = occurrence + 1
+    return error if error is not None else fault_errors.get((channel, occurrence))
 
 
 def _parse_batch(body: Any) -> tuple[list[tuple[list[str], list[Any]]], set[str]]:

@@ -202,8 +202,12 @@ async def test_partial_fault_with_a_4xx_code_uses_its_status(
     "spec",
     [
         {"mode": "bogus"},
-        {"mode": "partial"},
         {"mode": "delay"},
+        {"mode": "status", "entries": [0]},
+        {"mode": "partial", "entries": []},
+        {"mode": "partial", "entries": 0},
+        {"mode": "partial", "entries": [True]},
+        {"mode": "partial", "entries": ["0"]},
         {"status": 500, "count": 0},
         {"status": 500, "duration_s": -1},
         {"status": 500, "channels": []},

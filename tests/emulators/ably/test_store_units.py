@@ -10,7 +10,7 @@ import pytest
 from emulators.ably.config import EmulatorConfig
 from emulators.ably.errors import AblyHttpError
 from emulators.ably.faults import FaultBook, parse_fault
-from emulators.ably.messages import normalize_for_store, normalize_message, unit_id
+from emulators.ably.messages import normalize_for_store, normalize_message, normalize_unit_for_store, unit_id
 from emulators.ably.store import Store
 
 
@@ -67,10 +67,24 @@ def test_token_bucket_refills_at_the_configured_rate() -> None:
     store.publish("c", [_msg()], None)
     with pytest.raises(AblyHttpError):
         store.publish("c", [_msg()], None)
-    # A publish costing more than a second's allowance passes on a full bucket only.
+    # A publish of several messages takes one token: two of them fit in a full bucket.
     clock.now += 10
     store.publish("c", [_msg() for _ in range(5)], None)
+    store.publish("c", [_msg() for _ in range(5)], None)
     assert store.stats()["rate_limited"] == 2
+    assert store.stats()["rate_limited_by_channel"] == {"c": 2}
+
+
+def test_a_rate_under_one_per_second_lets_a_publish_through_on_a_full_bucket() -> None:
+    clock = FakeClock()
+    store = _store(clock, channel_rate_limit=0.5)
+    store.publish("c", [_msg()], None)
+    clock.now += 1.9
+    with pytest.raises(AblyHttpError):
+        store.publish("c", [_msg()], None)
+    clock.now += 0.1
+    store.publish("c", [_msg()], None)
+    assert len(store.messages("c")) == 2
 
 
 def test_generated_ids_are_unique_base_colon_index() -> None:
@@ -176,11 +190,46 @@ def test_unit_id_rules(ids: list[str | None], expected: str | None) -> None:
     assert unit_id([_msg(id=i) for i in ids]) == expected
 
 
-@pytest.mark.parametrize("ids", [["b:1", "b:0"], ["b:0", "c:1"], ["b", "b"], ["b:0", None]])
-def test_unit_id_rejects_ids_not_following_base_index(ids: list[str | None]) -> None:
+@pytest.mark.parametrize(
+    "ids",
+    [
+        ["b:1", "b:0"],  # out of order
+        ["b:1", "b:2"],  # not 0-based
+        ["b:0", "c:1"],  # two bases
+        ["b", "b"],  # no index
+        ["b:0", "b:1", "b:1"],  # an index repeated
+        ["b:00", "b:01"],  # not the index as written by Ably
+        [":0", ":1"],  # an empty base
+        ["b:0", None],  # a missing id after given ones
+        [None, "b:1"],  # a missing id before
+    ],
+)
+def test_unit_id_rejects_ids_not_following_base_index_with_40031(ids: list[str | None]) -> None:
     with pytest.raises(AblyHttpError) as rejected:
         unit_id([_msg(id=i) for i in ids])
-    assert rejected.value.code == 40000
+    assert (rejected.value.code, rejected.value.status) == (40031, 400)
+    assert rejected.value.message.startswith(
+        "Client-specified message ids do not match the required format for multi-message ProtocolMessages"
+    )
+
+
+@pytest.mark.parametrize(("msg_id", "message"), [("", "cannot be empty"), (5, "must be a string")])
+def test_an_empty_or_non_string_id_is_40031(msg_id: object, message: str) -> None:
+    with pytest.raises(AblyHttpError) as rejected:
+        _msg(id=msg_id)
+    assert (rejected.value.code, rejected.value.status) == (40031, 400)
+    assert message in rejected.value.message
+
+
+def test_a_unit_is_measured_as_one_payload_against_the_size_limit() -> None:
+    messages, uid = normalize_unit_for_store(
+        [{"id": "u:0", "data": "x" * 6}, {"id": "u:1", "data": "y" * 4}], 10
+    )
+    assert uid == "u" and [m["data"] for m in messages] == ["x" * 6, "y" * 4]
+    with pytest.raises(AblyHttpError) as rejected:
+        normalize_unit_for_store([{"data": "x" * 6}, {"data": "y" * 5}], 10)
+    assert (rejected.value.code, rejected.value.status) == (40009, 413)
+    assert rejected.value.message == "Maximum message length exceeded (size was 11 bytes, limit is 10 bytes)"
 
 
 def test_fault_book_counts_and_expires_with_the_clock() -> None:
@@ -188,9 +237,9 @@ def test_fault_book_counts_and_expires_with_the_clock() -> None:
     book = FaultBook(clock=clock)
     book.add(parse_fault({"status": 503, "count": 2}, clock.now))
     book.add(parse_fault({"status": 500, "duration_s": 5}, clock.now))
-    assert [book.take("publish", ["c"]).status for _ in range(3)] == [503, 503, 500]  # type: ignore[union-attr]
+    assert [[f.status for f in book.take("publish", ["c"])] for _ in range(3)] == [[503], [503], [500]]
     clock.now += 5
-    assert book.take("publish", ["c"]) is None
+    assert book.take("publish", ["c"]) == []
     assert book.active() == []
 
 
