@@ -15,6 +15,7 @@ import sys
 from typing import Final
 
 from emulators.ably.config import (
+    BATCH_RESPONSES,
     DEFAULT_CONNECTION_STATE_TTL_S,
     DEFAULT_DEDUPE_WINDOW_S,
     DEFAULT_HEARTBEAT_INTERVAL_S,
@@ -62,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_HEARTBEAT_INTERVAL_S,
         help="most idle time on a realtime connection before a heartbeat (maxIdleInterval)",
     )
+    parser.add_argument(
+        "--batch-response",
+        choices=BATCH_RESPONSES,
+        default="legacy",
+        help="batch publish answers: legacy (v2 shape always) or by_version (BatchResults from version 3)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -104,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             dedupe_window_s=args.dedupe_window_s,
             connection_state_ttl_s=args.connection_state_ttl_s,
             heartbeat_interval_s=args.heartbeat_interval_s,
+            batch_response=args.batch_response,
         )
     except ValueError as exc:  # an invalid key or setting
         print(f"ably emulator: {exc}", file=sys.stderr, flush=True)

@@ -13,6 +13,11 @@ DEFAULT_KEY: Final = "app.key:secret"
 # its connection for 2 minutes; the server promises some traffic (a heartbeat at least) every 15 s.
 DEFAULT_CONNECTION_STATE_TTL_S: Final = 120.0
 DEFAULT_HEARTBEAT_INTERVAL_S: Final = 15.0
+# How batch publish answers. "legacy": the protocol-v2 shape for every request (an array of entries, or
+# 400/40020 with batchResponse). "by_version": what Ably does, by the request's X-Ably-Version: from 3 on,
+# one BatchResult per BatchSpec ({successCount, failureCount, results}), 201 even when entries failed.
+BATCH_RESPONSES: Final = ("legacy", "by_version")
+BATCH_RESULT_MIN_VERSION: Final = 3
 
 # Settings a running emulator accepts through configure() / POST /_emulator/config.
 RUNTIME_FIELDS: Final = frozenset(
@@ -25,6 +30,7 @@ RUNTIME_FIELDS: Final = frozenset(
         "tokens",
         "connection_state_ttl_s",
         "heartbeat_interval_s",
+        "batch_response",
     }
 )
 
@@ -41,6 +47,7 @@ class EmulatorConfig:
     dedupe_window_s: float = DEFAULT_DEDUPE_WINDOW_S
     connection_state_ttl_s: float = DEFAULT_CONNECTION_STATE_TTL_S
     heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    batch_response: str = "legacy"
     # Derived: keyName → secret, rebuilt whenever keys change.
     secrets_by_key_name: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -59,6 +66,8 @@ class EmulatorConfig:
             raise ValueError("max_message_size must be > 0")
         if self.connection_state_ttl_s <= 0 or self.heartbeat_interval_s <= 0:
             raise ValueError("connection_state_ttl_s and heartbeat_interval_s must be > 0")
+        if self.batch_response not in BATCH_RESPONSES:
+            raise ValueError(f"batch_response must be one of {BATCH_RESPONSES}, got {self.batch_response!r}")
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply runtime changes after validating every field (all or nothing)."""
@@ -75,6 +84,7 @@ class EmulatorConfig:
             dedupe_window_s=float(merged["dedupe_window_s"]),
             connection_state_ttl_s=float(merged["connection_state_ttl_s"]),
             heartbeat_interval_s=float(merged["heartbeat_interval_s"]),
+            batch_response=merged["batch_response"],
         )
         self.__dict__.update(candidate.__dict__)
 

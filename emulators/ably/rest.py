@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import orjson
 from aiohttp import web
 
-from emulators.ably.config import EmulatorConfig
+from emulators.ably.config import BATCH_RESULT_MIN_VERSION, EmulatorConfig
 from emulators.ably.errors import (
     AUTH_FAILED,
     BAD_REQUEST,
@@ -225,7 +225,13 @@ class RestApi:
                 BAD_REQUEST, 400, f"{len(channels)} channels in one batch; the limit is {MAX_BATCH_CHANNELS}"
             )
         partial = await self._apply_fault(request, "publish", channels)
-        return self._publish_batch(specs, channels, partial)
+        response = self._publish_batch(specs, channels, partial)
+        if (
+            self._config.batch_response == "by_version"
+            and _protocol_version(request) >= BATCH_RESULT_MIN_VERSION
+        ):
+            return _as_batch_results(response, specs)
+        return response
 
     def _publish_batch(
         self, specs: list[tuple[list[str], list[Any]]], channels: set[str], partial: list[Fault]
@@ -397,6 +403,33 @@ def _int_param(query: Any, name: str, default: int | None) -> Any:
         return int(raw)
     except ValueError as exc:
         raise AblyHttpError(INVALID_PARAMETER, 400, f"{name} must be an integer") from exc
+
+
+def _protocol_version(request: web.Request) -> int:
+    """The request's protocol version (X-Ably-Version, or the ``v`` parameter); 0 if not a number."""
+    raw = request.headers.get("X-Ably-Version") or request.query.get("v") or ""
+    try:
+        return int(raw.strip())
+    except ValueError:
+        return 0
+
+
+def _as_batch_results(legacy: web.Response, specs: list[tuple[list[str], list[Any]]]) -> web.Response:
+    """A batch answer in the protocol-v3 shape: per BatchSpec ``{successCount, failureCount, results}``
+    (its entries, one per channel, in order), HTTP 201 whether or not entries failed."""
+    assert isinstance(legacy.body, bytes)
+    body = orjson.loads(legacy.body)
+    entries = body["batchResponse"] if isinstance(body, dict) else body
+    grouped: list[dict[str, Any]] = []
+    position = 0
+    for spec_channels, _ in specs:
+        results = entries[position : position + len(spec_channels)]
+        position += len(spec_channels)
+        failures = sum(1 for result in results if "error" in result)
+        grouped.append(
+            {"successCount": len(results) - failures, "failureCount": failures, "results": results}
+        )
+    return json_response(grouped, status=201)
 
 
 def _fault_errors(

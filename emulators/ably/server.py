@@ -68,6 +68,7 @@ class AblyEmulator:
         tokens: Iterable[str] = (),
         connection_state_ttl_s: float = DEFAULT_CONNECTION_STATE_TTL_S,
         heartbeat_interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S,
+        batch_response: str = "legacy",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
@@ -84,6 +85,7 @@ class AblyEmulator:
             dedupe_window_s=dedupe_window_s,
             connection_state_ttl_s=connection_state_ttl_s,
             heartbeat_interval_s=heartbeat_interval_s,
+            batch_response=batch_response,
         )
         # reset() returns to these, so a session-wide emulator shared by tests starts each test the same.
         self._initial_settings = self.config.public()
@@ -333,7 +335,8 @@ class AblyEmulator:
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Change settings at runtime (latency_ms, max_message_size, channel_rate_limit, dedupe_window_s,
-        keys, tokens); returns the resulting settings. Raises ValueError, changing nothing, if invalid."""
+        keys, tokens, connection_state_ttl_s, heartbeat_interval_s, batch_response); returns the resulting
+        settings. Raises ValueError, changing nothing, if invalid."""
         self.config.update(changes)
         return self.config.public()
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from emulators.ably import AblyEmulatorAdmin
+from emulators.ably.__main__ import parse_args
 
 READY_PREFIX = "ably emulator listening on "
 PROCESS_TIMEOUT_S = 15.0
@@ -96,6 +97,9 @@ async def test_async_admin_client_against_the_cli(cli_process: tuple[subprocess.
     assert (await admin.astats())["status_counts"] == {"400": 1}
     await admin.aclear()
     assert (await admin.aconfigure(channel_rate_limit=3))["channel_rate_limit"] == 3
+    assert (await admin.aconfigure(batch_response="by_version"))["batch_response"] == "by_version"
+    fault = (await admin.afault(mode="partial", channels="c", entries=[0], code=42913))["faults"][0]
+    assert (fault["entries"], fault["status"]) == ([0], 429)
     await admin.areset()
     assert await admin.amessages() == []
 
@@ -145,3 +149,10 @@ def test_refuse_through_the_admin_client_answers_then_refuses_then_recovers(
             assert time.monotonic() < deadline, "the emulator did not listen again"
             time.sleep(0.05)
     assert stats["messages_delivered"] == 0
+
+
+def test_cli_batch_response_option() -> None:
+    assert parse_args([]).batch_response == "legacy"
+    assert parse_args(["--batch-response", "by_version"]).batch_response == "by_version"
+    with pytest.raises(SystemExit):
+        parse_args(["--batch-response", "v3"])

@@ -147,3 +147,38 @@ async def test_entries_round_trip_through_the_admin_api(client: httpx.AsyncClien
     )
     listed = (await client.get("/_emulator/faults")).json()["faults"]
     assert listed[0]["entries"] == [0, -1]
+
+
+async def test_by_version_answers_one_batch_result_per_spec_with_201_from_version_3(
+    ably: AblyEmulator, client: httpx.AsyncClient
+) -> None:
+    # Ably from protocol version 3: per BatchSpec {successCount, failureCount, results}, even on failures.
+    ably.configure(batch_response="by_version")
+    ably.inject_fault(mode="partial", channels="c", entries=[0], code=42913)
+    specs = [
+        {"channels": ["c", "d"], "messages": {"id": "one", "data": "1"}},
+        {"channels": "c", "messages": {"id": "two", "data": "2"}},
+    ]
+    response = await client.post("/messages", json=specs)  # X-Ably-Version: 6
+    assert response.status_code == 201
+    first, second = response.json()
+    assert (first["successCount"], first["failureCount"]) == (1, 1)
+    assert first["results"][0]["channel"] == "c" and first["results"][0]["error"]["code"] == 42913
+    assert first["results"][1] == {"channel": "d", "messageId": "one"}
+    assert second == {"successCount": 1, "failureCount": 0, "results": [{"channel": "c", "messageId": "two"}]}
+    assert [m["data"] for m in ably.messages("c")] == ["2"]
+    # Version 2 (what ably-java pins for publishBatch) keeps the old shape; so does every request in "legacy".
+    legacy = await client.post("/messages", json=specs, headers={"X-Ably-Version": "2"})
+    assert legacy.status_code == 400 and legacy.json()["error"]["code"] == 40020
+    ably.configure(batch_response="legacy")
+    assert (await client.post("/messages", json=specs)).json()["error"]["code"] == 40020
+
+
+async def test_by_version_leaves_whole_request_errors_as_they_are(
+    ably: AblyEmulator, client: httpx.AsyncClient
+) -> None:
+    ably.configure(batch_response="by_version")
+    response = await client.post("/messages", json=[])
+    assert response.status_code == 400 and response.json()["error"]["code"] == 40001
+    with pytest.raises(ValueError, match="batch_response"):
+        ably.configure(batch_response="v3")
