@@ -9,15 +9,17 @@ comparisons) are handled here before anything reaches mongomock.
 from __future__ import annotations
 
 import copy
+import datetime
 import functools
-import operator
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from bson import Timestamp
+from bson import Decimal128, MaxKey, MinKey, Timestamp
+from bson.datetime_ms import DatetimeMS
 from mongomock import aggregate as mm_aggregate
 from mongomock import filtering as mm_filtering
 
+from .bsonvalues import RawRegex, RawValue, Symbol, compare
 from .errors import CommandError
 from .expressions import REMOVE, evaluate
 
@@ -238,7 +240,12 @@ def _full_match(docs: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[s
         except NotImplementedError:
             pass  # a Timestamp met a comparison: mongomock cannot order it, the encoded form can
     filt = _encode_timestamps(spec)
-    return [doc for doc in docs if mm_filtering.filter_applies(filt, _encode_timestamps(doc))]
+    try:
+        return [doc for doc in docs if mm_filtering.filter_applies(filt, _encode_timestamps(doc))]
+    except (NotImplementedError, TypeError) as exc:
+        # A value mongomock cannot order at all (a Decimal128 NaN, a deprecated type): an error reply,
+        # never a failed connection.
+        raise CommandError(2, f"the emulator cannot evaluate this filter on these values: {exc}") from exc
 
 
 # -- a fast path for the filters change streams run on every event ------------------------------------
@@ -344,11 +351,16 @@ class _TsKey(int):
     """A Timestamp as an ordered integer so mongomock's comparisons work (it raises on Timestamps)."""
 
 
+_UNORDERED = Timestamp | DatetimeMS | Decimal128 | RawValue | MinKey | MaxKey
+
+
 def _encode_timestamps(value: Any) -> Any:
-    if isinstance(value, Timestamp):
-        return _TsKey((value.time << 32) | value.inc)
+    """Values mongomock cannot order, as values it can (approximately: it is the fallback): Timestamps as
+    ordered integers, out-of-range dates clamped, decimals as floats, deprecated types as their text."""
+    if isinstance(value, _UNORDERED):
+        return _orderable(value)
     if isinstance(value, dict):
-        if not any(isinstance(v, Timestamp | dict | list) for v in value.values()):
+        if not any(isinstance(v, _UNORDERED | dict | list) for v in value.values()):
             return value
         return {k: _encode_timestamps(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -356,33 +368,45 @@ def _encode_timestamps(value: Any) -> Any:
     return value
 
 
+def _orderable(value: Any) -> Any:
+    if isinstance(value, Timestamp):
+        return _TsKey((value.time << 32) | value.inc)
+    if isinstance(value, DatetimeMS):
+        return datetime.datetime.max if int(value) > 0 else datetime.datetime.min
+    if isinstance(value, Decimal128):
+        return float(value.to_decimal())
+    if isinstance(value, Symbol):
+        return value.value
+    if isinstance(value, RawRegex):
+        return value.pattern
+    if isinstance(value, MinKey | MaxKey):
+        return float("-inf") if isinstance(value, MinKey) else float("inf")
+    return None  # undefined, DBPointer, raw binary: no order mongomock knows
+
+
 def _sort_value(doc: dict[str, Any], path: str) -> Any:
     value = _get_path(doc, path)
-    if value is _MISSING:
-        return None
-    return _encode_timestamps(value)
+    return None if value is _MISSING else value
 
 
 def _sort(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
-    """A stable multi-key sort in BSON order (mongomock's cannot order Timestamps)."""
+    """A stable multi-key sort in BSON order, for every BSON type (mongomock's cannot order Timestamps,
+    decimals, out-of-range dates or MinKey/MaxKey)."""
     if not isinstance(spec, dict) or not spec:
         raise CommandError(15976, "$sort stage must have at least one sort key")
     keys = list(spec.items())
+    for _, direction in keys:
+        if not isinstance(direction, int) or direction not in (1, -1):
+            raise CommandError(15975, "$sort key ordering must be 1 (for ascending) or -1 (for descending)")
 
-    def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
+    def order(a: dict[str, Any], b: dict[str, Any]) -> int:
         for path, direction in keys:
-            if not isinstance(direction, int) or direction not in (1, -1):
-                raise CommandError(
-                    15975, "$sort key ordering must be 1 (for ascending) or -1 (for descending)"
-                )
-            va, vb = _sort_value(a, path), _sort_value(b, path)
-            if mm_filtering.bson_compare(operator.lt, va, vb):
-                return -direction
-            if mm_filtering.bson_compare(operator.gt, va, vb):
-                return direction
+            result = compare(_sort_value(a, path), _sort_value(b, path))
+            if result:
+                return result * direction
         return 0
 
-    return sorted(docs, key=functools.cmp_to_key(compare))
+    return sorted(docs, key=functools.cmp_to_key(order))
 
 
 STAGES: dict[str, Stage] = {

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import bson
 from bson import Int64, Timestamp
 from bson.raw_bson import RawBSONDocument
 
 from .aggregation import run_pipeline
+from .bsonvalues import encode
 from .errors import CommandError
 from .oplog import (
     HISTORY_LOST_MESSAGE,
@@ -31,7 +32,6 @@ from .oplog import (
     high_water_key,
 )
 from .storage import SYSTEM_DATABASES, Storage
-from .wire import ENCODE_OPTIONS
 
 ALLOWED_STAGES = frozenset(
     {
@@ -83,12 +83,21 @@ _CHANGE_STREAM_OPTIONS = frozenset(
     }
 )
 
-# The server's batch limit: a reply holds at most 16 MiB of documents (plus envelope).
+# The server's batch limit: a reply holds at most 16 MiB of documents (plus envelope); the first document
+# of a batch always goes in (FindCommon::haveSpaceForNext).
 MAX_BATCH_BYTES = 16 * 1024 * 1024
-# An event must fit in one BSON document (maxBsonObjectSize) unless $changeStreamSplitLargeEvent splits it.
-MAX_EVENT_BYTES = 16 * 1024 * 1024
-# Room in each fragment for its _id token and splitEvent field.
-SPLIT_OVERHEAD_BYTES = 256
+# An event, as the pipeline outputs it, is serialised with BSONObj's default size limit
+# (BSONObjMaxInternalSize = 16 MiB + 16 KiB; PlanExecutorPipeline::_trySerializeToBson): a larger one fails
+# the command with 10334 BSONObjectTooLarge. The check applies to the pipeline's output, so stages that
+# shrink an event (dropping its images) keep it under the limit.
+MAX_EVENT_BYTES = 16 * 1024 * 1024 + 16 * 1024
+# $changeStreamSplitLargeEvent returns events up to kBSONObjMaxChangeEventSize (BSONObjMaxInternalSize less
+# 8 KiB) whole and splits larger ones into fragments of at most that size less the resume token's
+# (document_source_change_stream_split_large_event.{h,cpp}).
+SPLIT_EVENT_BYTES = MAX_EVENT_BYTES - 8 * 1024
+# The stage exists from 7.0.0, and in the 6.0 series from 6.0.9 (not in the 6.1-6.3 rapid releases);
+# elsewhere it is an unknown stage (40324).
+SPLIT_STAGE = "$changeStreamSplitLargeEvent"
 _ID_MODIFIED_MESSAGE = (
     "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. "
     "Modifying the _id field of an event makes it impossible to resume the stream from that point. Only "
@@ -99,6 +108,8 @@ DEFAULT_FIRST_BATCH = 101
 DEFAULT_AWAIT_S = 1.0
 
 _CRUD = frozenset({"insert", "update", "replace", "delete"})
+# A document of a batch with its resume token (the postBatchResumeToken when it ends the batch).
+Rendered = tuple[dict[str, str], RawBSONDocument]
 _UPDATE_LIKE = frozenset({"update", "replace", "delete"})
 
 
@@ -181,15 +192,29 @@ def check_read_concern(read_concern: Any) -> None:
         )
 
 
-def validate_pipeline(stages: list[Any]) -> None:
+def split_stage_supported(version: tuple[int, ...]) -> bool:
+    """Whether a server of this version knows $changeStreamSplitLargeEvent (SERVER-71828, in 7.0.0 and
+    backported to 6.0.9; the manual: "New in MongoDB 7.0 (and 6.0.9)")."""
+    return version >= (7, 0) or (6, 0, 9) <= version < (6, 1)
+
+
+def validate_pipeline(stages: list[Any], version: tuple[int, ...] = (7, 0, 0)) -> None:
     """Refuse the user pipeline at aggregate time, as the server does (errors there never resume)."""
     for n, stage in enumerate(stages):
         if not isinstance(stage, dict) or len(stage) != 1:
             raise CommandError(40323, "A pipeline stage specification object must contain exactly one field.")
         name = next(iter(stage))
+        if name == SPLIT_STAGE:
+            if not split_stage_supported(version):
+                raise CommandError(40324, f"Unrecognized pipeline stage name: '{name}'")
+            if stage[name] != {}:
+                raise CommandError(7182800, "$changeStreamSplitLargeEvent spec should be an empty object")
+            if n != len(stages) - 1:
+                raise CommandError(
+                    7182802, "$changeStreamSplitLargeEvent must be the last stage in the pipeline"
+                )
+            continue
         if name in ALLOWED_STAGES:
-            if name == "$changeStreamSplitLargeEvent" and n != len(stages) - 1:
-                raise CommandError(7182802, "$changeStreamSplitLargeEvent must be the last stage")
             continue
         if name == "$changeStream":
             raise CommandError(40602, "$changeStream is only valid as the first stage in a pipeline.")
@@ -217,6 +242,9 @@ class ChangeStreamCursor:
     split_large: bool = False
     # Resuming from fragment k of a split event: that event's first k fragments were already seen.
     skip_fragments: int = 0
+    # Documents rendered but not yet returned (the rest of a split event after a full batch), with their
+    # resume tokens: the next batch starts with them, as mongod's split stage keeps its fragment queue.
+    pending: deque[tuple[dict[str, str], RawBSONDocument]] = field(default_factory=deque)
 
     @property
     def ns(self) -> str:
@@ -289,8 +317,9 @@ class ChangeStreamCursor:
             if "nsType" in entry.extra and self.storage.server_version >= (8, 1):
                 event["nsType"] = entry.extra["nsType"]
 
-    def _apply_pipeline(self, event: dict[str, Any]) -> list[RawBSONDocument]:
-        """The event after the user pipeline, encoded: [] if filtered out, fragments if split."""
+    def _apply_pipeline(self, event: dict[str, Any], skip: int = 0) -> list[Rendered]:
+        """The event after the user pipeline, encoded with its resume token: [] if filtered out, the
+        fragments after the first ``skip`` if the split stage splits it."""
         token = event["_id"]
         if self.pipeline:
             out = run_pipeline([event], self.pipeline)
@@ -299,29 +328,36 @@ class ChangeStreamCursor:
             event = out[0]
             if event.get("_id") != token:
                 raise CommandError(280, _ID_MODIFIED_MESSAGE, labels=["NonResumableChangeStreamError"])
-        raw = RawBSONDocument(bson.encode(event, codec_options=ENCODE_OPTIONS))
-        if len(raw.raw) <= MAX_EVENT_BYTES:
-            return [raw]
-        if not self.split_large:
+        raw = RawBSONDocument(encode(event))
+        size = len(raw.raw)
+        if self.split_large and size > SPLIT_EVENT_BYTES:
+            return _split_event(event, decode_token(token), skip)
+        if skip:
+            raise CommandError(
+                280,
+                "Attempted to resume from a split event fragment, but the event in the resumed stream was "
+                "not large enough to be split",
+            )
+        if size > MAX_EVENT_BYTES:
             raise CommandError(
                 10334,
-                f"BSONObjectTooLarge: event of {len(raw.raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit "
-                "(add $changeStreamSplitLargeEvent to split it)",
+                f"BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and "
+                f"{MAX_EVENT_BYTES}(16MB) First element: _id: {token!r}",
             )
-        return _split_event(event, decode_token(token))
+        return [(token, raw)]
 
-    def _event(self, entry: OplogEntry) -> list[RawBSONDocument]:
-        if self.options.default_shape and not self.pipeline:
+    def _event(self, entry: OplogEntry, skip: int = 0) -> list[Rendered]:
+        if self.options.default_shape and not self.pipeline and not skip:
             raw = entry.raw_default
             if raw is None:
                 docs = self._apply_pipeline(self._render(entry))
-                if len(docs) != 1:
-                    return docs
-                raw = entry.raw_default = docs[0]
-            return [raw]
-        return self._apply_pipeline(self._render(entry))
+                if len(docs) != 1 or len(docs[0][1].raw) > SPLIT_EVENT_BYTES:
+                    return docs  # split, or whole only for streams without the split stage
+                raw = entry.raw_default = docs[0][1]
+            return [(encode_token(entry.key), raw)]
+        return self._apply_pipeline(self._render(entry), skip)
 
-    def _invalidate_event(self, entry: OplogEntry) -> list[RawBSONDocument]:
+    def _invalidate_event(self, entry: OplogEntry) -> list[Rendered]:
         event = {
             "_id": encode_token(entry.key_of(KIND_INVALIDATE)),
             "operationType": "invalidate",
@@ -331,17 +367,40 @@ class ChangeStreamCursor:
         return self._apply_pipeline(event)
 
     # -- batches --------------------------------------------------------------------------------------
+    def _take(
+        self, queue: deque[Rendered], docs: list[RawBSONDocument], size: int, max_docs: int, max_bytes: int
+    ) -> tuple[int, dict[str, str] | None]:
+        """Move documents from ``queue`` into the batch while it has room (the first always fits)."""
+        token = None
+        while queue and len(docs) < max_docs:
+            raw = queue[0][1]
+            if docs and size + len(raw.raw) > max_bytes:
+                break
+            token = queue.popleft()[0]
+            docs.append(raw)
+            size += len(raw.raw)
+        return size, token
+
     def fill(self, max_docs: int, max_bytes: int = MAX_BATCH_BYTES) -> tuple[list[RawBSONDocument], dict]:
-        """Scan forward; return (events, postBatchResumeToken). Sets ``exhausted`` after an invalidate."""
+        """Scan forward; return (events, postBatchResumeToken). Sets ``exhausted`` after an invalidate.
+
+        A batch that ends inside a split event (``batchSize``, or 16 MiB) keeps the remaining fragments
+        for the next one, and its postBatchResumeToken is the last returned fragment's token, as mongod's.
+        """
         oplog = self.oplog
+        docs: list[RawBSONDocument] = []
+        size, last_token = self._take(self.pending, docs, 0, max_docs, max_bytes)
+        if self.pending:
+            assert last_token is not None
+            return docs, last_token
         if self.next_seq < oplog.first_seq:
             raise CommandError(286, HISTORY_LOST_MESSAGE)
-        docs: list[RawBSONDocument] = []
         if self.pending_invalidate is not None:
             entry, self.pending_invalidate = self.pending_invalidate, None
-            return self._finish_invalidate(entry, docs)
-        size = 0
-        last_token: dict[str, str] | None = None
+            if len(docs) < max_docs:
+                return self._finish_invalidate(entry, docs)
+            self.pending_invalidate = entry
+            return docs, last_token or encode_token(entry.key)
         scope = self.scope
         show_expanded = self.options.show_expanded
         end = oplog.end_seq
@@ -350,19 +409,16 @@ class ChangeStreamCursor:
             if not scope.includes(entry) or (entry.expanded and not show_expanded):
                 self.next_seq += 1
                 continue
-            rendered = self._event(entry)
-            # A split event's last fragment carries kind N (of N); an unsplit one the event's own key.
-            token = encode_token(entry.key_of(len(rendered))) if len(rendered) > 1 else None
-            if self.skip_fragments:
-                rendered, self.skip_fragments = rendered[self.skip_fragments :], 0
-            added = sum(len(raw.raw) for raw in rendered)
-            if docs and size + added > max_bytes:
-                break  # the next batch starts with this event
+            skip, self.skip_fragments = self.skip_fragments, 0
+            queue = deque(self._event(entry, skip))
             self.next_seq += 1
-            if rendered:
-                docs.extend(rendered)
-                size += added
-                last_token = token or encode_token(entry.key)
+            size, token = self._take(queue, docs, size, max_docs, max_bytes)
+            last_token = token or last_token
+            if queue:
+                self.pending = queue
+                if scope.invalidated_by(entry):
+                    self.pending_invalidate = entry
+                return docs, last_token or encode_token(entry.key)
             if scope.invalidated_by(entry):
                 if len(docs) < max_docs:
                     return self._finish_invalidate(entry, docs)
@@ -373,7 +429,7 @@ class ChangeStreamCursor:
         return docs, encode_token(high_water_key(self.storage.clock.now()))
 
     def _finish_invalidate(self, entry: OplogEntry, docs: list[RawBSONDocument]) -> tuple[list, dict]:
-        docs.extend(self._invalidate_event(entry))
+        docs.extend(raw for _, raw in self._invalidate_event(entry))
         self.exhausted = True
         return docs, encode_token(entry.key_of(KIND_INVALIDATE))
 
@@ -413,9 +469,17 @@ def position_cursor(cursor: ChangeStreamCursor, spec: dict[str, Any]) -> None:
             "invalidate notification.",
         )
     if KIND_EVENT < kind < KIND_INVALIDATE:
-        # A fragment of a split event: resume inside that event, after the fragments already seen.
+        # A fragment of a split event (pipeline.cpp, Pipeline::validateCommon): only a pipeline that
+        # splits can reproduce the split; it resumes inside that event, after the fragments seen.
+        if not cursor.split_large:
+            raise CommandError(
+                280,
+                "To resume from a split event, the $changeStream pipeline must include a "
+                "$changeStreamSplitLargeEvent stage",
+            )
         cursor.next_seq = oplog.seq_at_key((key[0], key[1], key[2], KIND_EVENT))
-        cursor.skip_fragments = kind
+        if cursor.next_seq < oplog.end_seq and oplog.get(cursor.next_seq).key[:3] == key[:3]:
+            cursor.skip_fragments = kind
         return
     cursor.next_seq = oplog.seq_after(key)
     if kind == KIND_EVENT and cursor.next_seq > oplog.first_seq:
@@ -425,31 +489,64 @@ def position_cursor(cursor: ChangeStreamCursor, spec: dict[str, Any]) -> None:
             cursor.pending_invalidate = entry
 
 
-def _split_event(event: dict[str, Any], key: Key) -> list[RawBSONDocument]:
-    """$changeStreamSplitLargeEvent: top-level fields packed in order into fragments under the limit."""
-    budget = MAX_EVENT_BYTES - SPLIT_OVERHEAD_BYTES
-    groups: list[list[tuple[str, Any]]] = [[]]
-    used = 0
-    for name, value in event.items():
-        if name == "_id":
+def _split_event(event: dict[str, Any], key: Key, skip: int) -> list[Rendered]:
+    """$changeStreamSplitLargeEvent (change_stream_split_event_helpers.cpp, splitChangeEvent): the
+    top-level fields but `_id`, ordered by their BSON size and then by name, are packed greedily into
+    fragments (so the first holds as many fields as possible), each under the size limit less the resume
+    token's size; every fragment starts with its own `_id` token and `splitEvent: {fragment, of}`. The
+    first ``skip`` fragments (already seen by a resuming client) are not returned."""
+    token_size = len(encode(event["_id"]))
+    limit = SPLIT_EVENT_BYTES - token_size
+    fields = sorted(
+        ((len(encode({name: value})) - 5, name.encode("utf-8", "surrogateescape"), name, value))
+        for name, value in event.items()
+        if name != "_id"
+    )
+    if not fields:
+        raise CommandError(7182502, "Cannot split an empty event or an event containing solely '_id' field")
+    groups: list[list[tuple[str, Any]]] = []
+    index = 0
+    while index < len(fields):
+        number = len(groups) + 1
+        head = {"_id": encode_token(_fragment_key(key, number)), "splitEvent": {"fragment": number, "of": 0}}
+        # The fragment with its metadata ($sortKey: the token) as the server sizes it.
+        used = len(encode(head)) + len("$sortKey") + 2 + token_size
+        group: list[tuple[str, Any]] = []
+        while True:
+            field_size, _, name, value = fields[index]
+            group.append((name, value))
+            used += field_size
+            index += 1
+            if index == len(fields) or used + fields[index][0] > limit:
+                break
+        if used > limit:
+            raise CommandError(
+                7182500,
+                f"Splitting change event failed: fragment size {used} is greater than maximum allowed "
+                f"fragment size {limit}",
+            )
+        groups.append(group)
+    if skip >= len(groups):
+        raise CommandError(
+            280,
+            "Attempted to resume from a split event, but the resumed stream produced a different split. "
+            "Ensure that the pipeline used to resume is the same as the original",
+        )
+    fragments: list[Rendered] = []
+    for number, group in enumerate(groups, start=1):
+        if number <= skip:
             continue
-        cost = len(bson.encode({name: value}, codec_options=ENCODE_OPTIONS)) - 5
-        if cost > budget:
-            raise CommandError(7182803, f"field {name!r} alone is too large to fit in a split event fragment")
-        if groups[-1] and used + cost > budget:
-            groups.append([])
-            used = 0
-        groups[-1].append((name, value))
-        used += cost
-    fragments = []
-    for n, fields in enumerate(groups, start=1):
-        doc = {
-            "_id": encode_token((key[0], key[1], key[2], n)),
-            "splitEvent": {"fragment": n, "of": len(groups)},
-        }
-        doc.update(fields)
-        fragments.append(RawBSONDocument(bson.encode(doc, codec_options=ENCODE_OPTIONS)))
+        token = encode_token(_fragment_key(key, number))
+        doc: dict[str, Any] = {"_id": token, "splitEvent": {"fragment": number, "of": len(groups)}}
+        doc.update(group)
+        fragments.append((token, RawBSONDocument(encode(doc))))
     return fragments
+
+
+def _fragment_key(key: Key, number: int) -> Key:
+    if number >= KIND_INVALIDATE:
+        raise CommandError(7182500, "Splitting change event failed: too many fragments")
+    return (key[0], key[1], key[2], number)
 
 
 __all__ = [
@@ -460,5 +557,6 @@ __all__ = [
     "check_read_concern",
     "parse_options",
     "position_cursor",
+    "split_stage_supported",
     "validate_pipeline",
 ]

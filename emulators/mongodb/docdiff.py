@@ -14,9 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import bson
-
-from .wire import ENCODE_OPTIONS
+from .bsonvalues import encode, same
 
 # Bytes the server adds to the delta's size for the rest of its oplog entry when deciding between a
 # delta and a full replacement (update_oplog_entry::kSizeOfDeltaOplogEntryMetadata).
@@ -25,22 +23,16 @@ DELTA_ENTRY_PADDING = 15
 
 def _value_size(value: Any) -> int:
     """Size of a BSON element's value (what BSONElement::valuesize counts)."""
-    return len(bson.encode({"": value}, codec_options=ENCODE_OPTIONS)) - 7  # envelope, type byte, key
+    return len(encode({"": value})) - 7  # envelope, type byte, key
 
 
 def _doc_size(doc: dict[str, Any]) -> int:
-    return len(bson.encode(doc, codec_options=ENCODE_OPTIONS))
+    return len(encode(doc))
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Binary equality (1, 1.0 and True differ), as the server compares elements."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+    """Binary equality (1, 1.0 and True differ; so do 0.0 and -0.0), as the server compares elements."""
+    return same(a, b)
 
 
 # The server sizes a delta approximately while building it (ApproxBSONSizeTracker); these are its

@@ -7,13 +7,17 @@ store (an ordered dict keyed by `_id`). mongomock is pinned, so these private na
 
 from __future__ import annotations
 
+import datetime
 import re
+from collections.abc import Callable
 from typing import Any
 
-from bson import Decimal128, Regex
+from bson import Binary, Decimal128, Int64, ObjectId, Regex, Timestamp
+from bson.datetime_ms import DatetimeMS
 from mongomock import helpers as mm_helpers
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
+from .bsonvalues import MAX_STORAGE_DEPTH, RawRegex, Undefined
 from .errors import CommandError
 
 __all__ = [
@@ -23,6 +27,7 @@ __all__ = [
     "insert_into_store",
     "mongomock_error",
     "replace_in_store",
+    "storable",
     "store_key",
 ]
 
@@ -47,8 +52,10 @@ def exact_id(query: dict[str, Any]) -> Any:
     value = query["_id"]
     if isinstance(value, dict) and len(value) == 1 and "$eq" in value:
         value = value["$eq"]
-    if isinstance(value, dict | list | bool | re.Pattern | Regex | Decimal128) or value is None:
+    if isinstance(value, dict | list | bool | re.Pattern | Regex | RawRegex | Decimal128) or value is None:
         return NO_KEY
+    if type(value) is float and value != value:
+        return NO_KEY  # NaN: found by a scan (mongod's NaN equals NaN, Python's does not)
     return value
 
 
@@ -67,15 +74,112 @@ def store_key(_id: Any) -> Any:
     return _id
 
 
-def insert_into_store(col: Any, doc: dict[str, Any]) -> None:
+# Values stored as they are (immutable, no containers inside).
+_LEAVES = frozenset(
+    {str, int, float, bool, type(None), bytes, Int64, ObjectId, Binary, Decimal128, Timestamp, DatetimeMS}
+)
+_UTC = datetime.UTC
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _copy(value: Any, level: int) -> Any:
+    """A private copy of a value for the store (containers copied, dates naive UTC as mongomock keeps
+    them); raises _TooDeep for a non-empty document or array at nesting level MAX_STORAGE_DEPTH."""
+    kind = type(value)
+    if kind is dict or isinstance(value, dict):
+        if value and level >= MAX_STORAGE_DEPTH:
+            raise _TooDeep
+        return {k: v if type(v) in _LEAVES else _copy(v, level + 1) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        if value and level >= MAX_STORAGE_DEPTH:
+            raise _TooDeep
+        return [v if type(v) in _LEAVES else _copy(v, level + 1) for v in value]
+    if kind is datetime.datetime:
+        if value.tzinfo is not None:
+            value = value.astimezone(_UTC).replace(tzinfo=None)
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    return value  # Code (its scope is never changed), the bsonvalues wrappers, UUID, MinKey, ...
+
+
+def storable(
+    doc: dict[str, Any], *, insert: bool, tick: Callable[[], Timestamp] | None = None
+) -> dict[str, Any]:
+    """The stored form of a document: a copy (see ``_copy``), with mongod's storage checks: at most 180
+    levels of nesting (Overflow 45: fixDocumentForInsert's message for inserts, storage_validation's for
+    updates; empty documents and arrays do not count) and a valid `_id` (not a regex, array or undefined:
+    InvalidIdField 53; no `$`-prefixed field in an `_id` document: 52).
+
+    With ``tick`` (inserts, replacements), a top-level Timestamp(0, 0) other than a leading `_id` becomes a
+    new cluster time, in ``doc`` too (fixDocumentForInsert; nested ones are kept, SERVER-43014)."""
+    out: dict[str, Any] = {}
+    try:
+        for k, v in doc.items():
+            kind = type(v)
+            if kind not in _LEAVES:
+                v = _copy(v, 1)
+            elif kind is Timestamp and tick is not None and not v.time and not v.inc and k != "_id":
+                v = doc[k] = tick()
+            out[k] = v
+    except _TooDeep:
+        if insert:
+            raise CommandError(
+                45, f"cannot insert document because it exceeds {MAX_STORAGE_DEPTH} levels of nesting"
+            ) from None
+        raise CommandError(45, f"Document exceeds maximum nesting depth of {MAX_STORAGE_DEPTH}") from None
+    if "_id" in out and type(out["_id"]) not in _LEAVES:
+        _check_id(out["_id"])
+    return out
+
+
+def _check_id(value: Any) -> None:
+    """storage_validation::storageValidIdField."""
+    if isinstance(value, re.Pattern | Regex | RawRegex | list | Undefined):
+        kind = "regex"
+        if isinstance(value, list | Undefined):
+            kind = "array" if isinstance(value, list) else "undefined"
+        raise CommandError(53, f"The '_id' value cannot be of type {kind}")
+    if isinstance(value, dict):
+        _check_id_fields(value)
+
+
+def _check_id_fields(value: Any) -> None:
+    """BSONObj::storageValidEmbedded: `$`-prefixed names only as a DBRef ($ref, $id, $db in that order)."""
+    if isinstance(value, dict):
+        names = list(value)
+        for index, name in enumerate(names):
+            if name.startswith("$") and not _dbref_field(names, index):
+                raise CommandError(
+                    52, f"_id fields may not contain '$'-prefixed fields: {name} is not valid for storage."
+                )
+            _check_id_fields(value[name])
+    elif isinstance(value, list):
+        for item in value:
+            _check_id_fields(item)
+
+
+def _dbref_field(names: list[str], index: int) -> bool:
+    name = names[index]
+    if name == "$ref":
+        return index + 1 < len(names) and names[index + 1] == "$id"
+    if name == "$id":
+        return index > 0 and names[index - 1] == "$ref"
+    if name == "$db":
+        return index > 1 and names[index - 1] == "$id" and names[index - 2] == "$ref"
+    return False
+
+
+def insert_into_store(col: Any, doc: dict[str, Any], *, stored: dict[str, Any] | None = None) -> None:
     """Insert straight into mongomock's store: its insert_one re-validates and re-encodes every document
-    (the client already did), which tripled the cost of an insert."""
+    (the client already did), which tripled the cost of an insert. ``stored``: the document's stored
+    form when the caller already made it (``storable``)."""
     key = store_key(doc["_id"])
     store = col._store
     if key in store:
         raise DuplicateKeyError("E11000 Duplicate Key Error", 11000)
-    # patch_datetime_awareness rebuilds every container, so the store gets its own copy.
-    store[key] = mm_helpers.patch_datetime_awareness_in_document(doc)
+    store[key] = stored if stored is not None else storable(doc, insert=True)
     if any(index.get("unique") for index in store.indexes.values()):
         try:
             col._ensure_uniques(store[key])
@@ -84,12 +188,14 @@ def insert_into_store(col: Any, doc: dict[str, Any]) -> None:
             raise
 
 
-def replace_in_store(col: Any, _id: Any, doc: dict[str, Any]) -> None:
+def replace_in_store(
+    col: Any, _id: Any, doc: dict[str, Any], *, stored: dict[str, Any] | None = None
+) -> None:
     """Replace by `_id` in mongomock's store directly (its replace_one scans every document)."""
     _id = store_key(_id)
     store = col._store
     old = store[_id]
-    store[_id] = mm_helpers.patch_datetime_awareness_in_document(doc)
+    store[_id] = stored if stored is not None else storable(doc, insert=False)
     try:
         col._ensure_uniques(store[_id])
     except DuplicateKeyError:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import datetime
 import operator
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from bson import Binary, Decimal128, Int64, ObjectId, Regex, Timestamp
+from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
+from bson.datetime_ms import DatetimeMS
 from mongomock import aggregate as mm_aggregate
 from mongomock import filtering as mm_filtering
 
+from .bsonvalues import UNDEFINED, RawValue, bson_size, compare
 from .errors import CommandError
 
 
@@ -80,35 +83,25 @@ def truthy(value: Any) -> bool:
 
 
 def _comparable(value: Any) -> Any:
-    if isinstance(value, Timestamp):
-        return _TsValue(value)
-    if value is REMOVE:
-        return None
-    return value
-
-
-class _TsValue(int):
-    """Timestamps compare by (time, inc); mongomock cannot order them."""
-
-    def __new__(cls, ts: Timestamp) -> _TsValue:
-        return super().__new__(cls, (ts.time << 32) | ts.inc)
+    # A missing value compares as undefined: below null (`{$eq: ["$missing", null]}` is false).
+    return UNDEFINED if value is REMOVE else value
 
 
 def _compare(op: Callable[[Any, Any], bool]) -> Callable[[list[Any]], Any]:
+    """Comparison expressions: MongoDB's order of all BSON values (bsonvalues.compare)."""
+
     def run(args: list[Any]) -> Any:
         if len(args) != 2:
             raise CommandError(16020, "Comparison expressions take exactly 2 arguments")
-        a, b = (_comparable(v) for v in args)
-        return bool(mm_filtering.bson_compare(op, a, b))
+        return op(compare(_comparable(args[0]), _comparable(args[1])), 0)
 
     return run
 
 
 def _cmp3(args: list[Any]) -> int:
-    a, b = (_comparable(v) for v in args)
-    if mm_filtering.bson_compare(operator.lt, a, b):
-        return -1
-    return 1 if mm_filtering.bson_compare(operator.gt, a, b) else 0
+    if len(args) != 2:
+        raise CommandError(16020, "Expression $cmp takes exactly 2 arguments.")
+    return compare(_comparable(args[0]), _comparable(args[1]))
 
 
 _TYPE_NAMES: list[tuple[type | tuple[type, ...], str]] = [
@@ -117,14 +110,17 @@ _TYPE_NAMES: list[tuple[type | tuple[type, ...], str]] = [
     (int, "int"),
     (float, "double"),
     (Decimal128, "decimal"),
+    (RawValue, "binData"),  # replaced by the wrapper's own type_name below
     (str, "string"),
     (dict, "object"),
     ((list, tuple), "array"),
-    ((bytes, Binary), "binData"),
+    ((bytes, Binary, uuid.UUID), "binData"),
     (ObjectId, "objectId"),
-    (datetime.datetime, "date"),
+    ((datetime.datetime, DatetimeMS), "date"),
     ((re.Pattern, Regex), "regex"),
     (Timestamp, "timestamp"),
+    (MinKey, "minKey"),
+    (MaxKey, "maxKey"),
 ]
 
 
@@ -135,6 +131,10 @@ def bson_type_name(value: Any) -> str:
         return "null"
     if isinstance(value, int) and not isinstance(value, bool | Int64):
         return "int" if -(2**31) <= value < 2**31 else "long"
+    if isinstance(value, RawValue):
+        return value.type_name
+    if isinstance(value, Code):
+        return "javascript" if value.scope is None else "javascriptWithScope"
     for kind, name in _TYPE_NAMES:
         if isinstance(value, kind):
             return name
@@ -199,7 +199,7 @@ def _op_cond(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
 def _op_if_null(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
     values = [evaluate(item, doc, variables) for item in spec]
     for value in values[:-1]:
-        if value is not None and value is not REMOVE:
+        if value is not None and value is not REMOVE and value is not UNDEFINED:
             return value
     return _null(values[-1])
 
@@ -269,6 +269,22 @@ def _op_type(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
     return bson_type_name(evaluate(args[0], doc, variables))
 
 
+def _op_bson_size(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    """`$bsonSize`: the BSON size in bytes of a document (an int); null for null or missing
+    (ExpressionBsonSize)."""
+    args = _arg_list(spec)
+    if len(args) != 1:
+        raise CommandError(
+            16020, f"Expression $bsonSize takes exactly 1 arguments. {len(args)} were passed in."
+        )
+    value = evaluate(args[0], doc, variables)
+    if value is None or value is REMOVE or value is UNDEFINED:
+        return None
+    if not isinstance(value, dict):
+        raise CommandError(31393, f"$bsonSize requires a document input, found: {bson_type_name(value)}")
+    return bson_size(value)
+
+
 def _op_add(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
     """`$add` of numbers and at most one date (milliseconds are added to the date), as mongod does."""
     values = [evaluate(item, doc, variables) for item in _arg_list(spec)]
@@ -309,6 +325,7 @@ _SPECIAL: dict[str, Callable[[Any, Any, dict[str, Any]], Any]] = {
     "$type": _op_type,
     "$literal": lambda spec, doc, v: spec,
     "$add": _op_add,
+    "$bsonSize": _op_bson_size,
 }
 
 _COMPARISONS: dict[str, Callable[[list[Any]], Any]] = {

@@ -184,7 +184,10 @@ class MongoEmulator:
             request = decode_request(request_id, op_code, body)
             conn.extra["last_request_size"] = length
             default_db = request.collection.partition(".")[0] if request.collection else "admin"
-            reply = await self.engine.dispatch(conn, request.command, default_db)
+            if request.error is not None:  # BSON mongod refuses: an error reply, the connection stays
+                reply = self.engine.decorate(self.engine.error_reply(request.error))
+            else:
+                reply = await self.engine.dispatch(conn, request.command, default_db)
             if request.more_to_come:
                 continue
             payload = encode_document(reply)

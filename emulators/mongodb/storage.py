@@ -12,12 +12,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import bson
 import mongomock
 from bson import SON, ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from . import updates
+from .bsonvalues import encode, same
 from .docstore import (
     NO_KEY,
     duplicate_key,
@@ -25,6 +25,7 @@ from .docstore import (
     insert_into_store,
     mongomock_error,
     replace_in_store,
+    storable,
     store_key,
 )
 from .errors import CommandError
@@ -33,7 +34,6 @@ from .scan import matching_now, sort_documents
 from .topology import ClusterClock, wall_time
 from .update_ops import UpdateContext, apply_update, check_replacement_fields, validate_update
 from .update_ops import upsert_seed as updates_seed
-from .wire import ENCODE_OPTIONS
 
 # The server's document size limit (maxBsonObjectSize).
 MAX_DOCUMENT_SIZE = 16 * 1024 * 1024
@@ -66,6 +66,15 @@ class UpdateResult:
     # True when an upsert inserted a document (its `_id` may be null, so upserted_id cannot tell).
     upserted: bool = False
     document: dict[str, Any] | None = None  # findAndModify: the chosen pre- or post-image
+
+
+def _id_first(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document as mongod inserts it (fixDocumentForInsert): `_id` first, generated if missing."""
+    if "_id" not in doc:
+        return {"_id": ObjectId(), **doc}
+    if next(iter(doc)) != "_id":
+        return {"_id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+    return doc
 
 
 class Storage:
@@ -142,11 +151,11 @@ class Storage:
     # -- writes ---------------------------------------------------------------------------------------
     def insert(self, db: str, coll: str, doc: dict[str, Any]) -> None:
         meta = self.ensure(db, coll)
-        if "_id" not in doc:
-            doc = {"_id": mongomock.ObjectId(), **doc}
+        doc = _id_first(doc)
+        stored = storable(doc, insert=True, tick=self.clock.tick)
         col = self.collection(db, coll)
         try:
-            insert_into_store(col, doc)
+            insert_into_store(col, doc, stored=stored)
         except DuplicateKeyError as exc:
             raise duplicate_key(col, f"{db}.{coll}", doc, None) from exc
         except CommandError:
@@ -229,9 +238,9 @@ class Storage:
                 continue
             post = self._new_version(pre, update, ctx, replacement)
             result.document = post
-            if post == pre and list(post) == list(pre):
-                continue
-            self._store(col, post, replace_id=_id)
+            if post == pre and list(post) == list(pre) and same(post, pre):
+                continue  # binary-equal (mongod writes nothing); 1 -> 1.0 or 0.0 -> -0.0 is a change
+            self._store(col, post, replace_id=_id, replacement=replacement)
             result.modified += 1
             self._record_update(db, coll, meta, pre, post, update, replacement)
         return result
@@ -259,15 +268,19 @@ class Storage:
             return post
         return apply_update(pre, update, ctx)
 
-    def _store(self, col: Any, doc: dict[str, Any], replace_id: Any = NO_KEY) -> None:
-        """Insert ``doc``, or replace the document with `_id` ``replace_id`` (which may be null)."""
-        if len(bson.encode(doc, codec_options=ENCODE_OPTIONS)) > MAX_DOCUMENT_SIZE:
+    def _store(
+        self, col: Any, doc: dict[str, Any], replace_id: Any = NO_KEY, *, replacement: bool = False
+    ) -> None:
+        """Insert ``doc`` (an upsert), or replace the document with `_id` ``replace_id`` (which may be
+        null); a replacement's top-level Timestamp(0, 0) fields get the current time, as on an insert."""
+        if len(encode(doc)) > MAX_DOCUMENT_SIZE:
             raise CommandError(17419, f"Resulting document after update is larger than {MAX_DOCUMENT_SIZE}")
         try:
             if replace_id is NO_KEY:
-                insert_into_store(col, doc)
+                insert_into_store(col, doc, stored=storable(doc, insert=True, tick=self.clock.tick))
             else:
-                replace_in_store(col, replace_id, doc)
+                tick = self.clock.tick if replacement else None
+                replace_in_store(col, replace_id, doc, stored=storable(doc, insert=False, tick=tick))
         except DuplicateKeyError as exc:
             own_id = None if replace_id is NO_KEY else replace_id
             raise duplicate_key(col, col.full_name, doc, own_id) from exc
@@ -300,8 +313,7 @@ class Storage:
             post = {k: v for k, v in update.items()}
             if "_id" in seed and "_id" not in post:
                 post = {"_id": seed["_id"], **post}
-        if "_id" not in post:
-            post = {"_id": ObjectId(), **post}
+        post = _id_first(post)
         self._store(self.collection(db, coll), post)
         result.upserted_id = post["_id"]
         result.upserted = True

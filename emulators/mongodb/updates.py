@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import docdiff
+from .bsonvalues import same
 
 _MISSING = object()
 
@@ -93,7 +94,7 @@ def describe_operator_update(
             if before is not _MISSING and after is _MISSING:
                 removed.append(".".join(parts))
             continue
-        if after is _MISSING or (before == after and type(before) is type(after)):
+        if after is _MISSING or same(before, after):
             continue
         if (
             op in _ARRAY_OPERATORS
@@ -122,7 +123,7 @@ def _diff_value(before: Any, after: Any, path: str, desc: dict[str, Any]) -> Non
                 desc["updatedFields"][f"{path}.{index}"] = item
             else:
                 _diff_value(before[index], item, f"{path}.{index}", desc)
-    elif before != after or type(before) is not type(after):
+    elif not same(before, after):
         desc["updatedFields"][path] = after
 
 

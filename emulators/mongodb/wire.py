@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
-from bson.codec_options import CodecOptions
+from bson.errors import InvalidBSON
+
+from .bsonvalues import DECODE_OPTIONS, ENCODE_OPTIONS, checked, decode, encode, lossless_fast_path
+from .errors import CommandError
 
 OP_REPLY = 1
 OP_QUERY = 2004
@@ -29,9 +32,18 @@ FLAG_EXHAUST_ALLOWED = 1 << 16
 # 48 MB is the server's maxMessageSizeBytes; anything bigger is a broken or hostile peer.
 MAX_MESSAGE_SIZE = 48_000_000
 
-# tz_aware so dates round-trip exactly as the client sent them; dict keeps decoding in C.
-DECODE_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, uuid_representation=4)
-ENCODE_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, uuid_representation=4)
+__all__ = [
+    "DECODE_OPTIONS",
+    "ENCODE_OPTIONS",
+    "HEADER_SIZE",
+    "ProtocolError",
+    "Request",
+    "decode_request",
+    "encode_document",
+    "encode_op_msg",
+    "encode_op_reply",
+    "parse_header",
+]
 
 
 class ProtocolError(Exception):
@@ -50,6 +62,9 @@ class Request:
     collection: str = ""
     raw_size: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # A well-framed message whose BSON mongod would refuse (InvalidBSON 22, Overflow 45, ...): answered
+    # with this error, as mongod answers it, instead of closing the connection.
+    error: CommandError | None = None
 
     @property
     def more_to_come(self) -> bool:
@@ -70,24 +85,59 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end + 1
 
 
+def _document_size(body: bytes, pos: int, end: int) -> int:
+    (size,) = struct.unpack_from("<i", body, pos)
+    if size < 5 or pos + size > end:
+        raise CommandError(22, "BSON document length exceeds its message section")
+    return size
+
+
+def _decode_sequence(body: bytes, start: int, end: int) -> list[dict[str, Any]]:
+    """The documents of a kind-1 section: PyMongo's C decoder for the whole run, then each document is
+    checked (or decoded exactly) only when the section's bytes could hold what it loses or refuses."""
+    try:
+        docs: list[dict[str, Any]] | None = bson.decode_all(body[start:end], DECODE_OPTIONS)
+    except (InvalidBSON, ValueError, OverflowError, RecursionError, TypeError):
+        docs = None
+    if docs is not None and lossless_fast_path(body, start, end):
+        return docs
+    out: list[dict[str, Any]] = []
+    pos = start
+    while pos < end:
+        size = _document_size(body, pos, end)
+        if docs is not None:
+            out.append(checked(docs[len(out)], body, pos, pos + size))
+        else:
+            out.append(decode(body[pos : pos + size]))
+        pos += size
+    return out
+
+
 def _decode_op_msg(request_id: int, body: bytes) -> Request:
     (flags,) = struct.unpack_from("<I", body, 0)
     end = len(body) - (4 if flags & FLAG_CHECKSUM_PRESENT else 0)
     pos = 4
     command: dict[str, Any] | None = None
     sequences: dict[str, list[dict[str, Any]]] = {}
+    error: CommandError | None = None
     while pos < end:
         kind = body[pos]
         pos += 1
         if kind == 0:
-            (size,) = struct.unpack_from("<i", body, pos)
-            command = bson.decode(body[pos : pos + size], DECODE_OPTIONS)
+            size = struct.unpack_from("<i", body, pos)[0]
+            try:
+                command = decode(body[pos : pos + _document_size(body, pos, end)])
+            except CommandError as exc:
+                error, command = error or exc, {}
             pos += size
         elif kind == 1:
             (size,) = struct.unpack_from("<i", body, pos)
             section_end = pos + size
             ident, doc_pos = _cstring(body, pos + 4)
-            sequences[ident] = bson.decode_all(body[doc_pos:section_end], DECODE_OPTIONS)
+            try:
+                sequences[ident] = _decode_sequence(body, doc_pos, section_end)
+            except CommandError as exc:
+                error = error or exc
             pos = section_end
         else:
             raise ProtocolError(f"unknown OP_MSG section kind {kind}")
@@ -95,15 +145,17 @@ def _decode_op_msg(request_id: int, body: bytes) -> Request:
         raise ProtocolError("OP_MSG without a body section")
     for ident, docs in sequences.items():
         command.setdefault(ident, []).extend(docs)
-    return Request(request_id, OP_MSG, command, flags=flags, raw_size=len(body) + HEADER_SIZE)
+    return Request(request_id, OP_MSG, command, flags=flags, raw_size=len(body) + HEADER_SIZE, error=error)
 
 
 def _decode_op_query(request_id: int, body: bytes) -> Request:
     (flags,) = struct.unpack_from("<i", body, 0)
     collection, pos = _cstring(body, 4)
     pos += 8  # numberToSkip, numberToReturn: irrelevant for commands
-    (size,) = struct.unpack_from("<i", body, pos)
-    query = bson.decode(body[pos : pos + size], DECODE_OPTIONS)
+    try:
+        query = decode(body[pos : pos + _document_size(body, pos, len(body))])
+    except CommandError as exc:
+        return Request(request_id, OP_QUERY, {}, flags=flags, collection=collection, error=exc)
     # Old drivers wrap the command as {$query: {...}, $readPreference: ...}.
     if "$query" in query:
         query = query["$query"]
@@ -143,5 +195,6 @@ def encode_op_reply(request_id: int, response_to: int, payload: bytes) -> bytes:
 
 
 def encode_document(doc: Any) -> bytes:
-    """BSON-encode a reply; RawBSONDocument values are copied as bytes (pre-encoded events)."""
-    return bson.encode(doc, codec_options=ENCODE_OPTIONS)
+    """BSON-encode a reply; RawBSONDocument values are copied as bytes (pre-encoded events); values the
+    C encoder refuses (invalid UTF-8, deprecated types) are written back exactly as they came."""
+    return encode(doc)

@@ -6,13 +6,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import bson
 import mongomock
 from bson import Int64
 from bson.raw_bson import RawBSONDocument
 
 from .. import scan
 from ..aggregation import run_pipeline
+from ..bsonvalues import encode
 from ..changestream import (
     DEFAULT_AWAIT_S,
     DEFAULT_FIRST_BATCH,
@@ -26,7 +26,6 @@ from ..changestream import (
 )
 from ..engine import Connection, Engine, FindCursor, command
 from ..errors import CommandError
-from ..wire import ENCODE_OPTIONS
 from .admin import MAX_BSON_OBJECT_SIZE
 
 INVALID_OPTIONS = 72
@@ -45,7 +44,7 @@ def _write_error(index: int, exc: CommandError) -> dict[str, Any]:
 
 def _check_insert_size(doc: Any) -> None:
     """mongod's fixDocumentForInsert: BadValue (2), not BSONObjectTooLarge, for an oversized insert."""
-    size = len(bson.encode(doc, codec_options=ENCODE_OPTIONS))
+    size = len(encode(doc))
     if size > MAX_BSON_OBJECT_SIZE:
         raise CommandError(
             2, f"object to insert too large. size in bytes: {size}, max size: {MAX_BSON_OBJECT_SIZE}"
@@ -201,7 +200,7 @@ async def _take_batch(cursor: FindCursor, batch_size: int | None) -> list[Any]:
     size = 0
     pacer = scan.Pacer()
     for doc in cursor.docs[start : start + limit]:
-        raw = RawBSONDocument(bson.encode(doc, codec_options=ENCODE_OPTIONS))
+        raw = RawBSONDocument(encode(doc))
         if out and size + len(raw.raw) > MAX_BATCH_BYTES:
             break
         out.append(raw)
@@ -440,7 +439,7 @@ def _open_change_stream(
         raise CommandError(40573, "The $changeStream stage is only supported on replica sets")
     opts, spec = parse_options(pipeline[0]["$changeStream"])
     user = pipeline[1:]
-    validate_pipeline(user)
+    validate_pipeline(user, engine.config.version_tuple)
     if spec.get("allChangesForCluster"):
         if db != "admin" or target != 1:
             raise CommandError(
