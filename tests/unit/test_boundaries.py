@@ -46,3 +46,7 @@ def test_brief_error_names_each_server_cause_without_the_topology_description() 
     )
     assert brief_error(no_primary) == "No replica set members found yet"
     assert brief_error(OperationFailure("not authorized", code=13)) == "not authorized"
+    too_large = OperationFailure(
+        "BSONObj size: 18874803 is invalid", code=10334, details={"ok": 0, "x": "y" * 500}
+    )
+    assert brief_error(too_large) == "BSONObj size: 18874803 is invalid"

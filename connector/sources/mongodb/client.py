@@ -179,7 +179,8 @@ def brief_error(exc: BaseException) -> str:
     """
     text = str(exc)
     if not isinstance(exc, ServerSelectionTimeoutError):
-        return text.split(", Topology Description: ")[0]
+        # An OperationFailure's text ends with the whole reply (", full error: {...}"): the code is in it.
+        return text.split(", Topology Description: ")[0].split(", full error: ")[0]
     head = text.split(", Timeout: ")[0]
     causes = []
     for match in _SERVER_ERRNO.finditer(head):
