@@ -251,3 +251,52 @@ async def test_out_of_range_dates_survive_updates_and_images(
     }
     assert event["fullDocumentBeforeChange"]["at"] == {"$date": {"$numberLong": str(YEAR_10000_MS)}}
     assert event["fullDocument"]["later"] == {"$date": {"$numberLong": str(YEAR_10000_MS + 1)}}
+
+
+async def test_no_resume_token_is_stored_between_the_fragments_of_a_split_event(
+    connector_env: dict[str, str], db: Any, ably: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One fragment per batch and frequent checkpoints: every stored token is before the event's first
+    fragment or at/after its last, so a crash at any moment resumes before the event (then rebuilt whole,
+    with the same id) or after it."""
+    from connector.sources.mongodb.checkpoint import TokenStore
+
+    stored: list[str] = []
+    original = TokenStore.store
+
+    async def spy(self: TokenStore, token: Any, *args: Any, **kwargs: Any) -> Any:
+        stored.append(token["_data"])
+        return await original(self, token, *args, **kwargs)
+
+    monkeypatch.setattr(TokenStore, "store", spy)
+    await images_collection(db)
+    await db.orders.insert_one({"_id": "big", "blob": "x" * NINE_MIB})
+    env = {
+        **connector_env,
+        "FULL_DOCUMENT": "required",
+        "FULL_DOCUMENT_BEFORE_CHANGE": "required",
+        "STREAM_BATCH_SIZE": "1",
+        "CHECKPOINT_INTERVAL_MS": "10",
+        "IDLE_CHECKPOINT_INTERVAL_S": "0.01",
+    }
+    async with connector(env):
+        await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
+        await db.orders.insert_one({"_id": "next"})
+        big, _ = await wait_delivered(ably, 2, timeout=60)
+    # The fragments' tokens, read with the same pipeline the connector ran.
+    fragments: list[tuple[str, int, int]] = []
+    async with await db.orders.watch(
+        [{"$set": {"_ablyChannel": "x"}}, {"$changeStreamSplitLargeEvent": {}}],
+        full_document="required",
+        full_document_before_change="required",
+        start_after={"_data": stored[0]},
+        batch_size=1,
+    ) as stream:
+        while not fragments or fragments[-1][1] < fragments[-1][2]:
+            change = await stream.try_next()
+            if change is not None and "splitEvent" in change:
+                split = change["splitEvent"]
+                fragments.append((change["_id"]["_data"], split["fragment"], split["of"]))
+    first, last = fragments[0][0], fragments[-1][0]
+    assert big["id"] == last
+    assert stored and not [token for token in stored if first <= token < last]
