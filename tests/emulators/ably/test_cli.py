@@ -138,7 +138,9 @@ def test_refuse_through_the_admin_client_answers_then_refuses_then_recovers(
     admin = AblyEmulatorAdmin(url)
     answer = admin.fault(mode="refuse", duration_s=0.5)
     assert answer["faults"][0]["mode"] == "refuse"
-    with pytest.raises(httpx.ConnectError):
+    # Refused, or (a connection that reached the backlog as the listener closed, right after the answer)
+    # reset or closed unanswered: never served.
+    with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
         admin.stats()
     deadline = time.monotonic() + PROCESS_TIMEOUT_S
     while True:
