@@ -179,6 +179,7 @@ class Settings(BaseSettings):
     publish_batch_size: int = Field(default=1000, gt=0)
     publish_linger_ms: int = Field(default=0, ge=0)
     publish_concurrency: int = Field(default=8, gt=0)
+    channel_rate_limit: float = Field(default=50.0, ge=0)
     max_in_flight: int = Field(default=5000, gt=0)
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     ably_request_timeout_s: float = Field(default=10.0, gt=0)

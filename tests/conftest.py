@@ -68,7 +68,11 @@ def sync_db(mongo_uri: str, db_name: str) -> Iterator[Any]:
 def ably_server() -> Iterator[Any]:
     from emulators.ably import run_in_thread
 
-    with run_in_thread(host="127.0.0.1", port=0, keys=[ABLY_TEST_KEY, *NODE_KEYS]) as server:
+    # Answers batch publish as Ably does at the protocol version the connector sends (6): one BatchResult
+    # per spec, 201 even when entries failed (emulators/ably/README.md).
+    with run_in_thread(
+        host="127.0.0.1", port=0, keys=[ABLY_TEST_KEY, *NODE_KEYS], batch_response="by_version"
+    ) as server:
         yield server
 
 
@@ -93,6 +97,8 @@ def connector_env(mongo_uri: str, db_name: str, ably: Any) -> dict[str, str]:
         "ABLY_FALLBACK_HOSTS": "",
         "HTTP_PORT": "0",
         "CHECKPOINT_INTERVAL_MS": "100",
+        # The emulator has no per-channel rate limit unless a test turns it on (tests of pacing set both).
+        "CHANNEL_RATE_LIMIT": "0",
         "LOG_FORMAT": "text",
         "LOG_LEVEL": "INFO",
     }

@@ -1,12 +1,18 @@
 """The publisher: per-channel FIFO queues batched into concurrent Ably batch-publish requests.
 
 Invariants kept here (ARCHITECTURE.md):
-- Per-channel order: a channel has at most ONE request in flight, and a failed entry is retried together
-  with every later entry of its channel before anything newer of that channel is sent. Requests in flight
-  at the same time cover disjoint channel sets, so REST requests arriving out of order cannot reorder a
-  channel.
+- Per-channel order: a channel has at most ONE request in flight, and a failed entry is retried before
+  anything newer of that channel is sent. Requests in flight at the same time cover disjoint channel sets,
+  so REST requests arriving out of order cannot reorder a channel. Ably publishes the BatchSpecs of one
+  request independently, so it can reject one spec of a channel and accept a later one (README, "Order
+  under partial failure"): with a per-channel rate limit (`CHANNEL_RATE_LIMIT`, the default) a request
+  therefore carries at most ONE message per channel, and no partial answer can reorder a channel.
+- Pacing (invariant 11): each channel is sent no more than its rate allows (`pacing.ChannelPacer`); a
+  channel Ably rate-limits anyway slows down alone, and a channel waiting for its bucket holds back no
+  other channel.
 - No event is dropped: retryable failures are retried forever with a growing backoff; a message leaves
-  the ledger only when Ably accepted it or `on_rejected` handled a permanent rejection.
+  the ledger only when Ably accepted it or `on_rejected` handled a permanent rejection. An entry Ably
+  accepted is never sent again, even when an earlier entry of its channel failed.
 
 Batching is adaptive: when a request slot is free, whatever is queued goes out at once (a lone event is
 not held back); what accumulates while all slots are busy forms the next, bigger batch. `linger_ms`
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from connector.ably.client import MAX_BODY_BYTES, MAX_CHANNELS_PER_REQUEST, encode_spec
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
+from connector.ably.pacing import ChannelPacer
 from connector.errors import AblyError, AblyRateLimitError, AblyRejectedError, AblyRetryableError
 
 if TYPE_CHECKING:
@@ -48,6 +55,8 @@ SCHEDULER_IDLE_WAIT_S: Final = 1.0
 PUBLISH_RETRY_BACKOFF_MAX_S: Final = 2.0
 # "[" + "]" around the BatchSpecs, plus one comma per additional spec (counted per entry).
 _BODY_OVERHEAD: Final = 2
+#: Ably's code for a channel's inbound rate limit (the pacer slows that channel down).
+CHANNEL_RATE_LIMITED: Final = 42913
 
 RejectHandler = Callable[[OutboundMessage, AblyError], Awaitable[None]]
 Outcome = AblyError | None
@@ -72,6 +81,8 @@ class PublisherStats:
     failed_requests: int = 0  # requests that failed as a whole (after the client's own retries)
     in_flight_requests: int = 0
     queued: int = 0  # messages waiting for a request (not in flight)
+    rate_limited_requests: int = 0  # requests with at least one entry Ably rate-limited
+    order_hazards: int = 0  # entries Ably accepted after rejecting an earlier one of their channel
     last_error: AblyError | None = None
 
 
@@ -83,6 +94,10 @@ class _State(enum.Enum):
 
 def _retryable(outcome: Outcome) -> bool:
     return isinstance(outcome, AblyRetryableError | AblyRateLimitError)
+
+
+def _channel_rate_limited(outcome: Outcome) -> bool:
+    return isinstance(outcome, AblyRateLimitError) and outcome.ably_code == CHANNEL_RATE_LIMITED
 
 
 class Publisher:
@@ -100,6 +115,7 @@ class Publisher:
         linger_ms: float = 0.0,
         concurrency: int = 8,
         retry_backoff_max: float = 30.0,
+        channel_rate: float = 0.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not 1 <= max_channels_per_request <= MAX_CHANNELS_PER_REQUEST:
@@ -118,6 +134,11 @@ class Publisher:
         self._concurrency = concurrency
         self._backoff_max = retry_backoff_max
         self._sleep = sleep
+        self.pacer = ChannelPacer(channel_rate)
+        # Messages per channel in one request: one when channels are rate-limited (order under partial
+        # failure), else as many as the batch holds.
+        self._per_channel = 1 if self.pacer.enabled else max_batch_messages
+        self._holds: dict[str, asyncio.TimerHandle] = {}  # channels waiting for their bucket
         self._queues: dict[str, deque[_Entry]] = {}
         # Idle channels with queued messages, in the order they became ready (a dict is an ordered set).
         self._ready: dict[str, None] = {}
@@ -181,7 +202,9 @@ class Publisher:
                 if self._ready and len(self._requests) < self._concurrency:
                     await self._linger()
                     if self._ready and self._fatal is None and self._state is _State.RUNNING:
-                        self._start_request(self._take_batch())
+                        batch = self._take_batch()
+                        if batch:
+                            self._start_request(batch)
                     continue
                 await self._wait_wakeup(SCHEDULER_IDLE_WAIT_S)
         finally:
@@ -209,6 +232,9 @@ class Publisher:
         self._stopped.set()
 
     async def _cancel_tasks(self) -> None:
+        for handle in self._holds.values():
+            handle.cancel()
+        self._holds.clear()
         tasks = [*self._requests, *self._backoffs]
         for task in tasks:
             task.cancel()
@@ -237,16 +263,23 @@ class Publisher:
             await self._wait_wakeup(remaining)
 
     def _take_batch(self) -> list[_Entry]:
-        """Take consecutive messages from idle channels within the message, byte and channel limits."""
+        """Take consecutive messages from idle channels within the message, byte and channel limits, and
+        within each channel's rate allowance (a channel without one waits for its bucket, off the list)."""
         batch: list[_Entry] = []
         size = _BODY_OVERHEAD
+        pacer = self.pacer
         # At most max_channels idle channels are looked at, so the request's channel limit holds.
         for channel in list(itertools.islice(self._ready, self._max_channels)):
             if len(batch) >= self._max_messages:
                 break
             queue = self._queues[channel]
+            wanted = min(len(queue), self._per_channel)
+            allowed = pacer.allowance(channel, wanted) if pacer.enabled else wanted
+            if not allowed:
+                self._hold(channel, pacer.wait_s(channel, wanted))
+                continue
             taken = 0
-            while queue and len(batch) < self._max_messages:
+            while queue and taken < allowed and len(batch) < self._max_messages:
                 cost = queue[0][1] + (1 if batch else 0)
                 if batch and size + cost > self._max_bytes:
                     break
@@ -255,10 +288,23 @@ class Publisher:
                 taken += 1
             if not taken:
                 break  # the byte budget is spent
+            if pacer.enabled:
+                pacer.spend(channel, taken)
             del self._ready[channel]
             self._busy.add(channel)
         self.stats.queued -= len(batch)
         return batch
+
+    def _hold(self, channel: str, delay: float) -> None:
+        """Keep a channel off the ready list until its bucket refills (it stays busy meanwhile)."""
+        del self._ready[channel]
+        self._busy.add(channel)
+        self._holds[channel] = asyncio.get_running_loop().call_later(delay, self._end_hold, channel)
+
+    def _end_hold(self, channel: str) -> None:
+        self._holds.pop(channel, None)
+        if self._state is _State.RUNNING:
+            self._release(channel)
 
     def _start_request(self, batch: list[_Entry]) -> None:
         task = asyncio.create_task(self._run_request(batch), name=f"ably-publish-{self.stats.requests}")
@@ -310,45 +356,70 @@ class Publisher:
         return first + second
 
     async def _settle(self, batch: list[_Entry], outcomes: list[Outcome]) -> None:
-        """Complete accepted and rejected entries; queue each failed channel's remainder for a retry."""
+        """Complete accepted and rejected entries; queue each channel's failed entries for a retry.
+
+        An entry Ably accepted is complete even after an earlier entry of its channel failed: sending it
+        again would only be dropped as a duplicate, and it has reached subscribers already (ahead of the
+        failed one: counted as an order hazard, which one message per channel per request rules out).
+        A channel Ably rate-limited (42913) is slowed down by the pacer and retried as soon as its bucket
+        allows; other retryable failures back off, and that backoff only restarts after a round in which
+        the channel had no failure at all.
+        """
         if outcomes.count(None) == len(outcomes):
             self._settle_accepted(batch)
             return
         retry: dict[str, list[_Entry]] = {}
-        progressed: dict[str, bool] = {}  # per channel: did this round complete any of its messages?
+        paced: dict[str, list[_Entry]] = {}
+        seen: set[str] = set()
+        rate_limited = False
         for entry, outcome in zip(batch, outcomes, strict=True):
             msg = entry[0]
-            progressed.setdefault(msg.channel, False)
-            if msg.channel in retry:
-                # A later entry of a channel that must be retried: re-sent with the same id (Ably drops
-                # it if it was accepted), so order holds.
-                retry[msg.channel].append(entry)
-            elif outcome is None:
+            channel = msg.channel
+            seen.add(channel)
+            if outcome is None:
+                if channel in retry or channel in paced:
+                    self.stats.order_hazards += 1
+                    logger.warning(
+                        "Ably accepted message %s on %r after refusing an earlier one of the channel in the "
+                        "same request: subscribers may see it first",
+                        msg.message.get("id"),
+                        channel,
+                    )
                 self.stats.published += 1
-                progressed[msg.channel] = True
                 self._complete(msg)
+            elif self.pacer.enabled and _channel_rate_limited(outcome):
+                self.stats.last_error = outcome
+                rate_limited = True
+                if channel not in paced:
+                    self.pacer.rejected(channel)
+                paced.setdefault(channel, []).append(entry)
             elif _retryable(outcome):
                 self.stats.last_error = outcome
-                retry[msg.channel] = [entry]
+                retry.setdefault(channel, []).append(entry)
             elif isinstance(outcome, AblyRejectedError):
                 self.stats.last_error = outcome
                 logger.warning(
-                    "72001 Ably rejected message %s on %r: %s", msg.message.get("id"), msg.channel, outcome
+                    "72001 Ably rejected message %s on %r: %s", msg.message.get("id"), channel, outcome
                 )
                 await self._on_rejected(msg, outcome)
                 self.stats.rejected += 1
-                progressed[msg.channel] = True
                 self._complete(msg)
             else:
                 raise outcome  # AblyAuthError or an unclassified failure: fatal
-        for channel, moved_on in progressed.items():
-            if channel not in retry:
+        if rate_limited:
+            self.stats.rate_limited_requests += 1
+        for channel, entries in paced.items():
+            if channel in retry:  # keep the channel's failed entries in their order
+                retry[channel] = sorted(retry[channel] + entries, key=lambda entry: entry[0].seq)
+                continue
+            self._requeue(channel, entries)
+            self.stats.retries += len(entries)
+            self._release(channel)
+        for channel in seen:
+            if channel not in retry and channel not in paced:
                 self._failures.pop(channel, None)
+                self.pacer.settled(channel, backlog=bool(self._queues[channel]))
                 self._release(channel)
-            elif moved_on:
-                # The channel made progress (e.g. a per-channel rate limit cut the request short): that is
-                # throttling, not an outage, so the backoff starts again from the first step.
-                self._failures.pop(channel, None)
         if retry:
             self._schedule_retry(retry)
 
@@ -363,8 +434,11 @@ class Publisher:
         self._unfinished -= len(batch)
         if self._unfinished == 0:
             self._drained.set()
+        pacer = self.pacer
         for channel in channels:
             self._failures.pop(channel, None)
+            if pacer.enabled:
+                pacer.settled(channel, backlog=bool(self._queues[channel]))
             self._release(channel)
 
     def _complete(self, msg: OutboundMessage) -> None:
@@ -406,9 +480,13 @@ class Publisher:
     async def _requeue_after(self, delay: float, group: dict[str, list[_Entry]]) -> None:
         await self._sleep(delay)
         for channel, entries in group.items():
-            self._queues[channel].extendleft(reversed(entries))
-            self.stats.queued += len(entries)
+            self._requeue(channel, entries)
             self._release(channel)
+
+    def _requeue(self, channel: str, entries: list[_Entry]) -> None:
+        """Put entries back in front of their channel's queue, in their order."""
+        self._queues[channel].extendleft(reversed(entries))
+        self.stats.queued += len(entries)
 
     def _backoff_done(self, task: asyncio.Task[None]) -> None:
         self._backoffs.discard(task)
@@ -430,4 +508,5 @@ def build_publisher(
         linger_ms=settings.publish_linger_ms,
         concurrency=settings.publish_concurrency,
         retry_backoff_max=PUBLISH_RETRY_BACKOFF_MAX_S,
+        channel_rate=settings.channel_rate_limit,
     )

@@ -47,6 +47,11 @@ async def raw_db(mongo_uri: str, db_name: str) -> Any:
     await client.close()
 
 
+def by_id(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages in stream order: channels publish concurrently, so arrival order across them is free."""
+    return sorted(messages, key=lambda m: m["id"])
+
+
 def raw_doc(doc: dict[str, Any], replace: bytes, by: bytes) -> RawBSONDocument:
     """A document whose BSON has `replace` swapped for `by` (same length): invalid UTF-8, for one."""
     assert len(replace) == len(by)
@@ -62,7 +67,7 @@ async def test_out_of_range_dates_are_published_as_canonical_dates_and_the_strea
         await raw_db.orders.insert_one({"_id": "late", "at": DatetimeMS(YEAR_10000_MS)})
         await raw_db.orders.insert_one({"_id": "early", "at": DatetimeMS(BEFORE_YEAR_1_MS)})
         await raw_db.orders.insert_one({"_id": "after"})
-        msgs = await wait_delivered(ably, 3)
+        msgs = by_id(await wait_delivered(ably, 3))
     assert [m["channel"] for m in msgs] == ["orders:late", "orders:early", "orders:after"]
     assert msgs[0]["event"]["fullDocument"]["at"] == {"$date": {"$numberLong": str(YEAR_10000_MS)}}
     assert msgs[1]["event"]["fullDocument"]["at"] == {"$date": {"$numberLong": str(BEFORE_YEAR_1_MS)}}
@@ -74,7 +79,7 @@ async def test_invalid_utf8_is_published_with_replacement_characters_and_counted
     async with connector(connector_env) as running:
         await raw_db.orders.insert_one(raw_doc({"_id": "bad", "name": "abc"}, b"abc", b"a\xffc"))
         await raw_db.orders.insert_one({"_id": "good", "name": "abc"})
-        msgs = await wait_delivered(ably, 2)
+        msgs = by_id(await wait_delivered(ably, 2))
         assert running.worker.snapshot()["lossy_decodes"] >= 1
     assert msgs[0]["event"]["fullDocument"] == {"_id": "bad", "name": "a\ufffdc"}
     assert msgs[1]["event"]["fullDocument"] == {"_id": "good", "name": "abc"}
@@ -133,7 +138,7 @@ async def test_every_bson_type_and_edge_value_reaches_its_channel(
     async with connector(connector_env, JSON_MODE="canonical"):
         await raw_db.orders.insert_one(doc)
         await raw_db.orders.insert_one({"_id": "after"})
-        msgs = await wait_delivered(ably, 2)
+        msgs = by_id(await wait_delivered(ably, 2))
     published = msgs[0]["event"]["fullDocument"]
     # Canonical Extended JSON keeps every value exact: it parses back to the stored document.
     back = bson.json_util.loads(json.dumps(published))
@@ -157,7 +162,7 @@ async def test_relaxed_mode_writes_large_integers_as_plain_numbers(
 ) -> None:
     async with connector(connector_env):
         await raw_db.orders.insert_one({"_id": "n", "big": Int64(2**53 + 1), "nan": float("nan")})
-        (msg,) = await wait_delivered(ably, 1)
+        (msg,) = by_id(await wait_delivered(ably, 1))
     assert f'"big":{2**53 + 1}' in msg["data"]  # exact in the JSON text; JS Number rounds it
     assert msg["event"]["fullDocument"]["nan"] == {"$numberDouble": "NaN"}
 
@@ -177,7 +182,7 @@ async def test_update_of_a_9_mib_document_with_both_images_arrives_and_the_strea
     async with connector(env) as running:
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next"})
-        msgs = await wait_delivered(ably, 2, timeout=60)
+        msgs = by_id(await wait_delivered(ably, 2, timeout=60))
         assert running.worker.reader.fragments.reassembled == 1
         assert running.worker.route_stats.truncated == 1
     big, nxt = msgs
@@ -205,7 +210,7 @@ async def test_without_the_split_stage_an_event_over_16_mib_arrives_truncated(
     async with connector(env) as running:
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next", "v": 1})
-        msgs = await wait_delivered(ably, 2, timeout=60)
+        msgs = by_id(await wait_delivered(ably, 2, timeout=60))
         assert running.worker.reader.fragments.reassembled == 0
     big, nxt = msgs
     headers = big["extras"]["headers"]
@@ -244,7 +249,7 @@ async def test_out_of_range_dates_survive_updates_and_images(
     env = {**connector_env, "FULL_DOCUMENT": "updateLookup", "FULL_DOCUMENT_BEFORE_CHANGE": "whenAvailable"}
     async with connector(env):
         await raw_db.orders.update_one({"_id": "d"}, {"$set": {"later": DatetimeMS(YEAR_10000_MS + 1)}})
-        (msg,) = await wait_delivered(ably, 1)
+        (msg,) = by_id(await wait_delivered(ably, 1))
     event = msg["event"]
     assert event["updateDescription"]["updatedFields"] == {
         "later": {"$date": {"$numberLong": str(YEAR_10000_MS + 1)}}
@@ -282,7 +287,7 @@ async def test_no_resume_token_is_stored_between_the_fragments_of_a_split_event(
     async with connector(env):
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next"})
-        big, _ = await wait_delivered(ably, 2, timeout=60)
+        big, _ = by_id(await wait_delivered(ably, 2, timeout=60))
     # The fragments' tokens, read with the same pipeline the connector ran.
     fragments: list[tuple[str, int, int]] = []
     async with await db.orders.watch(
