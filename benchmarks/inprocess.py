@@ -80,6 +80,7 @@ async def one_run(mongo: str, ably: str | None, start: Timestamp, events: int) -
         CONNECTOR_ID=f"inprocess-{os.getpid()}-{next(_runs)}",
         LOG_LEVEL="WARNING",
         HTTP_PORT="0",
+        CHANNEL_RATE_LIMIT="0",  # no per-channel limit on the fake or the emulator in these runs
     )
     worker = Worker(load_settings())
     counted = Counted(worker.ably if ably else None, events)

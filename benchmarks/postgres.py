@@ -119,6 +119,7 @@ class Bench:
             "ABLY_FALLBACK_HOSTS": "",
             "LOG_LEVEL": "WARNING",
             "LOG_FORMAT": "json",
+            "CHANNEL_RATE_LIMIT": "0",  # the Ably emulator has no per-channel limit in these runs
             **extra,
         }
 

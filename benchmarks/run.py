@@ -166,6 +166,9 @@ class Bench:
             "CONNECTOR_ID": f"bench-{os.getpid()}-{next(self._ids)}",
             "LOG_LEVEL": "WARNING",
             "LOG_FORMAT": "json",
+            # The Ably emulator runs without a per-channel rate limit here: the connector is told so, as
+            # an account without that limit would configure it (`--connector-env` may override).
+            "CHANNEL_RATE_LIMIT": "0",
             **self.args.extra_env,
         }
 
