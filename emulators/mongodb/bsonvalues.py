@@ -24,19 +24,22 @@ Not kept: duplicate field names in one document (a dict keeps the last) and arra
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import decimal
 import math
 import re
 import struct
+import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import bson
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
-from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.codec_options import CodecOptions, DatetimeConversion, TypeDecoder, TypeRegistry
 from bson.datetime_ms import DatetimeMS, _datetime_to_millis, _millis_to_datetime
+from bson.dbref import DBRef
 from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
 
@@ -53,16 +56,18 @@ __all__ = [
     "RawValue",
     "Symbol",
     "Undefined",
+    "WireError",
     "bson_size",
-    "checked",
     "compare",
     "decode",
+    "decode_documents",
     "decode_exact",
     "encode",
     "encode_exact",
-    "lossless_fast_path",
     "same",
     "too_deep",
+    "too_deep_error",
+    "validate_column",
 ]
 
 # Incoming messages: never fail on a value mongod accepts (out-of-range dates, invalid UTF-8); tz_aware so
@@ -187,48 +192,162 @@ class RawRegex(RawValue):
 
 
 # -- decoding -----------------------------------------------------------------------------------------
-# Bytes that can hold a value the C decoder loses: type bytes of undefined, regex, DBPointer and symbol,
-# and a `$ref` key (a DBRef-shaped sub-document comes back reordered). Most documents have none.
-_LOSSY = re.compile(rb"[\x06\x0b\x0c\x0e]|\$ref\x00")
-# A BinData of subtype 7 (type 0x05, a key, a length, subtype 0x07): mongod validates its content.
-_COLUMN = re.compile(rb"\x05[^\x00]*\x00[\x00-\xff]{4}\x07")
+# What the C decoder loses is found cheaply: DBPointer and DBRef-shaped documents decode to DBRef and
+# regexes to Regex, and decoder hooks on those two types flag the decode (a dictionary lookup per value in
+# C); undefined and symbol decode to None and str, so their type bytes (0x06, 0x0E) are looked for with
+# memchr. Only documents flagged either way are encoded again and compared with their bytes.
+_SEEN = threading.local()
+
+
+def _flag(value: Any) -> Any:
+    _SEEN.lossy = True
+    return value
+
+
+class _FlagDecoder(TypeDecoder):
+    def __init__(self, python_type: type) -> None:
+        self._type = python_type
+
+    @property
+    def bson_type(self) -> Any:
+        return self._type
+
+    def transform_bson(self, value: Any) -> Any:
+        return _flag(value)
+
+
+_WIRE_OPTIONS: CodecOptions[dict[str, Any]] = DECODE_OPTIONS.with_options(
+    type_registry=TypeRegistry([_FlagDecoder(DBRef), _FlagDecoder(Regex)])
+)
+_UNKNOWN_TYPE_BYTES = (b"\x06", b"\x0e")  # undefined, symbol
+_C_DECODE_ERRORS = (InvalidBSON, ValueError, OverflowError, RecursionError, TypeError)
+
+
+class WireError(CommandError):
+    """BSON mongod refuses while parsing the message (validateBSON): the whole command fails, before it
+    does anything."""
 
 
 def _invalid(message: str) -> CommandError:
-    return CommandError(INVALID_BSON, message)
+    return WireError(INVALID_BSON, message)
+
+
+def too_deep_error(key: str = "?") -> WireError:
+    return WireError(
+        OVERFLOW, f"BSONObj exceeds maximum nested object depth in element with field name '{key}'"
+    )
 
 
 def decode(raw: bytes) -> dict[str, Any]:
     """One document (``raw`` is exactly its bytes), as mongod would accept it; CommandError otherwise."""
+    return decode_documents(raw, 0, len(raw))[0]
+
+
+def decode_documents(data: bytes, start: int, end: int, *, wire_checks: bool = True) -> list[dict[str, Any]]:
+    """The documents in ``data[start:end]`` (a message's body, or a kind-1 section) as mongod stores them:
+    PyMongo's C decoder, then exact decoding of the few documents it could have changed. CommandError
+    for what mongod refuses. The nesting limit of the wire is checked here unless ``wire_checks`` is
+    false (an insert's documents get it with their stored form, which walks them anyway); BSON columns
+    (BinData subtype 7) are validated when stored (docstore.storable)."""
+    size = end - start
     try:
-        doc: dict[str, Any] = bson.decode(raw, DECODE_OPTIONS)
-    except (InvalidBSON, ValueError, OverflowError, RecursionError, TypeError):
-        return decode_exact(raw)
-    return checked(doc, raw, 0, len(raw))
-
-
-def lossless_fast_path(data: bytes, start: int, end: int) -> bool:
-    """Whether the documents in ``data[start:end]``, as the C decoder decoded them, need no check: no
-    byte that could hold a lossy value, too few container type bytes to nest too deep, no column."""
-    return (
-        _LOSSY.search(data, start, end) is None
-        and data.count(b"\x03", start, end) + data.count(b"\x04", start, end) <= MAX_WIRE_DEPTH
-        and _COLUMN.search(data, start, end) is None
-    )
-
-
-def checked(doc: dict[str, Any], data: bytes, start: int, end: int) -> dict[str, Any]:
-    """``doc`` as the C decoder produced it from ``data[start:end]``, or the exact decoding when it lost
-    something; raises CommandError for what mongod refuses (too deep, an invalid BSON column)."""
-    if _LOSSY.search(data, start, end) is not None and not _round_trips(doc, data[start:end]):
-        return decode_exact(data[start:end])
-    if data.count(b"\x03", start, end) + data.count(b"\x04", start, end) > MAX_WIRE_DEPTH and too_deep(
-        doc, MAX_WIRE_DEPTH
+        if size >= 5 and _INT32.unpack_from(data, start)[0] == size:  # the body, or one document
+            raw = data[start:end] if start or end != len(data) else data
+            _SEEN.lossy = False
+            doc: dict[str, Any] = bson.decode(raw, _WIRE_OPTIONS)
+            if (_SEEN.lossy or _suspect(raw, 0, size)) and not _round_trips(doc, raw):
+                doc = decode_exact(raw)
+            docs = [doc]
+        else:
+            docs = _decode_many(data, start, end)
+    except _C_DECODE_ERRORS:
+        docs = [decode_exact(data[a:b]) for a, b in _bounds(data, start, end)]
+    if (
+        wire_checks
+        and size > _MIN_TOO_DEEP_BYTES
+        and data.count(b"\x03", start, end) + data.count(b"\x04", start, end) > MAX_WIRE_DEPTH
     ):
-        return decode_exact(data[start:end])  # raises Overflow with mongod's message
-    if _COLUMN.search(data, start, end) is not None:
-        _check_columns(doc)
-    return doc
+        for item in docs:
+            if too_deep(item, MAX_WIRE_DEPTH):
+                raise too_deep_error()
+    return docs
+
+
+# A document nesting MAX_WIRE_DEPTH + 1 levels has at least that many documents of 7 bytes or more.
+_MIN_TOO_DEEP_BYTES = 7 * MAX_WIRE_DEPTH
+
+
+# Bytes that can start an element (BSON types 0x01-0x13, MaxKey, MinKey).
+_TYPE_BYTES = frozenset({*range(0x01, 0x14), 0x7F, 0xFF})
+
+
+def _plausible(data: bytes, pos: int, end: int) -> bool:
+    """Whether the 0x06 (undefined) or 0x0E (symbol) byte at ``pos`` can be an element's type byte: it is
+    followed by a field name, then (symbol) a string that fits, or (undefined) the next element's type
+    byte or the end of the document. Most such bytes are inside other values (a string of 5 or 13
+    characters has the length 6 or 14, followed by three NULs and a character that is no type byte)."""
+    key_end = data.find(b"\x00", pos + 1, end)
+    if key_end < 0:
+        return False
+    after = key_end + 1
+    if data[pos] == 0x0E:
+        if after + 4 > end:
+            return False
+        (size,) = _INT32.unpack_from(data, after)
+        return size >= 1 and after + 4 + size <= end and data[after + 3 + size] == 0
+    while after < end and data[after] == 0:
+        after += 1
+    return after >= end or data[after] in _TYPE_BYTES
+
+
+def _suspect(data: bytes, start: int, end: int) -> bool:
+    for needle in _UNKNOWN_TYPE_BYTES:
+        pos = data.find(needle, start, end)
+        while pos >= 0:
+            if _plausible(data, pos, end):
+                return True
+            pos = data.find(needle, pos + 1, end)
+    return False
+
+
+def _decode_many(data: bytes, start: int, end: int) -> list[dict[str, Any]]:
+    _SEEN.lossy = False
+    docs: list[dict[str, Any]] = bson.decode_all(data[start:end], _WIRE_OPTIONS)
+    if _SEEN.lossy:
+        suspects = set(range(len(docs)))
+        bounds = _bounds(data, start, end)
+    else:
+        suspects = set()
+        bounds = []
+        for needle in _UNKNOWN_TYPE_BYTES:
+            pos = data.find(needle, start, end)
+            while pos >= 0:
+                bounds = bounds or _bounds(data, start, end)
+                index = bisect.bisect_right(bounds, (pos, end)) - 1
+                if _plausible(data, pos, bounds[index][1]):
+                    suspects.add(index)
+                    pos = data.find(needle, bounds[index][1], end)
+                else:
+                    pos = data.find(needle, pos + 1, end)
+    for index in suspects:
+        a, b = bounds[index]
+        if not _round_trips(docs[index], data[a:b]):
+            docs[index] = decode_exact(data[a:b])
+    return docs
+
+
+def _bounds(data: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    out = []
+    pos = start
+    while pos < end:
+        if pos + 4 > end:
+            raise _invalid("BSON document length exceeds its message section")
+        (size,) = _INT32.unpack_from(data, pos)
+        if size < 5 or pos + size > end:
+            raise _invalid("BSON document length exceeds its message section")
+        out.append((pos, pos + size))
+        pos += size
+    return out
 
 
 def _round_trips(doc: dict[str, Any], raw: bytes) -> bool:
@@ -249,17 +368,6 @@ def too_deep(doc: Any, limit: int) -> bool:
                     return True
                 stack.append((item, level + 1))
     return False
-
-
-def _check_columns(value: Any) -> None:
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_columns(item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_columns(item)
-    elif isinstance(value, Binary) and value.subtype == 7:
-        _validate_column(bytes(value))
 
 
 def decode_exact(raw: bytes, max_depth: int = MAX_WIRE_DEPTH) -> dict[str, Any]:
@@ -331,10 +439,7 @@ class _Decoder:
 
     def _nested(self, pos: int, end: int, depth: int, key: str, *, array: bool) -> tuple[Any, int]:
         if depth + 1 > self.max_depth:
-            raise CommandError(
-                OVERFLOW,
-                f"BSONObj exceeds maximum nested object depth in element with field name '{key}'",
-            )
+            raise too_deep_error(key)
         self._need(pos, 4, end)
         (size,) = _INT32.unpack_from(self.data, pos)
         if size < 5:
@@ -394,7 +499,7 @@ class _Decoder:
         if subtype == 4 and size == 16:
             return uuid.UUID(bytes=payload), stop
         if subtype == 7:
-            _validate_column(payload)
+            validate_column(payload)
         return Binary(payload, subtype), stop
 
     def _code_with_scope(self, pos: int, end: int, depth: int, key: str) -> tuple[Any, int]:
@@ -452,11 +557,11 @@ def _has_surrogates(text: str) -> bool:
 _INTERLEAVED_START = frozenset({0xF0, 0xF1})
 
 
-def _validate_column(data: bytes) -> None:
+def validate_column(data: bytes) -> None:
     """mongod's ColumnValidator (bson_validate.cpp), which its default validation runs on subtype 7."""
 
     def fail(message: str) -> CommandError:
-        return CommandError(NON_CONFORMANT_BSON, f"Invalid BSON column: {message}")
+        return WireError(NON_CONFORMANT_BSON, f"Invalid BSON column: {message}")
 
     end = len(data)
     if not end or data[-1] != 0:

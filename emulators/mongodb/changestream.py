@@ -108,8 +108,8 @@ DEFAULT_FIRST_BATCH = 101
 DEFAULT_AWAIT_S = 1.0
 
 _CRUD = frozenset({"insert", "update", "replace", "delete"})
-# A document of a batch with its resume token (the postBatchResumeToken when it ends the batch).
-Rendered = tuple[dict[str, str], RawBSONDocument]
+# A document of a batch with its position (its token is the postBatchResumeToken when it ends the batch).
+Rendered = tuple[Key, RawBSONDocument]
 _UPDATE_LIKE = frozenset({"update", "replace", "delete"})
 
 
@@ -244,7 +244,7 @@ class ChangeStreamCursor:
     skip_fragments: int = 0
     # Documents rendered but not yet returned (the rest of a split event after a full batch), with their
     # resume tokens: the next batch starts with them, as mongod's split stage keeps its fragment queue.
-    pending: deque[tuple[dict[str, str], RawBSONDocument]] = field(default_factory=deque)
+    pending: deque[Rendered] = field(default_factory=deque)
 
     @property
     def ns(self) -> str:
@@ -317,8 +317,8 @@ class ChangeStreamCursor:
             if "nsType" in entry.extra and self.storage.server_version >= (8, 1):
                 event["nsType"] = entry.extra["nsType"]
 
-    def _apply_pipeline(self, event: dict[str, Any], skip: int = 0) -> list[Rendered]:
-        """The event after the user pipeline, encoded with its resume token: [] if filtered out, the
+    def _apply_pipeline(self, event: dict[str, Any], key: Key, skip: int = 0) -> list[Rendered]:
+        """The event after the user pipeline, encoded, with its position: [] if filtered out, the
         fragments after the first ``skip`` if the split stage splits it."""
         token = event["_id"]
         if self.pipeline:
@@ -331,7 +331,7 @@ class ChangeStreamCursor:
         raw = RawBSONDocument(encode(event))
         size = len(raw.raw)
         if self.split_large and size > SPLIT_EVENT_BYTES:
-            return _split_event(event, decode_token(token), skip)
+            return _split_event(event, key, skip)
         if skip:
             raise CommandError(
                 280,
@@ -344,55 +344,53 @@ class ChangeStreamCursor:
                 f"BSONObj size: {size} (0x{size:X}) is invalid. Size must be between 0 and "
                 f"{MAX_EVENT_BYTES}(16MB) First element: _id: {token!r}",
             )
-        return [(token, raw)]
+        return [(key, raw)]
 
     def _event(self, entry: OplogEntry, skip: int = 0) -> list[Rendered]:
         if self.options.default_shape and not self.pipeline and not skip:
             raw = entry.raw_default
             if raw is None:
-                docs = self._apply_pipeline(self._render(entry))
+                docs = self._apply_pipeline(self._render(entry), entry.key)
                 if len(docs) != 1 or len(docs[0][1].raw) > SPLIT_EVENT_BYTES:
                     return docs  # split, or whole only for streams without the split stage
                 raw = entry.raw_default = docs[0][1]
-            return [(encode_token(entry.key), raw)]
-        return self._apply_pipeline(self._render(entry), skip)
+            return [(entry.key, raw)]
+        return self._apply_pipeline(self._render(entry), entry.key, skip)
 
     def _invalidate_event(self, entry: OplogEntry) -> list[Rendered]:
+        key = entry.key_of(KIND_INVALIDATE)
         event = {
-            "_id": encode_token(entry.key_of(KIND_INVALIDATE)),
+            "_id": encode_token(key),
             "operationType": "invalidate",
             "clusterTime": entry.ts,
             "wallTime": entry.wall,
         }
-        return self._apply_pipeline(event)
+        return self._apply_pipeline(event, key)
 
     # -- batches --------------------------------------------------------------------------------------
-    def _take(
-        self, queue: deque[Rendered], docs: list[RawBSONDocument], size: int, max_docs: int, max_bytes: int
-    ) -> tuple[int, dict[str, str] | None]:
-        """Move documents from ``queue`` into the batch while it has room (the first always fits)."""
-        token = None
-        while queue and len(docs) < max_docs:
-            raw = queue[0][1]
-            if docs and size + len(raw.raw) > max_bytes:
-                break
-            token = queue.popleft()[0]
-            docs.append(raw)
-            size += len(raw.raw)
-        return size, token
-
     def fill(self, max_docs: int, max_bytes: int = MAX_BATCH_BYTES) -> tuple[list[RawBSONDocument], dict]:
         """Scan forward; return (events, postBatchResumeToken). Sets ``exhausted`` after an invalidate.
 
-        A batch that ends inside a split event (``batchSize``, or 16 MiB) keeps the remaining fragments
-        for the next one, and its postBatchResumeToken is the last returned fragment's token, as mongod's.
+        The first document always goes in; others while the batch stays within 16 MiB (mongod's
+        FindCommon::haveSpaceForNext). A batch that ends inside a split event (``batchSize``, or the byte
+        limit) keeps the remaining fragments for the next one, and its postBatchResumeToken is the last
+        returned fragment's token, as mongod's split stage keeps its fragment queue.
         """
         oplog = self.oplog
         docs: list[RawBSONDocument] = []
-        size, last_token = self._take(self.pending, docs, 0, max_docs, max_bytes)
-        if self.pending:
-            assert last_token is not None
-            return docs, last_token
+        size = 0
+        last: Key | None = None
+        pending = self.pending
+        while pending and len(docs) < max_docs:
+            raw = pending[0][1]
+            if docs and size + len(raw.raw) > max_bytes:
+                break
+            last = pending.popleft()[0]
+            docs.append(raw)
+            size += len(raw.raw)
+        if pending:
+            assert last is not None
+            return docs, encode_token(last)
         if self.next_seq < oplog.first_seq:
             raise CommandError(286, HISTORY_LOST_MESSAGE)
         if self.pending_invalidate is not None:
@@ -400,32 +398,34 @@ class ChangeStreamCursor:
             if len(docs) < max_docs:
                 return self._finish_invalidate(entry, docs)
             self.pending_invalidate = entry
-            return docs, last_token or encode_token(entry.key)
+            return docs, encode_token(last or entry.key)
         scope = self.scope
         show_expanded = self.options.show_expanded
         end = oplog.end_seq
         while self.next_seq < end and len(docs) < max_docs:
             entry = oplog.get(self.next_seq)
+            self.next_seq += 1
             if not scope.includes(entry) or (entry.expanded and not show_expanded):
-                self.next_seq += 1
                 continue
             skip, self.skip_fragments = self.skip_fragments, 0
-            queue = deque(self._event(entry, skip))
-            self.next_seq += 1
-            size, token = self._take(queue, docs, size, max_docs, max_bytes)
-            last_token = token or last_token
-            if queue:
-                self.pending = queue
-                if scope.invalidated_by(entry):
-                    self.pending_invalidate = entry
-                return docs, last_token or encode_token(entry.key)
+            rendered = self._event(entry, skip)
+            for index, (key, raw) in enumerate(rendered):
+                n = len(raw.raw)
+                if len(docs) >= max_docs or (docs and size + n > max_bytes):
+                    self.pending = deque(rendered[index:])
+                    if scope.invalidated_by(entry):
+                        self.pending_invalidate = entry
+                    return docs, encode_token(last or entry.key)
+                docs.append(raw)
+                size += n
+                last = key
             if scope.invalidated_by(entry):
                 if len(docs) < max_docs:
                     return self._finish_invalidate(entry, docs)
                 self.pending_invalidate = entry
-                return docs, last_token or encode_token(entry.key)
-        if self.next_seq < end and last_token is not None:
-            return docs, last_token
+                return docs, encode_token(last or entry.key)
+        if self.next_seq < end and last is not None:
+            return docs, encode_token(last)
         return docs, encode_token(high_water_key(self.storage.clock.now()))
 
     def _finish_invalidate(self, entry: OplogEntry, docs: list[RawBSONDocument]) -> tuple[list, dict]:
@@ -536,10 +536,13 @@ def _split_event(event: dict[str, Any], key: Key, skip: int) -> list[Rendered]:
     for number, group in enumerate(groups, start=1):
         if number <= skip:
             continue
-        token = encode_token(_fragment_key(key, number))
-        doc: dict[str, Any] = {"_id": token, "splitEvent": {"fragment": number, "of": len(groups)}}
+        fragment_key = _fragment_key(key, number)
+        doc: dict[str, Any] = {
+            "_id": encode_token(fragment_key),
+            "splitEvent": {"fragment": number, "of": len(groups)},
+        }
         doc.update(group)
-        fragments.append((token, RawBSONDocument(encode(doc))))
+        fragments.append((fragment_key, RawBSONDocument(encode(doc))))
     return fragments
 
 

@@ -17,7 +17,15 @@ from bson.datetime_ms import DatetimeMS
 from mongomock import helpers as mm_helpers
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
-from .bsonvalues import MAX_STORAGE_DEPTH, RawRegex, Undefined
+from .bsonvalues import (
+    MAX_STORAGE_DEPTH,
+    MAX_WIRE_DEPTH,
+    RawRegex,
+    Undefined,
+    too_deep,
+    too_deep_error,
+    validate_column,
+)
 from .errors import CommandError
 
 __all__ = [
@@ -76,7 +84,7 @@ def store_key(_id: Any) -> Any:
 
 # Values stored as they are (immutable, no containers inside).
 _LEAVES = frozenset(
-    {str, int, float, bool, type(None), bytes, Int64, ObjectId, Binary, Decimal128, Timestamp, DatetimeMS}
+    {str, int, float, bool, type(None), bytes, Int64, ObjectId, Decimal128, Timestamp, DatetimeMS}
 )
 _UTC = datetime.UTC
 
@@ -101,6 +109,8 @@ def _copy(value: Any, level: int) -> Any:
         if value.tzinfo is not None:
             value = value.astimezone(_UTC).replace(tzinfo=None)
         return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    if kind is Binary and value.subtype == 7:
+        validate_column(bytes(value))  # mongod checks it on the wire: WireError, the command fails
     return value  # Code (its scope is never changed), the bsonvalues wrappers, UUID, MinKey, ...
 
 
@@ -124,6 +134,8 @@ def storable(
                 v = doc[k] = tick()
             out[k] = v
     except _TooDeep:
+        if insert and too_deep(doc, MAX_WIRE_DEPTH):
+            raise too_deep_error() from None  # refused with the message, before any insert
         if insert:
             raise CommandError(
                 45, f"cannot insert document because it exceeds {MAX_STORAGE_DEPTH} levels of nesting"

@@ -149,10 +149,17 @@ class Storage:
         return {"pre_image": pre, "post_image": post}
 
     # -- writes ---------------------------------------------------------------------------------------
-    def insert(self, db: str, coll: str, doc: dict[str, Any]) -> None:
-        meta = self.ensure(db, coll)
+    def prepare_insert(self, doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The document as mongod inserts it and its stored form, checked (fixDocumentForInsert: nesting,
+        `_id`, top-level empty timestamps filled in); WireError when the whole command is refused."""
         doc = _id_first(doc)
-        stored = storable(doc, insert=True, tick=self.clock.tick)
+        return doc, storable(doc, insert=True, tick=self.clock.tick)
+
+    def insert(
+        self, db: str, coll: str, doc: dict[str, Any], prepared: tuple[dict, dict] | None = None
+    ) -> None:
+        meta = self.ensure(db, coll)
+        doc, stored = prepared or self.prepare_insert(doc)
         col = self.collection(db, coll)
         try:
             insert_into_store(col, doc, stored=stored)

@@ -11,10 +11,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-import bson
-from bson.errors import InvalidBSON
+from bson.errors import BSONError
 
-from .bsonvalues import DECODE_OPTIONS, ENCODE_OPTIONS, checked, decode, encode, lossless_fast_path
+from .bsonvalues import DECODE_OPTIONS, ENCODE_OPTIONS, decode_documents, encode
 from .errors import CommandError
 
 OP_REPLY = 1
@@ -85,65 +84,40 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end + 1
 
 
-def _document_size(body: bytes, pos: int, end: int) -> int:
-    (size,) = struct.unpack_from("<i", body, pos)
-    if size < 5 or pos + size > end:
-        raise CommandError(22, "BSON document length exceeds its message section")
-    return size
-
-
-def _decode_sequence(body: bytes, start: int, end: int) -> list[dict[str, Any]]:
-    """The documents of a kind-1 section: PyMongo's C decoder for the whole run, then each document is
-    checked (or decoded exactly) only when the section's bytes could hold what it loses or refuses."""
-    try:
-        docs: list[dict[str, Any]] | None = bson.decode_all(body[start:end], DECODE_OPTIONS)
-    except (InvalidBSON, ValueError, OverflowError, RecursionError, TypeError):
-        docs = None
-    if docs is not None and lossless_fast_path(body, start, end):
-        return docs
-    out: list[dict[str, Any]] = []
-    pos = start
-    while pos < end:
-        size = _document_size(body, pos, end)
-        if docs is not None:
-            out.append(checked(docs[len(out)], body, pos, pos + size))
-        else:
-            out.append(decode(body[pos : pos + size]))
-        pos += size
-    return out
-
-
 def _decode_op_msg(request_id: int, body: bytes) -> Request:
     (flags,) = struct.unpack_from("<I", body, 0)
     end = len(body) - (4 if flags & FLAG_CHECKSUM_PRESENT else 0)
     pos = 4
     command: dict[str, Any] | None = None
-    sequences: dict[str, list[dict[str, Any]]] = {}
+    sections: list[tuple[str, int, int]] = []
     error: CommandError | None = None
     while pos < end:
         kind = body[pos]
         pos += 1
+        (size,) = struct.unpack_from("<i", body, pos)
         if kind == 0:
-            size = struct.unpack_from("<i", body, pos)[0]
             try:
-                command = decode(body[pos : pos + _document_size(body, pos, end)])
+                command = decode_documents(body, pos, min(pos + size, end))[0]
             except CommandError as exc:
-                error, command = error or exc, {}
+                error, command = exc, {}
             pos += size
         elif kind == 1:
-            (size,) = struct.unpack_from("<i", body, pos)
             section_end = pos + size
             ident, doc_pos = _cstring(body, pos + 4)
-            try:
-                sequences[ident] = _decode_sequence(body, doc_pos, section_end)
-            except CommandError as exc:
-                error = error or exc
+            sections.append((ident, doc_pos, section_end))
             pos = section_end
         else:
             raise ProtocolError(f"unknown OP_MSG section kind {kind}")
     if command is None:
         raise ProtocolError("OP_MSG without a body section")
-    for ident, docs in sequences.items():
+    inserting = bool(command) and next(iter(command)) == "insert"
+    for ident, start, stop in sections:
+        try:
+            # An insert's documents get the wire's depth and column checks with their stored form.
+            docs = decode_documents(body, start, stop, wire_checks=not (inserting and ident == "documents"))
+        except CommandError as exc:
+            error = error or exc
+            continue
         command.setdefault(ident, []).extend(docs)
     return Request(request_id, OP_MSG, command, flags=flags, raw_size=len(body) + HEADER_SIZE, error=error)
 
@@ -152,8 +126,9 @@ def _decode_op_query(request_id: int, body: bytes) -> Request:
     (flags,) = struct.unpack_from("<i", body, 0)
     collection, pos = _cstring(body, 4)
     pos += 8  # numberToSkip, numberToReturn: irrelevant for commands
+    (size,) = struct.unpack_from("<i", body, pos)
     try:
-        query = decode(body[pos : pos + _document_size(body, pos, len(body))])
+        query = decode_documents(body, pos, min(pos + size, len(body)))[0]
     except CommandError as exc:
         return Request(request_id, OP_QUERY, {}, flags=flags, collection=collection, error=exc)
     # Old drivers wrap the command as {$query: {...}, $readPreference: ...}.
@@ -169,7 +144,7 @@ def decode_request(request_id: int, op_code: int, body: bytes) -> Request:
             return _decode_op_msg(request_id, body)
         if op_code == OP_QUERY:
             return _decode_op_query(request_id, body)
-    except (struct.error, ValueError, IndexError, bson.errors.BSONError) as exc:
+    except (struct.error, ValueError, IndexError, BSONError) as exc:
         raise ProtocolError(f"malformed message: {exc}") from exc
     raise ProtocolError(f"unsupported op code {op_code}")
 

@@ -12,7 +12,7 @@ from bson.raw_bson import RawBSONDocument
 
 from .. import scan
 from ..aggregation import run_pipeline
-from ..bsonvalues import encode
+from ..bsonvalues import WireError, encode
 from ..changestream import (
     DEFAULT_AWAIT_S,
     DEFAULT_FIRST_BATCH,
@@ -60,6 +60,8 @@ def _each_statement(
     for index, stmt in enumerate(statements):
         try:
             apply(index, stmt)
+        except WireError:
+            raise  # BSON mongod refuses when it parses the message: the whole command fails
         except CommandError as exc:
             errors.append(_write_error(index, exc))
             if ordered:
@@ -79,15 +81,29 @@ async def insert(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any])
     # Only a message bigger than the document limit can hold a too-large document.
     check_size = conn.extra.get("last_request_size", 0) > MAX_BSON_OBJECT_SIZE
     n = 0
+    documents = cmd.get("documents") or []
+    # Every document is checked before any is inserted (mongod's checks of the message, then
+    # fixDocumentForInsert for the batch): BSON refused on the wire (WireError) fails the whole command.
+    prepared: list[Any] = []
+    for doc in documents:
+        try:
+            if check_size:
+                _check_insert_size(doc)
+            prepared.append(engine.storage.prepare_insert(doc))
+        except WireError:
+            raise
+        except CommandError as exc:
+            prepared.append(exc)
 
     def apply(index: int, doc: Any) -> None:
         nonlocal n
-        if check_size:
-            _check_insert_size(doc)
-        engine.storage.insert(db, coll, doc)
+        item = prepared[index]
+        if isinstance(item, CommandError):
+            raise item
+        engine.storage.insert(db, coll, doc, item)
         n += 1
 
-    errors = _each_statement(cmd.get("documents") or [], cmd.get("ordered", True), apply)
+    errors = _each_statement(documents, cmd.get("ordered", True), apply)
     return _write_reply({"n": n, "ok": 1.0}, errors)
 
 
