@@ -166,6 +166,7 @@ class Settings(BaseSettings):
     on_history_lost: OnHistoryLost = "fail"
     on_unpublishable: OnUnpublishable = "deadletter"
     deadletter_collection: str = "ably_deadletter"
+    overflow_collection: str = "ably_overflow"
     deadletter_ttl_days: int = Field(default=14, ge=0)
     max_message_size: int = Field(default=65536, gt=0)
     on_oversize: OnOversize = "truncate"
@@ -180,6 +181,7 @@ class Settings(BaseSettings):
     publish_linger_ms: int = Field(default=0, ge=0)
     publish_concurrency: int = Field(default=8, gt=0)
     channel_rate_limit: float = Field(default=50.0, ge=0)
+    channel_max_backlog: int = Field(default=250, gt=0)
     max_in_flight: int = Field(default=5000, gt=0)
     shutdown_grace_s: float = Field(default=25.0, ge=0)
     ably_request_timeout_s: float = Field(default=10.0, gt=0)
@@ -270,7 +272,9 @@ class Settings(BaseSettings):
     def _check_table(cls, value: str) -> str:
         return parse_table_name(value).text
 
-    @field_validator("mongodb_collection", "resume_token_collection", "deadletter_collection")
+    @field_validator(
+        "mongodb_collection", "resume_token_collection", "deadletter_collection", "overflow_collection"
+    )
     @classmethod
     def _check_collection(cls, value: str, info: Any) -> str:
         if not value and info.field_name != "mongodb_collection":
@@ -347,6 +351,9 @@ class Settings(BaseSettings):
         if self.deadletter_collection in own:
             problems.append("DEADLETTER_COLLECTION: must differ from RESUME_TOKEN_COLLECTION")
         own[self.deadletter_collection] = "DEADLETTER_COLLECTION"
+        if self.overflow_collection in own:
+            problems.append(f"OVERFLOW_COLLECTION: must differ from {own[self.overflow_collection]}")
+        own[self.overflow_collection] = "OVERFLOW_COLLECTION"
         if self.mongodb_collection in own:
             problems.append(f"MONGODB_COLLECTION: must differ from {own[self.mongodb_collection]}")
         problems.extend(self._load_pipeline())
@@ -400,7 +407,7 @@ class Settings(BaseSettings):
     def stream_pipeline(self) -> list[dict[str, Any]]:
         """The pipeline to pass to `watch()`: own collections excluded first for a database-wide watch."""
         if self.watches_database:
-            own = [self.resume_token_collection, self.deadletter_collection]
+            own = [self.resume_token_collection, self.deadletter_collection, self.overflow_collection]
             return [exclusion_stage(own), *self.pipeline_stages()]
         return self.pipeline_stages()
 

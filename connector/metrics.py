@@ -31,6 +31,24 @@ METRICS: dict[str, tuple[str, str]] = {
         "Dead-lettered or skipped events by reason (label kind: no_channel, invalid, too_large, "
         "undecodable, rejected)",
     ),
+    "livesync_throttled_channels": ("gauge", "Channels waiting for their rate budget with a backlog"),
+    "livesync_throttled_seconds": ("counter", "Time channels spent throttled, summed over channels"),
+    "livesync_rate_limited_messages": (
+        "counter",
+        "Messages Ably refused with its channel rate limit (42913)",
+    ),
+    "livesync_rate_limited_requests": ("counter", "Publish requests with at least one 42913 refusal"),
+    "livesync_order_hazards": (
+        "counter",
+        "Messages Ably accepted after refusing an earlier one of their channel in the same request",
+    ),
+    "livesync_spilling_channels": ("gauge", "Throttled channels whose backlog is in the overflow store"),
+    "livesync_messages_spilled": ("counter", "Messages written to the overflow store"),
+    "livesync_messages_unspilled": ("counter", "Messages loaded back from the overflow store to publish"),
+    "livesync_channel_backlog": (
+        "gauge",
+        "Messages waiting in memory for the busiest channels (label channel: the top 5)",
+    ),
     "livesync_messages_truncated": (
         "counter",
         "Changes over MAX_MESSAGE_SIZE published without their document bodies (ON_OVERSIZE=truncate)",
@@ -60,6 +78,10 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The label of a metric whose value is a mapping (label value -> number).
+LABELS: dict[str, str] = {"livesync_channel_backlog": "channel", "livesync_unpublishable_by_kind": "kind"}
+
+
 class SnapshotCollector(Collector):
     def __init__(self, snapshot: Snapshot, labels: Mapping[str, str] | None = None) -> None:
         self._snapshot = snapshot
@@ -83,8 +105,8 @@ class SnapshotCollector(Collector):
             if value is None:
                 continue
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            if isinstance(value, Mapping):  # one series per reason: a small, fixed vocabulary
-                labelled = family(name, help_text, labels=["kind"])
+            if isinstance(value, Mapping):  # one series per label value: a small, bounded set
+                labelled = family(name, help_text, labels=[LABELS.get(name, "kind")])
                 for label, count in sorted(value.items()):
                     labelled.add_metric([str(label)], float(count))
                 yield labelled

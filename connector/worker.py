@@ -24,6 +24,7 @@ from bson import Timestamp, json_util
 from connector.ably.client import AblyRestClient
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
+from connector.ably.overflow import Overflow
 from connector.ably.publisher import build_publisher
 from connector.check_report import ably_from
 from connector.config import Settings
@@ -37,6 +38,7 @@ from connector.sources.mongodb.client import Mongo
 from connector.sources.mongodb.deadletter import UnpublishableHandler
 from connector.sources.mongodb.lease import MongoLeaseStore
 from connector.sources.mongodb.messages import RouteStats, encode_driver_event, make_router
+from connector.sources.mongodb.overflow_store import MongoSpillStore
 from connector.sources.mongodb.pipeline import pipeline_hash, sets_channel
 from connector.sources.mongodb.reader import Reader
 from connector.sources.mongodb.stream import StartPosition, StreamOptions
@@ -54,6 +56,9 @@ TASK_STOP_TIMEOUT_S = 10.0
 # Waiting for MongoDB at start-up (a sidecar often starts before the replica set is ready).
 STARTUP_RETRY_MAX_S = 30.0
 
+#: Channels named in the per-channel backlog metric: the busiest few (bounded label cardinality).
+TOP_BACKLOGS = 5
+
 EXIT_OK = 0
 EXIT_FATAL = 1
 
@@ -67,6 +72,11 @@ TERM_COUNTERS = (
     "stream_reopens",
     "checkpoints_stored",
     "events_reassembled",
+    "messages_spilled",
+    "messages_unspilled",
+    "rate_limited_messages",
+    "rate_limited_requests",
+    "order_hazards",
 )
 
 
@@ -116,9 +126,13 @@ class Worker:
             self.mongo.collection(settings.deadletter_collection, majority=True),
             ttl_days=settings.deadletter_ttl_days,
         )
+        self.spill_store = MongoSpillStore(
+            self.mongo.collection(settings.overflow_collection, majority=True), settings.connector_id
+        )
         self.health: HealthServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._past_terms: dict[str, int] = dict.fromkeys(TERM_COUNTERS, 0)
+        self._past_throttled_s = 0.0
         self._new_term()
 
     def _new_term(self) -> None:
@@ -136,6 +150,12 @@ class Worker:
             idle_interval=settings.idle_checkpoint_interval_s,
         )
         self.publisher = build_publisher(settings, self.ably, self.ledger, self._on_rejected)
+        self.overflow = Overflow(
+            self.spill_store,
+            self.publisher,
+            max_backlog=settings.channel_max_backlog,
+            before_write=self.leadership.ensure_may_publish,
+        )
         self.reader = Reader(
             self.mongo,
             StreamOptions(
@@ -151,12 +171,14 @@ class Worker:
             route=self._route,
             unpublishable=self.unpublishable,
             on_history_lost=settings.on_history_lost,
+            overflow=self.overflow,
         )
 
     def _end_term(self) -> None:
         """Keep the finished term's counters (metrics are cumulative), then start a fresh term."""
         for name, value in self._term_counters().items():
             self._past_terms[name] += value
+        self._past_throttled_s += self.publisher.pacer.throttled_seconds()
         self._new_term()
 
     def _term_counters(self) -> dict[str, int]:
@@ -170,6 +192,11 @@ class Worker:
             "stream_reopens": r.reopens,
             "checkpoints_stored": self.checkpointer.stores,
             "events_reassembled": r_fragments.reassembled,
+            "messages_spilled": self.overflow.spilled,
+            "messages_unspilled": self.overflow.drained,
+            "rate_limited_messages": self.publisher.pacer.stats.rate_limited,
+            "rate_limited_requests": p.rate_limited_requests,
+            "order_hazards": p.order_hazards,
         }
 
     # -- wiring ------------------------------------------------------------------------------------
@@ -254,6 +281,7 @@ class Worker:
         while True:
             try:
                 stored = await self.token_store.load()
+                await self.overflow.start()
                 break
             except StreamError as exc:  # unreachable; a corrupt token is a different, fatal error
                 attempt += 1
@@ -265,6 +293,7 @@ class Worker:
                     return None
                 self.leadership.ensure_may_publish()  # the lease could not be renewed meanwhile
         await self.unpublishable.ensure_indexes()
+        await self.spill_store.ensure_indexes()
         return self._start_position(stored, self.settings.start_at)
 
     def _start_position(self, stored: StoredPosition | None, start_at: Any) -> StartPosition:
@@ -294,6 +323,7 @@ class Worker:
         reader = self._spawn(self.reader.run(start, self._term_stop), "reader")
         publisher = self._spawn(self.publisher.run(), "publisher")
         checkpointer = self._spawn(self.checkpointer.run(self._term_stop), "checkpointer")
+        self._spawn(self.overflow.run(self._term_stop), "overflow")
         lease = self._spawn(self.leadership.hold(self._term_stop), "lease")
         stopper = self._spawn(self.stop_event.wait(), "stop")
         done, _ = await asyncio.wait(
@@ -317,7 +347,7 @@ class Worker:
             await self.publisher.aclose()
         await self._cancel("publisher")
         await self._cancel("reader", grace=READER_STOP_GRACE_S)
-        for name in ("checkpointer", "lease"):
+        for name in ("checkpointer", "lease", "overflow"):
             await self._cancel(name, grace=WRITER_STOP_GRACE_S)
         await self._cancel("stop")
         dropped = self.ledger.pending
@@ -344,9 +374,11 @@ class Worker:
                     "grace period over with %d events in flight; they will be resent", self.ledger.pending
                 )
         await self._cancel("publisher")
-        for name in ("checkpointer", "lease"):
+        for name in ("checkpointer", "lease", "overflow"):
             await self._cancel(name, grace=WRITER_STOP_GRACE_S)
         await self._cancel("stop")
+        with contextlib.suppress(ConnectorError):  # else they are sent again (same ids) by the next leader
+            await asyncio.wait_for(self.overflow.delete_acknowledged(), WRITER_STOP_GRACE_S)
         # 3. final checkpoint (the position covers only completed events; fenced: a deposed leader's
         # write stores nothing)
         with contextlib.suppress(ConnectorError):
@@ -428,6 +460,10 @@ class Worker:
             "events_skipped": self.unpublishable.skipped,
             "unpublishable_by_kind": dict(self.unpublishable.by_kind),
             "messages_truncated": self.route_stats.truncated,
+            "throttled_channels": len(self.publisher.pacer.stats.throttled_now),
+            "throttled_seconds": self._past_throttled_s + self.publisher.pacer.throttled_seconds(),
+            "spilling_channels": len(self.overflow.spilling),
+            "channel_backlog": dict(self.publisher.backlogs(TOP_BACKLOGS)),
             "lossy_decodes": decode.STATS.lossy_events,
             "undecodable_events": decode.STATS.undecodable_events,
             "in_flight_events": self.ledger.pending,

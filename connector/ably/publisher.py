@@ -154,6 +154,8 @@ class Publisher:
         self._fatal: BaseException | None = None
         self._state = _State.NEW
         self.stats = PublisherStats()
+        #: Called for each completed message that is not in the ledger (`seq` < 0: drained from overflow).
+        self.on_outside_done: Callable[[OutboundMessage], None] | None = None
 
     # -- producer side ----------------------------------------------------------------------------------
 
@@ -180,6 +182,17 @@ class Publisher:
         self._unfinished += len(msgs)
         self._drained.clear()
         self._wakeup.set()
+
+    def backlog(self, channel: str) -> int:
+        """Messages of the channel waiting in memory for a request."""
+        queue = self._queues.get(channel)
+        return len(queue) if queue is not None else 0
+
+    def backlogs(self, top: int) -> list[tuple[str, int]]:
+        """The `top` channels with the most messages waiting, most first (for metrics)."""
+        sizes = [(channel, len(queue)) for channel, queue in self._queues.items() if queue]
+        sizes.sort(key=lambda item: item[1], reverse=True)
+        return sizes[:top]
 
     @property
     def unfinished(self) -> int:
@@ -428,6 +441,8 @@ class Publisher:
         complete = self._ledger.complete
         channels: dict[str, None] = {}
         for msg, _ in batch:
+            if msg.seq < 0 and self.on_outside_done is not None:
+                self.on_outside_done(msg)
             complete(msg.seq)
             channels[msg.channel] = None
         self.stats.published += len(batch)
@@ -442,6 +457,8 @@ class Publisher:
             self._release(channel)
 
     def _complete(self, msg: OutboundMessage) -> None:
+        if msg.seq < 0 and self.on_outside_done is not None:
+            self.on_outside_done(msg)
         self._ledger.complete(msg.seq)
         self._unfinished -= 1
         if self._unfinished == 0:

@@ -62,7 +62,7 @@ def test_watch_namespace_and_stream_pipeline() -> None:
     db_wide = load()
     assert db_wide.watches_database and db_wide.watch_namespace == ("shop", None)
     assert db_wide.stream_pipeline() == [
-        {"$match": {"ns.coll": {"$nin": ["ably", "ably_deadletter"]}}},
+        {"$match": {"ns.coll": {"$nin": ["ably", "ably_deadletter", "ably_overflow"]}}},
         {"$addFields": {"_ablyChannel": "$ns.coll"}},
     ]
     one = load(MONGODB_COLLECTION="orders")

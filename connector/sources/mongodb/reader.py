@@ -27,6 +27,7 @@ from pymongo.errors import PyMongoError
 
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
+from connector.ably.overflow import Overflow
 from connector.errors import FatalError, HistoryLostError, StreamError, UnpublishableEvent
 from connector.sources.mongodb.checkpoint import Checkpointer, StreamMark
 from connector.sources.mongodb.client import Mongo
@@ -50,6 +51,8 @@ INVALIDATE_REOPEN_DELAY_S = 1.0
 ROUTE_SLICE = 200
 
 Router = Callable[[int, Mapping[str, Any]], OutboundMessage]
+#: Sorts after every resume token: with no stored position, whatever an earlier run spilled is loadable.
+LAST_KEY = "\uffff"
 HistoryLostPolicy = Literal["fail", "restart"]
 
 
@@ -82,8 +85,10 @@ class Reader:
         unpublishable: UnpublishableHandler,
         on_history_lost: HistoryLostPolicy,
         stored_cluster_time: Timestamp | None = None,
+        overflow: Overflow | None = None,
     ) -> None:
         self._mongo = mongo
+        self._overflow = overflow
         self._options = options
         self._ledger = ledger
         self._checkpointer = checkpointer
@@ -102,6 +107,10 @@ class Reader:
         """Read until `stop` is set (or the task is cancelled); raises FatalError / HistoryLostError."""
         self.position = start
         self._checkpointer.reset_position(start.token)
+        if self._overflow is not None:
+            # Spilled messages up to the stored position are complete in the stream: loadable at once.
+            start_key = start.token.get("_data") if start.token is not None else None
+            self._overflow.read_up_to = start_key if isinstance(start_key, str) else LAST_KEY
         while not stop.is_set():
             try:
                 stream = await open_stream(self._mongo, self._options, self.position)
@@ -204,13 +213,13 @@ class Reader:
                         continue
                     change = whole
                 if change.get("operationType") == "invalidate":
-                    self._submit(out)
+                    await self._submit(out)
                     await self._invalidated(change, stop)
                     return True
                 self._seq += 1
                 seq = self._seq
                 if ledger.full:
-                    self._submit(out)  # what was routed goes out before we wait for Ably to catch up
+                    await self._submit(out)  # what was routed goes out before we wait for Ably to catch up
                     await ledger.reserve(seq, change["_id"])
                 else:
                     ledger.add(seq, change["_id"])
@@ -219,16 +228,18 @@ class Reader:
                 try:
                     out.append(route(seq, change))
                 except UnpublishableEvent as exc:
-                    self._submit(out)
+                    await self._submit(out)
                     stats.unpublishable += 1
                     await self._unpublishable.handle(
                         change, exc.reason, exc.code, kind=exc.kind, fatal=exc.fatal
                     )
                     ledger.complete(seq)
                 if len(out) >= ROUTE_SLICE:
-                    self._submit(out)
+                    await self._submit(out)
                     await asyncio.sleep(0)
-            self._submit(out)
+            await self._submit(out)
+            if last is not None and self._overflow is not None:
+                self._overflow.read_up_to = _token_data(last)
         finally:
             if last is not None:
                 stats.last_event_read_at = time.time()
@@ -236,10 +247,19 @@ class Reader:
                 stats.last_event_wall_time = last.get("wallTime")
         return False
 
-    def _submit(self, out: list[OutboundMessage]) -> None:
+    async def _submit(self, out: list[OutboundMessage]) -> None:
+        """Hand routed messages to the publisher; a throttled channel's excess spills (overflow.py) and
+        is written before the reader goes on, so the ledger can complete it."""
+        if not out:
+            return
+        overflow = self._overflow
+        if overflow is not None and overflow.active:
+            out[:] = overflow.route(out)
         if out:
             self._publisher.submit_many(out)
             out.clear()
+        if overflow is not None and overflow.has_pending:
+            await overflow.flush(self._ledger.complete)
 
     async def _invalidated(self, change: Mapping[str, Any], stop: asyncio.Event) -> None:
         """The watched collection was dropped or renamed: continue after the invalidate with startAfter."""
@@ -306,6 +326,12 @@ async def _settle(ahead: asyncio.Future[Any]) -> None:
         raise
     except Exception:  # the batch is not used; its error changes nothing
         return
+
+
+def _token_data(event: Mapping[str, Any]) -> str | None:
+    token = event.get("_id")
+    data = token.get("_data") if isinstance(token, Mapping) else None
+    return data if isinstance(data, str) else None
 
 
 def _ts_text(ts: Timestamp) -> str:
