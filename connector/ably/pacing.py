@@ -15,6 +15,7 @@ that keeps being rejected keeps slowing down, and other channels are untouched.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = ["ChannelPacer", "PacerStats"]
+
+log = logging.getLogger(__name__)
 
 #: Slowest a rejected channel is paced at (messages/s): it keeps moving, and probes the limit.
 MIN_RATE: Final = 1.0
@@ -41,7 +44,6 @@ class _Bucket:
     updated: float
     last_rejected: float = -math.inf
     throttled_since: float | None = None
-    last_paced: float = -math.inf
 
 
 @dataclass(slots=True)
@@ -87,10 +89,8 @@ class ChannelPacer:
         bucket = self._refill(channel)
         need = min(wanted, self._batch(bucket))
         now = self._clock()
-        bucket.last_paced = now
         if bucket.throttled_since is None:
-            bucket.throttled_since = now
-            self.stats.throttled_now[channel] = now
+            self._throttle(channel, bucket, now, f"paced at {bucket.rate:g} messages/s (CHANNEL_RATE_LIMIT)")
         self.stats.paced_waits += 1
         return max(0.0, (need - bucket.tokens) / bucket.rate)
 
@@ -105,10 +105,8 @@ class ChannelPacer:
         bucket.rate = max(MIN_RATE, self._current_rate(bucket, now) / 2)
         bucket.tokens = min(bucket.tokens, 0.0)
         bucket.last_rejected = now
-        bucket.last_paced = now
         if bucket.throttled_since is None:
-            bucket.throttled_since = now
-            self.stats.throttled_now[channel] = now
+            self._throttle(channel, bucket, now, f"rate-limited by Ably (42913): slowed to {bucket.rate:g}/s")
         return 1.0 / bucket.rate
 
     def settled(self, channel: str, *, backlog: bool) -> None:
@@ -116,9 +114,16 @@ class ChannelPacer:
         bucket = self._buckets.get(channel)
         if backlog or bucket is None or bucket.throttled_since is None:
             return
-        self.stats.throttled_seconds += self._clock() - bucket.throttled_since
+        spent = self._clock() - bucket.throttled_since
+        self.stats.throttled_seconds += spent
         bucket.throttled_since = None
         self.stats.throttled_now.pop(channel, None)
+        log.info("channel %r no longer throttled (after %.1fs)", channel, spent, extra={"channel": channel})
+
+    def _throttle(self, channel: str, bucket: _Bucket, now: float, why: str) -> None:
+        bucket.throttled_since = now
+        self.stats.throttled_now[channel] = now
+        log.info("channel %r throttled: %s", channel, why, extra={"channel": channel})
 
     def channel_rate(self, channel: str) -> float:
         """The rate the channel is paced at now (the configured rate unless Ably rejected it lately)."""
