@@ -19,6 +19,7 @@ from bson.datetime_ms import DatetimeMS
 from mongomock import aggregate as mm_aggregate
 from mongomock import filtering as mm_filtering
 
+from . import matching
 from .bsonvalues import RawRegex, RawValue, Symbol, compare
 from .errors import CommandError
 from .expressions import REMOVE, evaluate
@@ -233,12 +234,17 @@ def _match(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, An
 
 
 def _full_match(docs: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """mongomock's filter over `docs` (the timestamp check and any encoding done once per call)."""
+    """mongomock's filter over `docs`; for values it cannot order (Timestamps, decimals, out-of-range
+    dates, MinKey/MaxKey, deprecated types) the emulator's own matcher, in MongoDB's order."""
     if not _contains_timestamp_cached(spec):
         try:
             return [doc for doc in docs if mm_filtering.filter_applies(spec, doc)]
         except NotImplementedError:
-            pass  # a Timestamp met a comparison: mongomock cannot order it, the encoded form can
+            pass  # a value mongomock cannot order met a comparison
+    try:
+        return [doc for doc in docs if matching.matches(spec, doc)]
+    except matching.Unsupported:
+        pass  # an operator the matcher lacks: mongomock on approximated values
     filt = _encode_timestamps(spec)
     try:
         return [doc for doc in docs if mm_filtering.filter_applies(filt, _encode_timestamps(doc))]
@@ -330,7 +336,7 @@ class _PerFilter(Generic[_T]):
 
 
 def _contains_timestamp(value: Any) -> bool:
-    if isinstance(value, Timestamp):
+    if isinstance(value, _UNORDERED):
         return True
     if isinstance(value, dict):
         return any(_contains_timestamp(v) for v in value.values())

@@ -58,6 +58,7 @@ __all__ = [
     "Undefined",
     "WireError",
     "bson_size",
+    "canonical_type",
     "compare",
     "decode",
     "decode_documents",

@@ -201,7 +201,7 @@ def _op_if_null(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
     for value in values[:-1]:
         if value is not None and value is not REMOVE and value is not UNDEFINED:
             return value
-    return _null(values[-1])
+    return values[-1]  # all nullish: the last value as it is (missing stays missing, as in mongod)
 
 
 def _op_switch(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:

@@ -184,9 +184,19 @@ class Storage:
         if key is not NO_KEY:
             # The common `{_id: value}` write: a dictionary lookup instead of mongomock's full scan.
             return [key] if key in self.collection(db, coll)._store else []
-        docs = matching_now(self.collection(db, coll), query)
+        try:
+            docs = matching_now(self.collection(db, coll), query)
+        except NotImplementedError:  # values mongomock cannot order: the emulator's own $match
+            from .aggregation import run_pipeline
+
+            docs = run_pipeline(matching_now(self.collection(db, coll), {}), [{"$match": query}])
         if sort:
-            docs = sort_documents(docs, dict(sort))
+            try:
+                docs = sort_documents(docs, dict(sort))
+            except NotImplementedError:
+                from .aggregation import run_pipeline
+
+                docs = run_pipeline(docs, [{"$sort": dict(sort)}])
         if limit:
             docs = docs[:limit]
         return [d["_id"] for d in docs]

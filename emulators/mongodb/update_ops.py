@@ -91,11 +91,16 @@ def _child(container: Any, part: str, create: bool) -> Any:
     return _MISSING
 
 
+def is_positional(part: str) -> bool:
+    """`$`, `$[]` and `$[id]` address array elements; any other `$`-prefixed part is a field name (5.0+)."""
+    return part == "$" or (part.startswith("$[") and part.endswith("]"))
+
+
 def _targets(doc: Any, parts: list[str], ctx: UpdateContext, create: bool, prefix: str = "") -> list[Target]:
     """Resolve a path (with `$`, `$[]`, `$[id]`) to the (container, key) pairs it addresses."""
     cur = doc
     for n, part in enumerate(parts[:-1]):
-        if part.startswith("$"):
+        if is_positional(part):
             return _expand_positional(cur, parts, n, ctx, create, prefix)
         nxt = _child(cur, part, create)
         if nxt is _MISSING:
@@ -103,7 +108,7 @@ def _targets(doc: Any, parts: list[str], ctx: UpdateContext, create: bool, prefi
         prefix = f"{prefix}{part}."
         cur = nxt
     last = parts[-1]
-    if last.startswith("$"):
+    if is_positional(last):
         if not isinstance(cur, list):
             raise CommandError(2, f"Cannot apply array updates to non-array element {prefix.rstrip('.')}")
         return [(cur, i) for i in _positional_indexes(cur, last, prefix.rstrip("."), ctx)]
@@ -160,6 +165,22 @@ def _number(value: Any, op: str, path: str) -> Any:
     return value
 
 
+def _typed(current: Any, arg: Any, result: Any, op: str, path: str) -> Any:
+    """The result type of integer arithmetic as mongod has it: a long if either operand is a long (an
+    int's overflow also gives a long); a long's overflow is an error (BadValue)."""
+    if isinstance(result, float):
+        return result
+    if isinstance(current, Int64) or isinstance(arg, Int64) or not -(2**31) <= result < 2**31:
+        if not -(2**63) <= result < 2**63:
+            raise CommandError(
+                2,
+                f"Failed to apply {op} operations to current value ((NumberLong){current}) for document "
+                f"at path '{path}'",
+            )
+        return Int64(result)
+    return result
+
+
 def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[..., None]:
     def apply(container: Any, key: Any, arg: Any, ctx: UpdateContext, path: str) -> None:
         _number(arg, op, path)
@@ -167,7 +188,7 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[..., None]:
         if current is _MISSING or (current is None and op == "$mul"):
             _put(container, key, fn(0, arg) if op == "$mul" else arg)
             return
-        _put(container, key, fn(_number(current, op, path), arg))
+        _put(container, key, _typed(current, arg, fn(_number(current, op, path), arg), op, path))
 
     return apply
 
@@ -415,7 +436,28 @@ def apply_update(doc: dict[str, Any], update: dict[str, Any], ctx: UpdateContext
         raise CommandError(
             66, "Performing an update on the path '_id' would modify the immutable field '_id'"
         )
+    if not ctx.is_insert:
+        _check_dollar_fields(update)
     return new
+
+
+def _check_dollar_fields(update: dict[str, Any]) -> None:
+    """An update of an existing document may not create a top-level `$`-prefixed field (nested ones are
+    fine): storage_validation::scanDocument's check of the updated paths, DollarPrefixedFieldName 52. An
+    upsert's insert may (it is validated as an insert)."""
+    for op, spec in update.items():
+        if op in _NON_CREATING:
+            continue
+        paths = spec.values() if op == "$rename" else spec
+        for path in paths:
+            first = str(path).split(".", 1)[0]
+            if first.startswith("$") and not is_positional(first):
+                raise CommandError(
+                    52,
+                    f"The dollar ($) prefixed field '{first}' in '{path}' is not allowed in the context "
+                    "of an update's replacement document. Consider using an aggregation pipeline with "
+                    "$replaceWith.",
+                )
 
 
 def upsert_seed(query: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import docdiff
 from .bsonvalues import same
+from .update_ops import is_positional
 
 _MISSING = object()
 
@@ -70,7 +71,7 @@ def _strip_positional(path: str) -> list[str]:
     """The path up to the first positional component (`a.$.b`, `a.$[].b`, `a.$[x].b` → `a`)."""
     parts = path.split(".")
     for n, part in enumerate(parts):
-        if part.startswith("$"):
+        if is_positional(part):
             return parts[:n]
     return parts
 
