@@ -66,6 +66,7 @@ __all__ = [
     "encode",
     "encode_exact",
     "same",
+    "same_id",
     "too_deep",
     "too_deep_error",
     "validate_column",
@@ -688,6 +689,16 @@ def same(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:  # values with odd __eq__: fall back to their bytes
         return encode({"": a}) == encode({"": b})
+
+
+def same_id(a: Any, b: Any) -> bool:
+    """Whether an update left `_id` as it was: equal (1 and 1.0 alike), or the same bytes (a NaN)."""
+    try:
+        if a == b:
+            return True
+    except Exception:  # values with odd __eq__: their bytes decide
+        pass
+    return same(a, b)
 
 
 # Canonical type order (bsontypes.h canonicalizeBSONType).

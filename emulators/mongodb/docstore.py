@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from bson import Binary, Decimal128, Int64, ObjectId, Regex, Timestamp
+from bson import Binary, Code, Decimal128, Int64, ObjectId, Regex, Timestamp
 from bson.datetime_ms import DatetimeMS
 from mongomock import helpers as mm_helpers
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
@@ -22,6 +22,7 @@ from .bsonvalues import (
     MAX_WIRE_DEPTH,
     RawRegex,
     Undefined,
+    encode,
     too_deep,
     too_deep_error,
     validate_column,
@@ -62,8 +63,6 @@ def exact_id(query: dict[str, Any]) -> Any:
         value = value["$eq"]
     if isinstance(value, dict | list | bool | re.Pattern | Regex | RawRegex | Decimal128) or value is None:
         return NO_KEY
-    if type(value) is float and value != value:
-        return NO_KEY  # NaN: found by a scan (mongod's NaN equals NaN, Python's does not)
     return value
 
 
@@ -71,8 +70,22 @@ class _DecimalKey(tuple[str, bytes]):
     """Decimal128 is unhashable; the store keys such `_id`s by their 16 bytes."""
 
 
+class _CodeKey(tuple[str, str, bytes | None]):
+    """Code is unhashable; the store keys such `_id`s by their code and scope."""
+
+
+_NAN_KEY = ("nan",)  # every NaN is one `_id` value (mongod's NaN equals NaN; Python's does not)
+
+
 def store_key(_id: Any) -> Any:
     """The key mongomock's store files a document under (hashdict for documents, as mongomock does)."""
+    kind = type(_id)
+    if kind is int or kind is str or kind is ObjectId:
+        return _id
+    if kind is float and _id != _id:
+        return _NAN_KEY
+    if isinstance(_id, Code):
+        return _CodeKey(("code", str(_id), None if _id.scope is None else encode(_id.scope)))
     if isinstance(_id, dict):
         return mm_helpers.hashdict(_id)
     if isinstance(_id, Decimal128):

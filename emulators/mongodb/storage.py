@@ -17,7 +17,7 @@ from bson import SON, ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from . import updates
-from .bsonvalues import encode, same
+from .bsonvalues import encode, same, same_id
 from .docstore import (
     NO_KEY,
     duplicate_key,
@@ -183,7 +183,7 @@ class Storage:
         key = exact_id(query)
         if key is not NO_KEY:
             # The common `{_id: value}` write: a dictionary lookup instead of mongomock's full scan.
-            return [key] if key in self.collection(db, coll)._store else []
+            return [key] if store_key(key) in self.collection(db, coll)._store else []
         try:
             docs = matching_now(self.collection(db, coll), query)
         except NotImplementedError:  # values mongomock cannot order: the emulator's own $match
@@ -264,7 +264,7 @@ class Storage:
 
     def _new_version(self, pre: dict[str, Any], update: Any, ctx: UpdateContext, replacement: bool) -> dict:
         if replacement:
-            if "_id" in update and update["_id"] != pre["_id"]:
+            if "_id" in update and not same_id(update["_id"], pre["_id"]):
                 raise CommandError(
                     66,
                     "After applying the update, the (immutable) field '_id' was found to have been altered",
@@ -278,7 +278,7 @@ class Storage:
             if len(out) != 1:
                 raise CommandError(2, "an update pipeline must produce exactly one document")
             post = out[0]
-            if post.get("_id") != pre["_id"]:
+            if not same_id(post.get("_id"), pre["_id"]):
                 raise CommandError(
                     66, "Performing an update on the path '_id' would modify the immutable field"
                 )

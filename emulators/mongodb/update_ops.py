@@ -15,6 +15,7 @@ from typing import Any
 from bson import Int64, Timestamp
 from mongomock import filtering as mm_filtering
 
+from .bsonvalues import same_id
 from .errors import CommandError
 
 _MISSING = object()
@@ -432,7 +433,7 @@ def apply_update(doc: dict[str, Any], update: dict[str, Any], ctx: UpdateContext
                 raise CommandError(56, f"An empty update path is not valid: '{path}'")
             for container, key in _targets(new, path.split("."), ctx, create=op not in _NON_CREATING):
                 fn(container, key, arg, ctx, path)
-    if "_id" in doc and new.get("_id", _MISSING) != doc["_id"]:
+    if "_id" in doc and not same_id(new.get("_id", _MISSING), doc["_id"]):
         raise CommandError(
             66, "Performing an update on the path '_id' would modify the immutable field '_id'"
         )

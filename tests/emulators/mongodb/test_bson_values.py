@@ -346,6 +346,40 @@ def test_a_lenient_client_decodes_what_it_stored(sync_client: Any, database_name
     assert two["far"] == DatetimeMS(2**62)
 
 
+#: `_id` values mongod accepts (all but regex, array and undefined: storageValidIdField).
+EXOTIC_IDS: list[bytes] = [
+    element(0x09, b"_id", int64(253402300800000 + 1000)),
+    element(0x09, b"_id", int64(-(2**63))),
+    element(0x02, b"_id", string(b"a\xffc")),
+    element(0x01, b"_id", double_bits(0x7FF8000000000001)),
+    element(0x13, b"_id", Decimal128("-Infinity").bid),
+    element(0x0E, b"_id", string(b"sym")),
+    element(0x0C, b"_id", string(b"db.c") + OID),
+    element(0xFF, b"_id", b""),
+    element(0x7F, b"_id", b""),
+    element(0x0D, b"_id", string(b"code")),
+    element(0x05, b"_id", binary(0x80, b"\x00\x01")),
+    element(0x11, b"_id", struct.pack("<II", 1, 1)),
+    element(0x03, b"_id", document(element(0x06, b"u", b""), element(0x02, b"s", string(b"\xff")))),
+]
+
+
+@pytest.mark.parametrize("id_element_bytes", EXOTIC_IDS, ids=range(len(EXOTIC_IDS)))
+def test_documents_with_any_id_are_found_updated_and_deleted_by_it(
+    sync_db: Any, id_element_bytes: bytes
+) -> None:
+    coll = sync_db.get_collection("ids", codec_options=RAW)
+    by_id = raw(document(id_element_bytes))
+    stored = document(id_element_bytes, element(0x10, b"n", int32(1)))
+    coll.insert_one(raw(stored))
+    coll.insert_one({"_id": "other"})
+    assert coll.find_one(by_id).raw == stored
+    assert coll.update_one(by_id, {"$set": {"n": 2}}).modified_count == 1
+    assert coll.find_one(by_id).raw == document(id_element_bytes, element(0x10, b"n", int32(2)))
+    assert coll.delete_one(by_id).deleted_count == 1
+    assert coll.count_documents({}) == 1
+
+
 # -- nesting ---------------------------------------------------------------------------------------------
 def _nested(levels: int, innermost: dict[str, Any] | None = None) -> dict[str, Any]:
     """A document nesting ``levels`` documents (itself included)."""
