@@ -380,7 +380,8 @@ def _orderable(value: Any) -> Any:
     if isinstance(value, DatetimeMS):
         return datetime.datetime.max if int(value) > 0 else datetime.datetime.min
     if isinstance(value, Decimal128):
-        return float(value.to_decimal())
+        number = value.to_decimal()
+        return float("nan") if number.is_nan() else float(number)
     if isinstance(value, Symbol):
         return value.value
     if isinstance(value, RawRegex):

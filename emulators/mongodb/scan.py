@@ -20,6 +20,8 @@ from mongomock import filtering as mm_filtering
 from mongomock import helpers as mm_helpers
 from sentinels import NOTHING  # type: ignore[import-untyped]  # mongomock's missing-path marker
 
+from .bsonvalues import encode
+
 __all__ = [
     "SCAN_SLICE",
     "Pacer",
@@ -182,11 +184,21 @@ def _final_count(name: str, spec: Any) -> Callable[[int], list[dict[str, Any]]] 
 
 def distinct_values(docs: list[dict[str, Any]], key: str) -> list[Any]:
     """The distinct values at ``key`` (array elements counted one by one), as mongomock's distinct."""
-    seen: dict[Any, None] = {}
+    seen: dict[Any, Any] = {}
     for doc in docs:
         for values in mm_filtering.iter_key_candidates(key, doc):
             if values is NOTHING:
                 continue
             for value in values if isinstance(values, list | tuple) else [values]:
-                seen.setdefault(mm_helpers.hashdict(value) if isinstance(value, dict) else value, None)
-    return [dict(v) if isinstance(v, mm_helpers.hashdict) else v for v in seen]
+                seen.setdefault(_distinct_key(value), value)
+    return list(seen.values())
+
+
+def _distinct_key(value: Any) -> Any:
+    if isinstance(value, dict):
+        return mm_helpers.hashdict(value)
+    try:
+        hash(value)
+    except TypeError:  # Decimal128, Code, lists: one entry per encoded value
+        return ("bson", encode({"": value}))
+    return value

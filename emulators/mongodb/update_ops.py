@@ -15,7 +15,8 @@ from typing import Any
 from bson import Int64, Timestamp
 from mongomock import filtering as mm_filtering
 
-from .bsonvalues import same_id
+from . import matching
+from .bsonvalues import compare, same_id
 from .errors import CommandError
 
 _MISSING = object()
@@ -213,7 +214,7 @@ def _op_unset(container: Any, key: Any, arg: Any, ctx: UpdateContext, path: str)
 def _minmax(op: Callable[[Any, Any], bool]) -> Callable[..., None]:
     def apply(container: Any, key: Any, arg: Any, ctx: UpdateContext, path: str) -> None:
         current = _get(container, key)
-        if current is _MISSING or mm_filtering.bson_compare(op, arg, current):
+        if current is _MISSING or op(compare(arg, current), 0):
             _put(container, key, copy.deepcopy(arg))
 
     return apply
@@ -242,20 +243,17 @@ def _array_at(container: Any, key: Any, op: str, path: str, create: bool = True)
 def _sort_key(spec: Any) -> Callable[[Any], Any]:
     import functools
 
-    def compare(a: Any, b: Any) -> int:
+    def order(a: Any, b: Any) -> int:
         if isinstance(spec, dict):
             for field, direction in spec.items():
                 va, vb = (x.get(field) if isinstance(x, dict) else None for x in (a, b))
-                if mm_filtering.bson_compare(operator.lt, va, vb):
-                    return -direction
-                if mm_filtering.bson_compare(operator.gt, va, vb):
-                    return direction
+                result = compare(va, vb)
+                if result:
+                    return result * direction
             return 0
-        if mm_filtering.bson_compare(operator.lt, a, b):
-            return -spec
-        return spec if mm_filtering.bson_compare(operator.gt, a, b) else 0
+        return compare(a, b) * spec
 
-    return functools.cmp_to_key(compare)
+    return functools.cmp_to_key(order)
 
 
 def _op_push(container: Any, key: Any, arg: Any, ctx: UpdateContext, path: str) -> None:
@@ -300,11 +298,22 @@ def _same(a: Any, b: Any) -> bool:
 def _pull_matches(cond: Any, element: Any) -> bool:
     if isinstance(cond, dict) and cond:
         if all(k.startswith("$") for k in cond):
-            return bool(mm_filtering.filter_applies({"v": cond}, {"v": element}))
+            return _filter_applies({"v": cond}, {"v": element})
         if isinstance(element, dict):
-            return bool(mm_filtering.filter_applies(cond, element))
+            return _filter_applies(cond, element)
         return False
     return _same(cond, element)
+
+
+def _filter_applies(spec: dict[str, Any], doc: Any) -> bool:
+    """mongomock's filter, or the emulator's matcher for values mongomock cannot order."""
+    try:
+        return bool(mm_filtering.filter_applies(spec, doc))
+    except NotImplementedError:
+        try:
+            return matching.matches(spec, doc)
+        except matching.Unsupported as exc:
+            raise CommandError(2, f"the emulator cannot evaluate this filter on these values: {exc}") from exc
 
 
 def _op_pull(container: Any, key: Any, arg: Any, ctx: UpdateContext, path: str) -> None:
