@@ -54,6 +54,7 @@ def pg_env(pg_dsn: str, ably: Any) -> dict[str, str]:
         "ABLY_FALLBACK_HOSTS": "",
         "HTTP_PORT": "0",
         "CHECKPOINT_INTERVAL_MS": "100",
+        "CHANNEL_RATE_LIMIT": "0",  # the Ably emulator has no per-channel limit unless a test sets one
         "LOG_FORMAT": "text",
         "LOG_LEVEL": "INFO",
     }

@@ -7,6 +7,7 @@ live next to the outbox and are named after it, so two outboxes in one database 
 | --- | --- | --- |
 | watermark table | `public.outbox_watermark` | the `sync()` watermark and the leadership epoch (one row) |
 | dead-letter table | `public.outbox_deadletter` | rows that can never be published (ON_UNPUBLISHABLE) |
+| overflow table | `public.outbox_overflow` | a throttled channel's spilled rows (CHANNEL_MAX_BACKLOG) |
 | watermark function | `public.outbox_sync_sequence_id()` | the safe `sequenceId` for the Models SDK |
 | notify function | `public.outbox_notify()` | Ably's trigger function: `pg_notify('ably_adbc', '')` |
 """
@@ -90,6 +91,10 @@ class OutboxNames:
     @property
     def deadletter(self) -> TableName:
         return self.outbox.sibling("_deadletter")
+
+    @property
+    def overflow(self) -> TableName:
+        return self.outbox.sibling("_overflow")
 
     @property
     def sync_function(self) -> TableName:

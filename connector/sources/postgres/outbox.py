@@ -33,6 +33,7 @@ from psycopg import sql
 
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
+from connector.ably.overflow import Overflow
 from connector.ably.oversize import TRUNCATED_HEADER, OnOversize
 from connector.errors import UnpublishableEvent
 from connector.sources.postgres.db import Connection, mapped_errors
@@ -40,6 +41,7 @@ from connector.sources.postgres.deadletter import UnpublishableRows
 from connector.sources.postgres.gaps import GapTracker, Resolved
 from connector.sources.postgres.messages import COLUMNS, OutboxRow, row_to_message
 from connector.sources.postgres.names import OutboxNames
+from connector.sources.postgres.overflow_store import order_key
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,9 @@ class OutboxReader:
         poll_interval_s: float,
         gap_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        overflow: Overflow | None = None,
     ) -> None:
+        self._overflow = overflow
         self._conn = conn
         self._ledger = ledger
         self._publisher = publisher
@@ -135,6 +139,9 @@ class OutboxReader:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read until `stop` is set; raises DatabaseUnavailable / SchemaError / FatalError."""
+        if self._overflow is not None:
+            # Spilled rows up to the stored watermark are settled in the outbox: loadable at once.
+            self._overflow.read_up_to = order_key(self._start.watermark)
         await self._prepare()
         self.stats.reading = True
         try:
@@ -298,7 +305,7 @@ class OutboxReader:
         self._last_entry_watermark = max(self._last_entry_watermark, watermark)
         return self._seq
 
-    async def _publish(self, row: OutboxRow, *, watermark: int) -> int:
+    async def _publish(self, row: OutboxRow, *, watermark: int, spill: bool = True) -> int:
         token: dict[str, Any] = {"row": row}
         seq = await self._entry(watermark, token)
         try:
@@ -312,12 +319,20 @@ class OutboxReader:
             return seq
         if TRUNCATED_HEADER in msg.message["extras"]["headers"]:
             self.stats.truncated += 1
-        self._publisher.submit(msg)
+        overflow = self._overflow
+        if overflow is None or not spill:  # a late row goes out at once: it is out of order anyway
+            self._publisher.submit(msg)
+            return seq
+        if not overflow.active or overflow.route([msg]):
+            self._publisher.submit(msg)
+        else:  # a throttled channel's excess: durable in the overflow table before the row counts as done
+            await overflow.flush(self._ledger.complete)
+        overflow.read_up_to = order_key(max(row.sequence_id, int(overflow.read_up_to or 0)))
         return seq
 
     async def _publish_late(self, row: OutboxRow) -> None:
         self.stats.late_rows += 1
-        seq = await self._publish(row, watermark=self._last_entry_watermark)
+        seq = await self._publish(row, watermark=self._last_entry_watermark, spill=False)
         self._late.append((seq, row.sequence_id))
 
     # -- for the store -----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from psycopg import sql
 
 from connector.sources.postgres.db import Connection, mapped_errors
 from connector.sources.postgres.names import NOTIFY_CHANNEL, OutboxNames, TableName
+from connector.sources.postgres.overflow_store import overflow_ddl
 
 __all__ = ["NODES_COLUMNS", "OUTBOX_COLUMNS", "create_tables", "ensure_connector_objects", "exists"]
 
@@ -137,11 +138,15 @@ async def _create_table(conn: Connection, table: TableName, ddl: sql.Composed, s
 
 
 async def ensure_connector_objects(conn: Connection, names: OutboxNames, say: Say) -> None:
-    """The watermark and dead-letter tables and the sync() function (idempotent)."""
+    """The watermark, dead-letter and overflow tables and the sync() function (idempotent)."""
     with mapped_errors("creating the connector's tables"):
         await _create_table(conn, names.watermark, _watermark_ddl(names), say)
         await conn.execute(_watermark_row(names))
         await _create_table(conn, names.deadletter, _deadletter_ddl(names), say)
+        if not await exists(conn, names.overflow):
+            for statement in overflow_ddl(names):
+                await conn.execute(statement)
+            say(f"created table {names.overflow.text}")
         await conn.execute(_sync_function_ddl(names))
         say(f"installed function {names.sync_function.text}() (the sync() watermark)")
 

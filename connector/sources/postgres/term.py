@@ -20,6 +20,7 @@ from typing import Any, Final
 from connector.ably.client import AblyRestClient
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
+from connector.ably.overflow import Overflow
 from connector.ably.publisher import build_publisher
 from connector.config import Settings
 from connector.errors import AblyError, ConnectorError, FatalError, LeadershipLost
@@ -28,6 +29,7 @@ from connector.sources.postgres.deadletter import UnpublishableRows
 from connector.sources.postgres.listener import NotifyListener
 from connector.sources.postgres.names import OutboxNames
 from connector.sources.postgres.outbox import OutboxReader
+from connector.sources.postgres.overflow_store import PostgresSpillStore
 from connector.sources.postgres.store import OutboxStore, load_start
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Term:
         self.reader: OutboxReader | None = None
         self.store: OutboxStore | None = None
         self.unpublishable: UnpublishableRows | None = None
+        self.overflow: Overflow | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def open(self) -> None:
@@ -63,6 +66,12 @@ class Term:
         self._store_conn = await connect(settings.postgres_uri, purpose="store")
         start = await load_start(self._store_conn, self._names)
         self.unpublishable = UnpublishableRows(settings.on_unpublishable, self._store_conn, self._names)
+        self.overflow = Overflow(
+            PostgresSpillStore(self._store_conn, self._names),
+            self.publisher,
+            max_backlog=settings.channel_max_backlog,
+        )
+        await self.overflow.start()
         self.reader = OutboxReader(
             self._read_conn,
             self._names,
@@ -76,6 +85,7 @@ class Term:
             batch_size=settings.outbox_batch_size,
             poll_interval_s=settings.poll_interval_ms / 1000,
             gap_timeout_s=settings.gap_timeout_ms / 1000,
+            overflow=self.overflow,
         )
         self.store = OutboxStore(
             self._store_conn,
@@ -108,6 +118,8 @@ class Term:
         publisher = self._spawn(self.publisher.run(), "publisher")
         store = self._spawn(self.store.run(stop_reading), "store")
         self._spawn(self.listener.run(), "listener")
+        if self.overflow is not None:
+            self._spawn(self.overflow.run(stop_reading), "overflow")
         stopper = self._spawn(stop.wait(), "stop")
         loser = self._spawn(lost.wait(), "lost")
         done, _ = await asyncio.wait(
@@ -135,6 +147,9 @@ class Term:
                     "grace period over with %d rows in flight; they will be resent", self.ledger.pending
                 )
         assert self.store is not None
+        if self.overflow is not None:  # else the next leader sends them again (same ids)
+            with contextlib.suppress(ConnectorError):
+                await self.overflow.delete_acknowledged()
         try:
             await self.store.flush()
         except ConnectorError as exc:

@@ -57,6 +57,10 @@ _COUNTERS: Final = (
     "checkpoints_stored",
     "late_rows",
     "messages_truncated",
+    "messages_spilled",
+    "messages_unspilled",
+    "rate_limited_messages",
+    "rate_limited_requests",
     "gaps_proven",
     "gaps_timed_out",
 )
@@ -282,6 +286,10 @@ class PostgresWorker:
             "checkpoints_stored": term.store.stats.flushes if term.store else 0,
             "late_rows": r.late_rows if r else 0,
             "messages_truncated": r.truncated if r else 0,
+            "messages_spilled": term.overflow.spilled if term.overflow else 0,
+            "messages_unspilled": term.overflow.drained if term.overflow else 0,
+            "rate_limited_messages": term.publisher.pacer.stats.rate_limited,
+            "rate_limited_requests": p.rate_limited_requests,
             "gaps_proven": r.gaps_proven if r else 0,
             "gaps_timed_out": r.gaps_timed_out if r else 0,
         }
@@ -300,6 +308,9 @@ class PostgresWorker:
         stats = self.leadership.stats
         reading = term is not None and term.reader is not None and term.reader.stats.reading
         values.update(
+            throttled_channels=len(term.publisher.pacer.stats.throttled_now) if term else 0,
+            spilling_channels=len(term.overflow.spilling) if term and term.overflow else 0,
+            channel_backlog=dict(term.publisher.backlogs(5)) if term else {},
             in_flight_events=term.ledger.pending if term else 0,
             in_flight_capacity=self.settings.max_in_flight,
             stream_open=int(reading),
