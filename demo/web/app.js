@@ -3,6 +3,7 @@
 import { livesyncOrderer } from './livesync-orderer.js';
 import { mergeList } from './merge.js';
 import { pauseWhileDisconnected } from './pause-while-disconnected.js';
+import { resyncOnTruncated } from './resync-on-truncated.js';
 
 const METRICS_POLL_MS = 1000;
 const state = document.getElementById('state');
@@ -45,8 +46,14 @@ async function main() {
   const models = new ModelsClient({ ably, eventBufferOptions: { eventOrderer: livesyncOrderer } });
   const model = models.models.get({
     channelName: config.channel,
-    sync: async () => (await fetch('/api/orders')).json(),
-    merge: mergeList,
+    // A change too big for Ably arrives truncated (x-livesync-truncated): mergeList throws, the model
+    // resyncs through sync(); the wrapper keeps that resync clear of the SDK's detach race.
+    ...resyncOnTruncated({
+      ably,
+      channelName: config.channel,
+      sync: async () => (await fetch('/api/orders')).json(),
+      merge: mergeList,
+    }),
   });
   pauseWhileDisconnected(ably, model);
   model.on((change) => (state.textContent = `model ${change.current}`));
