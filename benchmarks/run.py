@@ -36,6 +36,7 @@ from pymongo import MongoClient
 
 from benchmarks import measure, procs, profile
 from benchmarks import postgres as postgres_bench
+from benchmarks import throttled as throttled_bench
 from benchmarks.measure import LatencyResult, ThroughputResult
 from benchmarks.workloads import PIPELINE, WORKLOADS, LiveWriter, Workload, start_at, write_backlog
 from emulators.ably import AblyEmulatorAdmin
@@ -43,7 +44,7 @@ from emulators.ably import AblyEmulatorAdmin
 log = logging.getLogger("benchmarks")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("throughput", "latency", "backlog", "postgres")
+PARTS = ("throughput", "latency", "backlog", "postgres", "throttled")
 #: The baselines (`limit`, `raw`: benchmarks/readers.py, one run per workload, Ably not involved), then
 #: the two that publish (at 0 and 20 ms).
 READERS = ("limit", "raw", "naive", "connector")
@@ -495,9 +496,14 @@ def run(args: argparse.Namespace, parts: Iterable[str]) -> dict[str, Any]:
         report = bench.report()
         if "postgres" in parts:  # the Postgres outbox source, on a real PostgreSQL (benchmarks/postgres.py)
             report["postgres"] = postgres_bench.run_all(args.quick, ably)
+        if "throttled" in parts:  # busy channels under the per-channel rate limit (benchmarks/throttled.py)
+            events = 10_000 if args.quick else 20_000
+            report["throttled"] = throttled_bench.run_all(events, 50.0, 10.0 if args.quick else 20.0, ably)
         bench.print_tables(report)
         if "postgres" in parts:
             print("\n".join(postgres_bench.format_report(report["postgres"])))
+        if "throttled" in parts:
+            print("\n".join(throttled_bench.format_report(report["throttled"])))
     return report
 
 
