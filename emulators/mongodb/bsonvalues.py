@@ -283,23 +283,23 @@ _MIN_TOO_DEEP_BYTES = 7 * MAX_WIRE_DEPTH
 _TYPE_BYTES = frozenset({*range(0x01, 0x14), 0x7F, 0xFF})
 
 
+# An undefined element: its type byte, a field name, then the next element's type byte or the end of its
+# document (and of the documents around it).
+_UNDEFINED_AT = re.compile(rb"\x06[^\x00]*\x00\x00*(?:[\x01-\x13\x7f\xff]|\Z)")
+
+
 def _plausible(data: bytes, pos: int, end: int) -> bool:
     """Whether the 0x06 (undefined) or 0x0E (symbol) byte at ``pos`` can be an element's type byte: it is
     followed by a field name, then (symbol) a string that fits, or (undefined) the next element's type
     byte or the end of the document. Most such bytes are inside other values (a string of 5 or 13
     characters has the length 6 or 14, followed by three NULs and a character that is no type byte)."""
+    if data[pos] == 0x06:
+        return _UNDEFINED_AT.match(data, pos, end) is not None
     key_end = data.find(b"\x00", pos + 1, end)
-    if key_end < 0:
+    if key_end < 0 or key_end + 5 > end:
         return False
-    after = key_end + 1
-    if data[pos] == 0x0E:
-        if after + 4 > end:
-            return False
-        (size,) = _INT32.unpack_from(data, after)
-        return size >= 1 and after + 4 + size <= end and data[after + 3 + size] == 0
-    while after < end and data[after] == 0:
-        after += 1
-    return after >= end or data[after] in _TYPE_BYTES
+    (size,) = _INT32.unpack_from(data, key_end + 1)
+    return size >= 1 and key_end + 5 + size <= end and data[key_end + 4 + size] == 0
 
 
 def _suspect(data: bytes, start: int, end: int) -> bool:

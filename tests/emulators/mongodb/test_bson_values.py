@@ -160,6 +160,9 @@ VALUES: dict[str, list[bytes]] = {
         element(0x06, b"undefined", b""),
         element(0x0C, b"dbpointer", string(b"db.coll") + OID),
         element(0x0E, b"symbol", string(b"sym")),
+        # Empty names, at the end of nested documents: the bytes look like a string's length.
+        element(0x03, b"deep_undefined", document(element(0x03, b"x", document(element(0x06, b"", b""))))),
+        element(0x03, b"empty_name_symbol", document(element(0x0E, b"", string(b"abcdefghijklm")))),
         element(0x0D, b"code", string(b"function () { return 1; }")),
         element(
             0x0F,
@@ -317,6 +320,27 @@ def test_values_come_back_byte_for_byte(sync_db: Any, kind: str) -> None:
     assert replace["fullDocument"].raw == replaced
     assert replace["fullDocumentBeforeChange"].raw == modified
     assert upsert["fullDocument"].raw == upserted
+
+
+def test_lossy_values_among_ordinary_documents_of_one_batch(sync_db: Any) -> None:
+    """An insert_many message holds many documents; the ones the C decoder would change are found among
+    them (a 5-character string's length byte is 0x06, as undefined's type byte)."""
+    docs = [
+        document(id_element(1), element(0x02, b"s", string(b"12345"))),
+        document(id_element(2), element(0x06, b"", b"")),
+        document(id_element(3), element(0x02, b"s", string(b"abcdefghijklm"))),
+        document(id_element(4), element(0x0E, b"", string(b"12345"))),
+        document(
+            id_element(5),
+            element(
+                0x03, b"d", document(element(0x10, b"$id", int32(1)), element(0x02, b"$ref", string(b"c")))
+            ),
+        ),
+        document(id_element(6), element(0x10, b"n", int32(6))),
+    ]
+    coll = sync_db.get_collection("batch", codec_options=RAW)
+    coll.insert_many([raw(doc) for doc in docs])
+    assert [doc.raw for doc in coll.find({}).sort("_id", 1)] == docs
 
 
 def test_update_lookup_returns_the_stored_bytes(sync_db: Any) -> None:
