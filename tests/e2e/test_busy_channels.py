@@ -71,8 +71,10 @@ def audit_channels(messages: list[dict[str, Any]], total: int) -> dict[str, list
 
 
 def run_with_kills(
-    env: dict[str, str], writer: SkewedWriter, log: Path, kills: int, seed: int
+    env: dict[str, str], writer: threading.Thread, log: Path, kills: int, seed: int
 ) -> ConnectorProcess:
+    """Start a connector, then the writer; kill -9 the connector `kills` times at random moments (each
+    must still be running: the connector never exits by itself); return the last one, ready."""
     rng = random.Random(seed)
     first = ConnectorProcess(env, log).start()
     first.wait_ready()
@@ -80,6 +82,7 @@ def run_with_kills(
     for run in range(kills):
         proc = first if run == 0 else ConnectorProcess(env, log).start()
         time.sleep(rng.uniform(1.0, 2.5))
+        assert proc.proc is not None and proc.proc.poll() is None, f"connector exited:\n{proc.log_tail()}"
         proc.kill()
     final = ConnectorProcess(env, log).start()
     final.wait_ready(timeout=60)

@@ -8,7 +8,6 @@ Every ordinary change is delivered once and in order per channel; every special 
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import defaultdict
@@ -22,7 +21,7 @@ from bson import DatetimeMS
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 
-from tests.e2e.procs import ConnectorProcess
+from tests.e2e.test_busy_channels import run_with_kills
 from tests.e2e.test_faults import report, wait_for_all
 
 pytestmark = pytest.mark.e2e
@@ -97,19 +96,8 @@ def test_special_documents_mixed_into_a_stream_under_kill_9(
         "FULL_DOCUMENT": "whenAvailable",
         "FULL_DOCUMENT_BEFORE_CHANGE": "whenAvailable",
     }
-    rng = random.Random(20261206)
-    log = tmp_path / "connector.log"
     writer = MixedWriter(mongo_uri, sync_db.name, total, channels, rate=600, every=every)
-    first = ConnectorProcess(env, log).start()
-    first.wait_ready()
-    writer.start()
-    for run in range(kills):
-        proc = first if run == 0 else ConnectorProcess(env, log).start()
-        time.sleep(rng.uniform(1.0, 2.5))
-        assert proc.proc is not None and proc.proc.poll() is None, f"connector exited:\n{proc.log_tail()}"
-        proc.kill()
-    final = ConnectorProcess(env, log).start()
-    final.wait_ready(timeout=60)
+    final = run_with_kills(env, writer, tmp_path / "connector.log", kills=kills, seed=20261206)
     writer.join(180)
     assert writer.error is None, writer.error
     specials = writer.specials

@@ -17,17 +17,21 @@ RATE = 100  # messages/s per channel, on the emulator and in the connector
 HOT = 1500  # 15 s of the hot channel's budget: far more than the in-flight ledger holds
 
 
-async def test_a_hot_channel_is_paced_and_spills_while_quiet_channels_flow(
-    connector_env: dict[str, str], db: Any, ably: Any
-) -> None:
+def busy_env(connector_env: dict[str, str], ably: Any, **settings: str) -> dict[str, str]:
+    """Channels from each document's `ch`; the emulator and the connector at RATE per channel."""
     ably.configure(channel_rate_limit=RATE)
-    env = {
+    return {
         **connector_env,
         "PIPELINE": '[{"$set": {"_ablyChannel": "$fullDocument.ch"}}]',
         "CHANNEL_RATE_LIMIT": str(RATE),
-        "CHANNEL_MAX_BACKLOG": "100",
-        "MAX_IN_FLIGHT": "300",
+        **settings,
     }
+
+
+async def test_a_hot_channel_is_paced_and_spills_while_quiet_channels_flow(
+    connector_env: dict[str, str], db: Any, ably: Any
+) -> None:
+    env = busy_env(connector_env, ably, CHANNEL_MAX_BACKLOG="100", MAX_IN_FLIGHT="300")
     async with connector(env) as running:
         await db.orders.insert_many([{"_id": i, "ch": "hot", "seq": i} for i in range(HOT)])
         # The quiet changes come after the whole hot backlog in the stream.
@@ -69,15 +73,7 @@ async def test_a_hot_channel_is_paced_and_spills_while_quiet_channels_flow(
 async def test_spilled_backlog_survives_a_stop_and_is_drained_first_after_restart(
     connector_env: dict[str, str], db: Any, ably: Any
 ) -> None:
-    ably.configure(channel_rate_limit=RATE)
-    env = {
-        **connector_env,
-        "PIPELINE": '[{"$set": {"_ablyChannel": "$fullDocument.ch"}}]',
-        "CHANNEL_RATE_LIMIT": str(RATE),
-        "CHANNEL_MAX_BACKLOG": "50",
-        "MAX_IN_FLIGHT": "200",
-        "SHUTDOWN_GRACE_S": "0.5",
-    }
+    env = busy_env(connector_env, ably, CHANNEL_MAX_BACKLOG="50", MAX_IN_FLIGHT="200", SHUTDOWN_GRACE_S="0.5")
     async with connector(env) as running:
         await db.orders.insert_many([{"_id": i, "ch": "hot", "seq": i} for i in range(800)])
         await until(lambda: running.worker.overflow.spilled >= 300, what="a spilled backlog")

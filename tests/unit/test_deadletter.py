@@ -10,7 +10,7 @@ from mongomock_motor import AsyncMongoMockClient
 from pymongo.errors import AutoReconnect
 
 from connector.errors import FatalError
-from connector.sources.mongodb import deadletter
+from connector.sources.mongodb import retrying
 from connector.sources.mongodb.deadletter import UnpublishableHandler
 
 EVENT = {"_id": {"_data": "8200AA"}, "operationType": "insert", "fullDocument": {"x": 1}, "_ablyChannel": ""}
@@ -76,7 +76,7 @@ class FlakyCollection:
 
 
 async def test_failed_deadletter_write_is_retried_until_stored(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(deadletter, "RETRY_DELAYS_S", (0.0,))
+    monkeypatch.setattr(retrying, "RETRY_DELAYS_S", (0.0,))
     flaky = FlakyCollection(failures=3)
     await UnpublishableHandler("deadletter", flaky).handle(EVENT, "r", 72004)
     assert len(flaky.docs) == 1

@@ -9,7 +9,6 @@ A dead-letter write that fails is retried: the event is not complete until it is
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -21,12 +20,12 @@ from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure
 
 from connector.errors import FatalError
 from connector.sources.mongodb.decode import UndecodableEvent
+from connector.sources.mongodb.retrying import retry_forever
 
 log = logging.getLogger(__name__)
 
 Policy = Literal["deadletter", "skip", "fail"]
 
-RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0, 5.0)  # then every 5 s: never give up on an event
 #: Server codes for a document over 16 MiB (BSONObjectTooLarge, BadValue on insert, update result too
 #: large): retrying the same document can never succeed, so it is stored compact instead.
 TOO_LARGE_CODES = frozenset({10334, 2, 17419, 17420})
@@ -98,32 +97,19 @@ class UnpublishableHandler:
         )
 
     async def _insert_with_retry(self, doc: dict[str, Any]) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self._collection.insert_one(dict(doc))
-                return
-            except DuplicateKeyError:
-                return  # already dead-lettered before a restart: the same token, the same event
-            except DocumentTooLarge:
-                doc = _compact(doc)
-                continue
-            except OperationFailure as exc:
-                if exc.code not in TOO_LARGE_CODES or doc.get("eventTruncated"):
-                    raise
-                doc = _compact(doc)
-                continue
-            except PyMongoError as exc:
-                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
-                attempt += 1
-                log.error(
-                    "cannot write dead letter (attempt %d, retrying in %.1fs): %s",
-                    attempt,
-                    delay,
-                    exc,
-                    extra={"code": 72001},
-                )
-                await asyncio.sleep(delay)
+        await retry_forever("write dead letter", lambda: self._insert(doc), code=72001)
+
+    async def _insert(self, doc: dict[str, Any]) -> None:
+        """Insert the dead letter; one too large to store whole goes in compact form."""
+        try:
+            await self._collection.insert_one(dict(doc))
+        except DuplicateKeyError:
+            return  # already dead-lettered before a restart: the same token, the same event
+        except (DocumentTooLarge, OperationFailure) as exc:
+            too_large = isinstance(exc, DocumentTooLarge) or exc.code in TOO_LARGE_CODES
+            if not too_large or doc.get("eventTruncated"):
+                raise  # retried by retry_forever
+            await self._insert(_compact(doc))
 
 
 def _compact(doc: dict[str, Any]) -> dict[str, Any]:

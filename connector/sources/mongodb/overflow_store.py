@@ -10,23 +10,21 @@ Every operation is retried while MongoDB is unreachable: the events involved are
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Sequence
+from typing import Any, Final
 
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from connector.ably.outbound import OutboundMessage
-from connector.errors import LeadershipLost, StreamError
+from connector.errors import StreamError
+from connector.sources.mongodb.retrying import retry_forever
 
 log = logging.getLogger(__name__)
 
 __all__ = ["MongoSpillStore"]
 
-RETRY_DELAYS_S: Final = (0.1, 0.5, 1.0, 2.0, 5.0)  # then every 5 s
 DUPLICATE_KEY: Final = 11000
-T = TypeVar("T")
 
 
 class MongoSpillStore:
@@ -59,7 +57,7 @@ class MongoSpillStore:
             }
             for msg in msgs
         ]
-        await _retrying("write spilled messages", lambda: self._insert(docs))
+        await retry_forever("write spilled messages", lambda: self._insert(docs), code=72003)
 
     async def _insert(self, docs: list[dict[str, Any]]) -> None:
         try:
@@ -105,27 +103,7 @@ class MongoSpillStore:
             raise StreamError(f"cannot read the overflow collection: {exc}") from exc
 
     async def delete(self, keys: Sequence[str]) -> None:
-        await _retrying(
-            "delete drained messages", lambda: self._collection.delete_many({"_id": {"$in": list(keys)}})
+        query = {"_id": {"$in": list(keys)}}
+        await retry_forever(
+            "delete drained messages", lambda: self._collection.delete_many(query), code=72003
         )
-
-
-async def _retrying(what: str, operation: Callable[[], Awaitable[T]]) -> T:
-    attempt = 0
-    while True:
-        try:
-            return await operation()
-        except LeadershipLost:
-            raise
-        except PyMongoError as exc:
-            delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
-            attempt += 1
-            log.error(
-                "overflow store: cannot %s (attempt %d, retrying in %.1fs): %s",
-                what,
-                attempt,
-                delay,
-                exc,
-                extra={"code": 72003},
-            )
-            await asyncio.sleep(delay)
