@@ -12,11 +12,12 @@ regexes with any flags, duplicate-free documents of every type.
 PyMongo's C codec is fast and handles nearly all of that (``datetime_conversion=DATETIME_AUTO`` keeps
 out-of-range dates as ``DatetimeMS``, ``surrogateescape`` keeps invalid UTF-8 as lone surrogates), but it
 loses a few things: undefined decodes to None, DBPointer to a DBRef, Symbol to str, regex flags are
-normalised, and a sub-document shaped like a DBRef is reordered. ``decode`` therefore checks a document
-the C decoder produced only when its bytes could hold one of those (a type byte 0x06/0x0B/0x0C/0x0E or a
-``$ref`` key anywhere), by encoding it again; a document that does not come back identical (or that the
-C decoder refuses) is decoded here in Python into the wrappers below. ``encode`` uses the C encoder and
-falls back to the Python encoder only for documents it refuses (lone surrogates, the wrappers).
+normalised, and a sub-document shaped like a DBRef is reordered. ``decode_documents`` therefore checks a
+document the C decoder produced only when it could hold one of those (decoder hooks saw a DBRef or a
+Regex, or its bytes hold a 0x06/0x0E byte that can be an element's type byte), by encoding it again; a
+document that does not come back identical (or that the C decoder refuses) is decoded here in Python
+into the wrappers below. ``encode`` uses the C encoder and falls back to the Python encoder only for
+documents it refuses (lone surrogates, the wrappers).
 
 Not kept: duplicate field names in one document (a dict keeps the last) and array keys other than
 "0", "1", ... (arrays are lists); mongod stores both as sent.
