@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import uuid
@@ -305,3 +306,38 @@ async def test_no_resume_token_is_stored_between_the_fragments_of_a_split_event(
     first, last = fragments[0][0], fragments[-1][0]
     assert big["id"] == last
     assert stored and not [token for token in stored if first <= token < last]
+
+
+async def test_a_crash_in_the_middle_of_a_split_event_loses_and_duplicates_nothing(
+    connector_env: dict[str, str], db: Any, ably: Any
+) -> None:
+    """The connector dies (its task cancelled: no drain, no final checkpoint, as kill -9) while it holds
+    the first fragment of a split event; the next one rebuilds the event whole: one message, its id the
+    last fragment's token, then the change after it."""
+    from connector.config import load_settings
+    from connector.worker import Worker
+
+    await images_collection(db)
+    await db.orders.insert_one({"_id": "big", "blob": "x" * NINE_MIB})
+    env = {
+        **connector_env,
+        "FULL_DOCUMENT": "required",
+        "FULL_DOCUMENT_BEFORE_CHANGE": "required",
+        "STREAM_BATCH_SIZE": "1",
+    }
+    worker = Worker(load_settings(env, env_file=None))
+    task = asyncio.create_task(worker.run())
+    await until(lambda: worker.reader.stats.stream_open, what="the stream to open")
+    await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
+    await until(lambda: worker.reader.fragments.pending, what="the first fragment", timeout=30)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await worker.mongo.close()
+    assert ably.messages() == [], "nothing of the split event published before the crash"
+    async with connector(env) as running:
+        await db.orders.insert_one({"_id": "next"})
+        big, nxt = by_id(await wait_delivered(ably, 2, timeout=60))
+        assert running.worker.reader.fragments.reassembled == 1
+    assert big["name"] == "update" and big["extras"]["headers"]["x-livesync-truncated"] == "true"
+    assert nxt["channel"] == "orders:next"
+    assert len(ably.messages()) == 2 and ably.stats()["duplicates_dropped"] == 0
