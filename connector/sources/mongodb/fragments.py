@@ -2,12 +2,13 @@
 
 An event over 16 MiB (an update of a 9 MiB document with both images, say) cannot leave the server whole:
 with `$changeStreamSplitLargeEvent` last in the pipeline (the connector appends it where the server has
-it: 7.0, and 6.0.9 on) it arrives as fragments `splitEvent: {fragment: n, of: m}`, each with its own
-resume token and a share of the event's top-level fields, in order. The reader routes an event only once
-all of its fragments are in, and never lets its position (hence a stored token) fall between two
-fragments: after a crash or a reopen the stream starts again before the first fragment, and the
-reassembled event is the same, with the same message id (the last fragment's token, which is also the
-position after the event).
+it: 7.0, and 6.0.9 on) it arrives as fragments `splitEvent: {fragment: n, of: m}`, one after the other,
+each with its own resume token and a share of the event's top-level fields (mongod packs them by size,
+not in the event's order, so the merged event's keys may come in another order; `_id` stays first).
+The reader routes an event only once all of its fragments are in, and never lets its position (hence a
+stored token) fall between two fragments: after a crash or a reopen the stream starts again before the
+first fragment, and the reassembled event is the same, with the same message id (the last fragment's
+token, which is also the position after the event).
 """
 
 from __future__ import annotations
