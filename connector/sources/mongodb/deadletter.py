@@ -18,6 +18,7 @@ import bson
 from bson import Binary
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure, PyMongoError
 
+from connector.ably.validation import quote
 from connector.errors import FatalError
 from connector.sources.mongodb.decode import UndecodableEvent
 from connector.sources.mongodb.retrying import retry_forever
@@ -71,8 +72,9 @@ class UnpublishableHandler:
         if self.policy == "skip":
             self.skipped += 1
             log.warning(
-                "skipped unpublishable event %s: %s",
+                "skipped unpublishable event %s (documentKey %s): %s",
                 _token_text(token),
+                quote(event.get("documentKey")),
                 reason,
                 extra={"code": code, "channel": channel},
             )
@@ -90,8 +92,9 @@ class UnpublishableHandler:
         await self._insert_with_retry(doc)
         self.deadlettered += 1
         log.warning(
-            "dead-lettered unpublishable event %s: %s",
+            "dead-lettered unpublishable event %s (documentKey %s): %s",
             _token_text(token),
+            quote(event.get("documentKey")),
             reason,
             extra={"code": code, "channel": channel},
         )
