@@ -101,6 +101,7 @@ class OutboxReader:
         overflow: Overflow | None = None,
     ) -> None:
         self._overflow = overflow
+        self._routed_upto = 0  # the highest sequence_id handed to the publisher or the overflow
         self._conn = conn
         self._ledger = ledger
         self._publisher = publisher
@@ -287,6 +288,7 @@ class OutboxReader:
             row = self._held.pop(seq_id)
             self.tracker.released = seq_id
             await self._publish(row, watermark=seq_id)
+        await self._flush_overflow()
         if limit - 1 > self.tracker.released:
             self.tracker.released = limit - 1
         if self.tracker.released > self._last_entry_watermark:
@@ -299,6 +301,7 @@ class OutboxReader:
         token = token if token is not None else {}
         token["watermark"] = watermark
         if self._ledger.full:
+            await self._flush_overflow()  # spilled rows free their slots once written
             await self._ledger.reserve(self._seq, token)
         else:
             self._ledger.add(self._seq, token)
@@ -325,10 +328,19 @@ class OutboxReader:
             return seq
         if not overflow.active or overflow.route([msg]):
             self._publisher.submit(msg)
-        else:  # a throttled channel's excess: durable in the overflow table before the row counts as done
-            await overflow.flush(self._ledger.complete)
-        overflow.read_up_to = order_key(max(row.sequence_id, int(overflow.read_up_to or 0)))
+        # else: a throttled channel's excess, written to the overflow table (`_flush_overflow`) before the
+        # row counts as done
+        self._routed_upto = max(self._routed_upto, row.sequence_id)
         return seq
+
+    async def _flush_overflow(self) -> None:
+        """Write the rows held back for the overflow table (one statement for the lot), then let the
+        drainer load up to the last row handled."""
+        overflow = self._overflow
+        if overflow is None:
+            return
+        await overflow.flush(self._ledger.complete)
+        overflow.read_up_to = order_key(max(self._routed_upto, int(overflow.read_up_to or 0)))
 
     async def _publish_late(self, row: OutboxRow) -> None:
         self.stats.late_rows += 1
