@@ -1,0 +1,36 @@
+"""The README's metrics table lists exactly what `/metrics` exports (adding a metric without documenting
+it, or documenting one that is gone, fails here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client import generate_latest
+
+from connector.metrics import LABELS, METRICS, build_registry
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+ROW = re.compile(r"^\| `(livesync_[a-z_]+)(?:\{[^}]*\})?` \| (counter|gauge) \|", re.MULTILINE)
+
+
+def exported_names() -> dict[str, str]:
+    """Every series name the collector writes when every value is present, with its type."""
+    snapshot = {name.removeprefix("livesync_"): ({"x": 1} if name in LABELS else 1) for name in METRICS}
+    text = generate_latest(build_registry(lambda: dict(snapshot), {"instance_id": "i", "connector_id": "c"}))
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text.decode(), re.MULTILINE))
+    names: dict[str, str] = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            series = re.split(r"[{ ]", line, maxsplit=1)[0]
+            base = series.removesuffix("_total")
+            names[series] = types.get(base, types.get(series, ""))
+    return names
+
+
+def test_every_exported_metric_is_in_the_readme_table_and_nothing_else() -> None:
+    documented = dict(ROW.findall(README.read_text()))
+    exported = exported_names()
+    assert sorted(documented) == sorted(exported)
+    for name, kind in documented.items():
+        assert exported[name] == kind, name
