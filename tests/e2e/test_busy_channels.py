@@ -107,9 +107,19 @@ def test_hot_channel_over_the_rate_limit_beside_quiet_channels_under_kill_9(
         time.sleep(0.05)
     probe_latency = time.time() - probe_at
     hot_backlog = total - len(ably.messages(channel="hot")) - total // quiet_every
-    wait_for_all(ably, total + 1, timeout=120)
+    # The hot channel drains at its limit while the final connector's memory stays flat.
+    peak_rss = final.rss_bytes()
+    deadline = time.monotonic() + 120
+    while len(ably.messages()) < total + 1 and time.monotonic() < deadline:
+        peak_rss = max(peak_rss, final.rss_bytes())
+        time.sleep(0.2)
+    wait_for_all(ably, total + 1, timeout=5)
     time.sleep(1.0)
     assert final.terminate() == 0
+    drained = [m["received_at"] for m in ably.messages(channel="hot") if m["received_at"] >= probe_at * 1000]
+    hot_rate = (
+        (len(drained) - 1) / ((drained[-1] - drained[0]) / 1000) if len(drained) > RATE else float("nan")
+    )
     per_channel = audit_channels([m for m in ably.messages() if m["channel"] != "probe"], total)
     stats = ably.stats()
     rejected_per_message = stats["rate_limited_requests"] / total
@@ -120,10 +130,14 @@ def test_hot_channel_over_the_rate_limit_beside_quiet_channels_under_kill_9(
         probe_latency_s=round(probe_latency, 2),
         hot_backlog_at_probe=hot_backlog,
         rejected_requests_per_message=round(rejected_per_message, 4),
+        hot_rate_per_s=round(hot_rate, 1),
+        peak_rss_mib=round(peak_rss / 2**20, 1),
         duplicates_dropped=stats.get("duplicates_dropped"),
     )
     assert probe_latency < 5.0, "a quiet channel waited behind the hot channel's backlog"
     assert rejected_per_message <= 0.1
+    assert RATE * 0.5 <= hot_rate <= RATE * 1.3, "the hot channel drains near its limit, not above it"
+    assert peak_rss < 300 * 2**20, "memory stays bounded while the hot backlog waits"
 
 
 def test_first_spec_refused_later_ones_published_never_reorders_under_kill_9(
