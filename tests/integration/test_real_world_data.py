@@ -172,14 +172,25 @@ async def images_collection(db: Any) -> None:
     await db.create_collection("orders", changeStreamPreAndPostImages={"enabled": True})
 
 
+async def big_document_with_images(db: Any, connector_env: dict[str, str], **settings: str) -> dict[str, str]:
+    """`orders` with pre- and post-images holding a 9 MiB document; the connector's env asking for both
+    images (an update of it is an ~18 MiB event)."""
+    await images_collection(db)
+    await db.orders.insert_one({"_id": "big", "blob": "x" * NINE_MIB})
+    return {
+        **connector_env,
+        "FULL_DOCUMENT": "required",
+        "FULL_DOCUMENT_BEFORE_CHANGE": "required",
+        **settings,
+    }
+
+
 async def test_update_of_a_9_mib_document_with_both_images_arrives_and_the_stream_goes_on(
     connector_env: dict[str, str], db: Any, ably: Any
 ) -> None:
     """Pre- and post-images of a 9 MiB document make an ~18 MiB event: split by the server, reassembled,
     published truncated (over MAX_MESSAGE_SIZE), and the changes after it flow."""
-    await images_collection(db)
-    await db.orders.insert_one({"_id": "big", "blob": "x" * NINE_MIB})
-    env = {**connector_env, "FULL_DOCUMENT": "required", "FULL_DOCUMENT_BEFORE_CHANGE": "required"}
+    env = await big_document_with_images(db, connector_env)
     async with connector(env) as running:
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next"})
@@ -205,9 +216,7 @@ async def test_without_the_split_stage_an_event_over_16_mib_arrives_truncated(
         return (6, 0, 8)
 
     monkeypatch.setattr(Mongo, "server_version", old_server)
-    await images_collection(db)
-    await db.orders.insert_one({"_id": "big", "blob": "x" * NINE_MIB})
-    env = {**connector_env, "FULL_DOCUMENT": "required", "FULL_DOCUMENT_BEFORE_CHANGE": "required"}
+    env = await big_document_with_images(db, connector_env)
     async with connector(env) as running:
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next", "v": 1})
@@ -226,11 +235,9 @@ async def test_without_the_split_stage_an_event_over_16_mib_arrives_truncated(
 async def test_dead_letter_of_an_event_too_large_to_store_whole_keeps_its_identity(
     connector_env: dict[str, str], db: Any, ably: Any
 ) -> None:
-    """ON_OVERSIZE=deadletter with a 9 MiB insert: the dead letter would be over 16 MiB with both images,
-    so it is stored without the bodies, with the event's size; nothing blocks."""
-    await images_collection(db)
-    env = {**connector_env, "FULL_DOCUMENT": "required", "FULL_DOCUMENT_BEFORE_CHANGE": "required"}
-    await db.orders.insert_one({"_id": "big", "blob": "x" * NINE_MIB})
+    """ON_OVERSIZE=deadletter with a 9 MiB document's update: the dead letter would be over 16 MiB with
+    both images, so it is stored without the bodies, with the event's size; nothing blocks."""
+    env = await big_document_with_images(db, connector_env)
     async with connector(env, ON_OVERSIZE="deadletter") as running:
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next"})
@@ -275,16 +282,13 @@ async def test_no_resume_token_is_stored_between_the_fragments_of_a_split_event(
         return await original(self, token, *args, **kwargs)
 
     monkeypatch.setattr(TokenStore, "store", spy)
-    await images_collection(db)
-    await db.orders.insert_one({"_id": "big", "blob": "x" * NINE_MIB})
-    env = {
-        **connector_env,
-        "FULL_DOCUMENT": "required",
-        "FULL_DOCUMENT_BEFORE_CHANGE": "required",
-        "STREAM_BATCH_SIZE": "1",
-        "CHECKPOINT_INTERVAL_MS": "10",
-        "IDLE_CHECKPOINT_INTERVAL_S": "0.01",
-    }
+    env = await big_document_with_images(
+        db,
+        connector_env,
+        STREAM_BATCH_SIZE="1",
+        CHECKPOINT_INTERVAL_MS="10",
+        IDLE_CHECKPOINT_INTERVAL_S="0.01",
+    )
     async with connector(env):
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next"})
@@ -317,14 +321,7 @@ async def test_a_crash_in_the_middle_of_a_split_event_loses_and_duplicates_nothi
     from connector.config import load_settings
     from connector.worker import Worker
 
-    await images_collection(db)
-    await db.orders.insert_one({"_id": "big", "blob": "x" * NINE_MIB})
-    env = {
-        **connector_env,
-        "FULL_DOCUMENT": "required",
-        "FULL_DOCUMENT_BEFORE_CHANGE": "required",
-        "STREAM_BATCH_SIZE": "1",
-    }
+    env = await big_document_with_images(db, connector_env, STREAM_BATCH_SIZE="1")
     worker = Worker(load_settings(env, env_file=None))
     task = asyncio.create_task(worker.run())
     await until(lambda: worker.reader.stats.stream_open, what="the stream to open")
