@@ -362,21 +362,9 @@ class Settings(BaseSettings):
         return self
 
     def _load_pipeline(self) -> list[str]:
-        if (self.pipeline is None) == (self.pipeline_file is None):
-            given = "both are set" if self.pipeline is not None else "neither is set"
-            return [f"PIPELINE: set exactly one of PIPELINE or PIPELINE_FILE ({given})"]
-        source, text = "PIPELINE", self.pipeline
-        if self.pipeline_file is not None:
-            source = "PIPELINE_FILE"
-            try:
-                text = self.pipeline_file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                return [f"PIPELINE_FILE: cannot read {str(self.pipeline_file)!r}: {_reason(exc)}"]
-        try:
-            self._stages = parse_pipeline(text or "", source=source)
-        except PipelineError as exc:
-            return exc.problems
-        return []
+        stages, problems = read_pipeline(self.pipeline, self.pipeline_file)
+        self._stages = stages
+        return problems
 
     # ---- derived values ----
 
@@ -478,6 +466,26 @@ def _reason(exc: BaseException) -> str:
 # ---- loading from the environment ----
 
 
+def read_pipeline(
+    pipeline: str | None, pipeline_file: str | Path | None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The stages from PIPELINE or PIPELINE_FILE (exactly one), or the problems, one line each."""
+    if (pipeline is None) == (pipeline_file is None):
+        given = "both are set" if pipeline is not None else "neither is set"
+        return [], [f"PIPELINE: set exactly one of PIPELINE or PIPELINE_FILE ({given})"]
+    source, text = "PIPELINE", pipeline
+    if pipeline_file is not None:
+        source = "PIPELINE_FILE"
+        try:
+            text = Path(pipeline_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return [], [f"PIPELINE_FILE: cannot read {str(pipeline_file)!r}: {_reason(exc)}"]
+    try:
+        return parse_pipeline(text or "", source=source), []
+    except PipelineError as exc:
+        return [], exc.problems
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env") -> Settings:
     """Build Settings from `env` (default: os.environ) plus `env_file` and `X_FILE` variables.
 
@@ -497,6 +505,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | Path 
         return Settings(**values)
     except ValidationError as exc:
         problems = [line for err in exc.errors() for line in _describe(err, values)]
+    if values.get("source", "mongodb") == "mongodb" and not any(p.startswith("PIPELINE") for p in problems):
+        # A field error stops pydantic before the cross-field checks: report the pipeline's problems too,
+        # so one run lists every bad variable.
+        problems += read_pipeline(values.get("pipeline"), values.get("pipeline_file"))[1]
     if problems and all(p.startswith("PIPELINE") and ": set exactly" not in p for p in problems):
         raise PipelineError(problems)
     raise ConfigError(problems)

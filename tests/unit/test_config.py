@@ -347,3 +347,17 @@ def test_stream_batch_size_defaults_to_1000_and_must_be_positive() -> None:
     assert load().stream_batch_size == 1000
     assert load(STREAM_BATCH_SIZE="250").stream_batch_size == 250
     assert only_problem(STREAM_BATCH_SIZE="0") == "STREAM_BATCH_SIZE: must be > 0 (got '0')"
+
+
+def test_every_bad_variable_is_reported_at_once_pipeline_included() -> None:
+    """A missing PIPELINE used to appear only once MONGODB_DATABASE and ABLY_API_KEY were fixed."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, env_file=None)
+    assert info.value.problems == [
+        "MONGODB_DATABASE: required",
+        "ABLY_API_KEY: required",
+        "PIPELINE: set exactly one of PIPELINE or PIPELINE_FILE (neither is set)",
+    ]
+    with pytest.raises(ConfigError) as info:
+        load_settings({"MONGODB_DATABASE": "shop", "PIPELINE": "[{"}, env_file=None)
+    assert [p.split(":")[0] for p in info.value.problems] == ["ABLY_API_KEY", "PIPELINE"]

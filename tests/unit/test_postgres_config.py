@@ -28,7 +28,10 @@ def test_defaults_and_mongodb_settings_not_required() -> None:
 
 
 def test_mongodb_is_still_the_default_source_and_needs_its_settings() -> None:
-    assert problems({"ABLY_API_KEY": KEY}) == ["MONGODB_DATABASE: required"]
+    assert problems({"ABLY_API_KEY": KEY}) == [
+        "MONGODB_DATABASE: required",
+        "PIPELINE: set exactly one of PIPELINE or PIPELINE_FILE (neither is set)",
+    ]
     assert problems({"ABLY_API_KEY": KEY, "MONGODB_DATABASE": "shop"}) == [
         "PIPELINE: set exactly one of PIPELINE or PIPELINE_FILE (neither is set)"
     ]
