@@ -34,3 +34,20 @@ def test_every_exported_metric_is_in_the_readme_table_and_nothing_else() -> None
     assert sorted(documented) == sorted(exported)
     for name, kind in documented.items():
         assert exported[name] == kind, name
+
+
+def test_every_log_code_the_connector_emits_is_listed_in_the_readme() -> None:
+    source = "\n".join(p.read_text() for p in (README.parent / "connector").rglob("*.py"))
+    emitted = set(re.findall(r"""(?:code\s*=\s*|"code":\s*)(720\d\d)""", source))
+    logs = README.read_text().split("**Logs.**", 1)[1].split("\n\n", 1)[0]
+    listed = set(re.findall(r"\b(720\d\d)\b", logs))
+    assert emitted and emitted <= listed, sorted(emitted - listed)
+
+
+def test_the_documented_role_grants_what_check_needs_for_images() -> None:
+    """`check` calls listCollections to see whether pre- and post-images are enabled
+    (connector/sources/mongodb/check.py): the least-privilege role must grant it."""
+    check = (README.parent / "connector/sources/mongodb/check.py").read_text()
+    assert "list_collections" in check
+    role = README.read_text().split("createRole(", 1)[1].split("```", 1)[0]
+    assert re.search(r"""\{db: "shop", collection: ""\}, actions: \[[^\]]*"listCollections\"""", role)
