@@ -20,7 +20,7 @@ from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure
 
 from connector.ably.validation import quote
 from connector.errors import FatalError
-from connector.sources.mongodb.decode import UndecodableEvent
+from connector.sources.mongodb.decode import IDENTITY_FIELDS, UndecodableEvent
 from connector.sources.mongodb.retrying import retry_forever
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,6 @@ Policy = Literal["deadletter", "skip", "fail"]
 #: Server codes for a document over 16 MiB (BSONObjectTooLarge, BadValue on insert, update result too
 #: large): retrying the same document can never succeed, so it is stored compact instead.
 TOO_LARGE_CODES = frozenset({10334, 2, 17419, 17420})
-#: Fields of an event kept when the whole event is too large to store.
-IDENTITY_FIELDS = ("_id", "operationType", "ns", "documentKey", "clusterTime", "wallTime", "_ablyChannel")
 
 
 class UnpublishableHandler:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EVENT_CODEC_OPTIONS",
+    "IDENTITY_FIELDS",
     "RAW_CODEC_OPTIONS",
     "DecodeStats",
     "UndecodableEvent",
@@ -74,8 +75,9 @@ RAW_CODEC_OPTIONS: CodecOptions[RawBSONDocument] = CodecOptions(
     unicode_decode_error_handler=LOSSY_UTF8_HANDLER,
 )
 
-#: Fields copied from an undecodable event when they can be read: enough to recognise it.
-_IDENTITY_FIELDS = ("_id", "operationType", "ns", "documentKey", "clusterTime", "_ablyChannel")
+#: The fields that identify an event (kept of one that cannot be decoded, or stored too large): enough to
+#: recognise it and find its document.
+IDENTITY_FIELDS = ("_id", "operationType", "ns", "documentKey", "clusterTime", "wallTime", "_ablyChannel")
 
 
 class UndecodableEvent(dict[str, Any]):
@@ -165,7 +167,7 @@ def _undecodable(raw: bytes, exc: Exception) -> UndecodableEvent:
     fields: dict[str, Any] = {}
     try:
         top = bson.decode(raw, RAW_CODEC_OPTIONS)
-        for name in _IDENTITY_FIELDS:
+        for name in IDENTITY_FIELDS:
             if name in top:
                 fields[name] = _plain(top[name])
     except Exception:  # keep what was read; without `_id` the stream itself reports a missing token

@@ -305,13 +305,15 @@ def make_router(
         headers = _headers(raw_headers) if raw_headers is not None else None
         extras = {"headers": headers} if headers else None
         if OVERSIZE_FIELD in event:
-            data, extras, size = _compact(event, name, headers, encode, max_message_size, on_oversize)
+            data, extras, size = _compact(event, name, headers, encode, max_message_size, on_oversize, None)
             counts.truncated += 1
         else:
             data = encode(event)
             size = message_size(name, data, extras)
             if size > max_message_size:
-                data, extras, size = _compact(event, name, headers, encode, max_message_size, on_oversize)
+                data, extras, size = _compact(
+                    event, name, headers, encode, max_message_size, on_oversize, size
+                )
                 counts.truncated += 1
         message: AblyMessage = {"id": token_data, "name": name, "data": data.decode(), "encoding": "json"}
         if extras is not None:
@@ -328,18 +330,21 @@ def _compact(
     encode: Encoder,
     max_size: int,
     policy: OnOversize,
+    full_size: int | None,
 ) -> tuple[bytes, dict[str, Any], int]:
     """The event without its document bodies, with the truncation headers (ON_OVERSIZE=truncate).
 
-    The size reported is the full message's: measured here unless the server already dropped the bodies
-    (then the bodies' size, which the appended stages measured, plus the rest)."""
+    The size reported is the full message's: `full_size` as the router measured it, or, when the server
+    already dropped the bodies, their size (measured by the appended stages) plus the rest."""
+    if full_size is not None and policy != "truncate":
+        raise oversize_error(full_size, max_size, policy)
     compact = {k: v for k, v in event.items() if k not in BODY_FIELDS and k != OVERSIZE_FIELD}
     data = encode(compact)
-    dropped = event.get(OVERSIZE_FIELD)
-    if isinstance(dropped, int | float):
-        size = message_size(name, data, {"headers": headers} if headers else None) + int(dropped)
-    else:
-        size = message_size(name, encode(event), {"headers": headers} if headers else None)
+    size = full_size
+    if size is None:
+        dropped = event.get(OVERSIZE_FIELD)
+        size = message_size(name, data, {"headers": headers} if headers else None)
+        size += int(dropped) if isinstance(dropped, int | float) else 0
     if policy != "truncate":
         raise oversize_error(size, max_size, policy)
     extras: dict[str, Any] = {"headers": truncated_headers(headers, size)}
