@@ -1,7 +1,7 @@
 """`python -m benchmarks.postgres [--quick]`: the Postgres outbox source, on a real PostgreSQL.
 
 Also run by `make bench` (`benchmarks/run.py`, part `postgres`), which prints these rows after the
-MongoDB ones. Three parts, each against a throwaway PostgreSQL (tests/postgres/server.py) and the Ably
+MongoDB ones. Three parts, each against a throwaway PostgreSQL (emulators/postgres) and the Ably
 emulator, every process its own interpreter on the machine's shared cores:
 
 - **throughput**: a backlog of rows (~300-byte JSON `data`, 100 channels) is inserted before any relay
@@ -45,7 +45,7 @@ from connector.sources.postgres.db import connect
 from connector.sources.postgres.names import OutboxNames
 from connector.sources.postgres.schema import create_tables
 from emulators.ably import AblyEmulatorAdmin
-from tests.postgres.server import PostgresServer, running_postgres
+from emulators.postgres import PostgresServer, running_postgres
 
 log = logging.getLogger("benchmarks.postgres")
 

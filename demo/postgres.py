@@ -1,6 +1,6 @@
 """`make demo-postgres` / `python -m demo.postgres`: outbox rows flowing from PostgreSQL to Ably channels.
 
-Starts a throwaway PostgreSQL (Debian's binaries, as the tests do), the Ably emulator and the connector
+Starts a throwaway PostgreSQL (emulators/postgres, as the tests do), the Ably emulator and the connector
 (`python -m connector run` with SOURCE=postgres, configured only by environment variables), after
 `python -m connector create-tables`. Then an "application" writes comments on a few posts the outbox
 way (its change and an outbox row in one transaction), and now and then commits out of sequence order
@@ -26,7 +26,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from emulators.ably import AblyEmulatorAdmin
-from tests.postgres.server import PostgresServer, free_port
+from emulators.postgres import PostgresServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "demo.key:demo-secret"
@@ -152,7 +152,7 @@ async def main() -> int:
     ably, connector = None, None
     try:
         dsn = pg.dsn("postgres")
-        print(f"PostgreSQL {pg.bindir.parent.name}: {dsn}", flush=True)
+        print(f"PostgreSQL {pg.version} ({pg.source}): {dsn}", flush=True)
         ably, ably_url = await start_ably()
         print(f"Ably emulator: {ably_url}", flush=True)
         port = free_port()

