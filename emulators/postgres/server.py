@@ -32,6 +32,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import re
 import shutil
 import socket
 import stat
@@ -113,7 +114,7 @@ def find_bindir() -> Path:
 
 @functools.cache
 def server_version(bindir: Path) -> str:
-    """`postgres --version`'s number, e.g. `18.6` or `15.14`."""
+    """`postgres --version`'s number, e.g. `18.6` or `15.18` (Debian's adds `(Debian 15.18-0+deb12u1)`)."""
     done = subprocess.run(
         [str(bindir / "postgres"), "--version"],
         capture_output=True,
@@ -121,7 +122,8 @@ def server_version(bindir: Path) -> str:
         timeout=PROBE_TIMEOUT_S,
         check=True,
     )
-    return done.stdout.split()[-1]
+    found = re.search(r"\(PostgreSQL\) (\S+)", done.stdout)
+    return found.group(1) if found else done.stdout.strip()
 
 
 def run_as_user() -> str:
