@@ -9,7 +9,11 @@ changes (inserts, updates, deletes on a few orders) and prints what the Ably cha
 Ctrl-C (or SIGTERM) stops it in the order the data flows: no more writes; wait (boundedly) until Ably has
 received every change written; SIGTERM the connector, which drains and stores its resume token; then
 stop the emulators; print a one-paragraph summary and exit 0. The children run in their own sessions,
-so a terminal's Ctrl-C reaches only the demo. DEMO_SECONDS=N stops by itself after N seconds.
+so a terminal's Ctrl-C reaches only the demo.
+
+Only `DEMO_*` variables tune it: DEMO_SECONDS=N stops by itself after N seconds, DEMO_LOG_LEVEL sets the
+connector's log level (default WARNING). The rest of the environment (an exported PIPELINE, ABLY_API_KEY,
+MONGODB_*, LOG_LEVEL …) and a `.env` file are ignored: see `demo.processes.child_env`.
 """
 
 from __future__ import annotations

@@ -5,20 +5,41 @@ all stop at once, in no order: the connector could no longer store its checkpoin
 emulator was already gone, and the Ably emulator could vanish under the demo's last status request.
 So every child starts in a new session (its own process group) and only the demo receives Ctrl-C;
 the demo then stops its children in the order the data flows.
+
+Every child gets `child_env()`, not the user's environment: the demo runs the same for everyone, whatever
+is exported in the shell (PIPELINE, ABLY_API_KEY, MONGODB_*, LOG_LEVEL, a proxy, PYTHON* switches) and
+whatever `.env` lies in the checkout (the connector runs in an empty directory). Only `DEMO_*` knobs tune
+it (`DEMO_SECONDS`, `DEMO_LOG_LEVEL`; see the README's "Set-up").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S: Final = 30.0  # an emulator prints its ready line within a second; this is for loaded CI
 STOP_TIMEOUT_S: Final = 30.0  # longer than the connector's drain on a healthy Ably; then SIGKILL
+# What a process needs from the user's environment to start at all (find programs, a home, a locale, a
+# temporary directory); nothing that configures the connector, Python or HTTP.
+INHERITED: Final = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}
+)
+
+
+def child_env(settings: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A child's whole environment: `INHERITED` from ours, the checkout on PYTHONPATH (children may run
+    outside it), then `settings`."""
+    env = {name: value for name, value in os.environ.items() if name in INHERITED}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(settings or {})
+    return env
 
 
 class Child:
@@ -30,16 +51,23 @@ class Child:
 
     @classmethod
     async def start(
-        cls, name: str, args: list[str], env: dict[str, str] | None = None, *, ready_line: bool = True
+        cls,
+        name: str,
+        args: list[str],
+        settings: Mapping[str, str] | None = None,
+        *,
+        ready_line: bool = True,
+        cwd: Path = ROOT,
     ) -> tuple[Child, str]:
-        """Start ``python -m <args>``; with ``ready_line``, wait for its first stdout line and return it."""
+        """Start ``python -m <args>`` with `child_env(settings)` in `cwd`; with ``ready_line``, wait for its
+        first stdout line and return it."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             *args,
             stdout=asyncio.subprocess.PIPE if ready_line else None,
-            env=env,
-            cwd=ROOT,
+            env=child_env(settings),
+            cwd=cwd,
             start_new_session=True,
         )
         child = cls(name, proc)

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -39,6 +40,7 @@ BUNDLE_ENTRY: Final = WEB_DIR / "vendor.js"
 BUNDLE: Final = WEB_DIR / "build" / "vendor.js"
 ESBUILD: Final = ROOT / "node_modules" / ".bin" / "esbuild"
 BUNDLE_TIMEOUT_S: Final = 120.0
+LOG_LEVEL_KNOB: Final = "DEMO_LOG_LEVEL"  # the connectors' LOG_LEVEL (default WARNING); LOG_LEVEL is ignored
 
 
 def free_port() -> int:
@@ -74,7 +76,7 @@ async def wait_ready(connector: Child, url: str, timeout: float = STARTUP_TIMEOU
     """Wait until the connector leads and its change stream is open (`/readyz` answers 200 with role
     leader; a standby answers 200 too), so no write is missed."""
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2.0) as http:
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:  # 127.0.0.1: never a proxy
         while time.monotonic() < deadline:
             if not connector.running:
                 raise RuntimeError(f"the connector exited with status {connector.proc.returncode}")
@@ -99,6 +101,8 @@ class Stack:
         self.connectors: dict[str, Child] = {}
         self.info: dict[str, Any] = {}
         self._runner: web.AppRunner | None = None
+        # The connectors' working directory: empty, so a `.env` in the checkout configures nothing.
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
 
     async def start(self) -> dict[str, Any]:
         self.mongo, mongo_uri = await Child.start(
@@ -143,8 +147,9 @@ class Stack:
         path = Path(pipeline) if Path(pipeline).is_absolute() else ROOT / "pipelines" / pipeline
         connector_id = f"{DATABASE}.{COLLECTION}.{path.stem}"
         http_port = free_port()
-        env = {
-            **os.environ,
+        if self._workdir is None:
+            self._workdir = tempfile.TemporaryDirectory(prefix="livesync-demo-")
+        settings = {  # the connector's whole configuration: child_env() passes nothing else of ours
             "MONGODB_URI": mongo_uri,
             "MONGODB_DATABASE": DATABASE,
             "MONGODB_COLLECTION": COLLECTION,
@@ -155,9 +160,15 @@ class Stack:
             "ABLY_REST_URL": ably_url,
             "HTTP_PORT": str(http_port),
             "LOG_FORMAT": "text",
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
+            "LOG_LEVEL": os.environ.get(LOG_LEVEL_KNOB, "WARNING"),
         }
-        child, _ = await Child.start(f"connector ({path.name})", ["connector", "run"], env, ready_line=False)
+        child, _ = await Child.start(
+            f"connector ({path.name})",
+            ["connector", "run"],
+            settings,
+            ready_line=False,
+            cwd=Path(self._workdir.name),
+        )
         self.connectors[connector_id] = child
         await wait_ready(child, f"http://127.0.0.1:{http_port}/readyz")
         return {"id": connector_id, "metrics": f"http://127.0.0.1:{http_port}/metrics"}
@@ -175,6 +186,9 @@ class Stack:
         for child in (self.ably, self.mongo):
             if child is not None:
                 await child.stop()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
         return statuses
 
 

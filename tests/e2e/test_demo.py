@@ -1,4 +1,5 @@
-"""`make demo` works on this machine: three processes, changes flowing, and Ctrl-C ends it cleanly."""
+"""`make demo` works on this machine: three processes, changes flowing, and Ctrl-C ends it cleanly — with
+whatever the user's shell exports (only DEMO_* variables tune it)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ pytestmark = pytest.mark.e2e
 ORDERS = ("order-1", "order-2", "order-3")
 STARTUP_TIMEOUT_S = 90.0  # three processes on a loaded 2-core machine
 STOP_TIMEOUT_S = 30.0  # the demo stops in about two seconds; this only bounds a hang
+# A user's shell set up for their own connector (README, "To run it against your own database"), plus
+# values that would stop a connector that read them: the demo must run exactly as with none of them.
+USER_SHELL = {
+    "PIPELINE": '[{"$match": {"never": true}}]',  # beside the demo's PIPELINE_FILE: exit 2
+    "PIPELINE_FILE": "/nonexistent/pipeline.json",
+    "ABLY_API_KEY": "userApp.userKey:user-secret",
+    "MONGODB_URI": "mongodb://127.0.0.1:1/?replicaSet=prod",
+    "MONGODB_DATABASE": "prod",
+    "MONGODB_COLLECTION": "customers",
+    "CONNECTOR_ID": "prod-connector",
+    "LOG_LEVEL": "LOUD",
+    "CHANNEL_CIPHER_KEY": "not base64",
+    "ON_UNPUBLISHABLE": "fail",
+    "HTTP_PORT": "1",
+}
 
 
 def _collect(stream: IO[str], lines: list[str], seen: threading.Event, wanted: set[str]) -> None:
@@ -31,6 +47,7 @@ def _collect(stream: IO[str], lines: list[str], seen: threading.Event, wanted: s
             wanted.discard(updated[1])
         if not wanted:
             seen.set()
+    seen.set()  # the demo ended: stop waiting (the caller finds `wanted` not empty)
 
 
 def test_ctrl_c_on_the_process_group_stops_in_order_with_a_summary() -> None:
@@ -38,7 +55,7 @@ def test_ctrl_c_on_the_process_group_stops_in_order_with_a_summary() -> None:
     with subprocess.Popen(
         [sys.executable, "-m", "demo"],
         cwd=ROOT,
-        env={**os.environ, "LOG_LEVEL": "INFO"},
+        env={**os.environ, **USER_SHELL, "DEMO_LOG_LEVEL": "INFO"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,  # one stream, read continuously (a full pipe would block the demo)
         text=True,
@@ -46,15 +63,21 @@ def test_ctrl_c_on_the_process_group_stops_in_order_with_a_summary() -> None:
     ) as demo:
         lines: list[str] = []
         updates_seen = threading.Event()
+        awaited = set(ORDERS)
         assert demo.stdout is not None
         reader = threading.Thread(
-            target=_collect, args=(demo.stdout, lines, updates_seen, set(ORDERS)), daemon=True
+            target=_collect, args=(demo.stdout, lines, updates_seen, awaited), daemon=True
         )
         reader.start()
         try:
-            assert updates_seen.wait(STARTUP_TIMEOUT_S), "".join(lines)
+            assert updates_seen.wait(STARTUP_TIMEOUT_S) and not awaited, "".join(lines)
             children = psutil.Process(demo.pid).children(recursive=True)
             assert len(children) >= 3  # both emulators and the connector
+            [connector] = [c for c in children if c.cmdline()[1:] == ["-m", "connector", "run"]]
+            seen = connector.environ()
+            assert not {name for name, value in USER_SHELL.items() if seen.get(name) == value}
+            assert seen["LOG_LEVEL"] == "INFO"  # DEMO_LOG_LEVEL
+            assert not os.listdir(connector.cwd()), "the connector's directory holds no .env"
 
             started = time.monotonic()
             os.killpg(demo.pid, signal.SIGINT)
