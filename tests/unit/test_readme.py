@@ -4,6 +4,7 @@ it, or documenting one that is gone, fails here)."""
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -51,3 +52,12 @@ def test_the_documented_role_grants_what_check_needs_for_images() -> None:
     assert "list_collections" in check
     role = README.read_text().split("createRole(", 1)[1].split("```", 1)[0]
     assert re.search(r"""\{db: "shop", collection: ""\}, actions: \[[^\]]*"listCollections\"""", role)
+
+
+def test_the_licence_pyproject_names_is_in_the_repository() -> None:
+    licence = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]["license"]
+    assert licence == "Apache-2.0"
+    text = " ".join((README.parent / "LICENSE").read_text().split())
+    assert text.startswith("Apache License Version 2.0, January 2004")
+    assert "END OF TERMS AND CONDITIONS" in text
+    assert "[LICENSE](LICENSE)" in README.read_text().replace("`", "")
