@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # `npm ci` writes this file; it is older than the lockfile when node_modules is stale.
 NODE_STAMP := node_modules/.package-lock.json
 
-.PHONY: test lint typecheck unit clients demo demo-postgres bench clean
+.PHONY: test lint typecheck unit clients demo demo-postgres bench lock clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ demo-postgres: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# The Docker image's hash-pinned locks, from pyproject.toml (the runtime dependencies with the motor extra,
+# and the build backend); pip-tools is installed here only, not in the dev extra. Pins are kept unless
+# they no longer satisfy pyproject.toml: `make lock LOCK_ARGS=--upgrade` moves every one to the newest.
+LOCK := CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-options
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'pip-tools>=7.4,<8'
+	$(LOCK) $(LOCK_ARGS) --extra motor --output-file requirements/docker.txt pyproject.toml
+	$(LOCK) $(LOCK_ARGS) --only-build-deps --build-deps-for wheel --output-file requirements/docker-build.txt pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules demo/web/build
