@@ -29,6 +29,7 @@ from .docstore import (
     store_key,
 )
 from .errors import CommandError
+from .index_options import check_same_name
 from .oplog import Oplog, OplogEntry
 from .scan import matching_now, sort_documents
 from .topology import ClusterClock, wall_time
@@ -472,11 +473,7 @@ class Storage:
                 raise CommandError(9, "index specs need a non-empty 'key' document and a 'name'")
             info = col.index_information()
             existing = info.get(name)
-            if existing is not None:
-                if list(existing["key"]) != list(key.items()):
-                    raise CommandError(
-                        86, f"An existing index has the same name as the requested index: {name}"
-                    )
+            if existing is not None and check_same_name(name, existing, key, spec):
                 continue
             same_key = [n for n, s in info.items() if list(s["key"]) == list(key.items())]
             if same_key:

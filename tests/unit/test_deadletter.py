@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from mongomock_motor import AsyncMongoMockClient
+from pymongo import AsyncMongoClient
 from pymongo.errors import AutoReconnect
 
 from connector.errors import FatalError
@@ -80,3 +83,56 @@ async def test_failed_deadletter_write_is_retried_until_stored(monkeypatch: pyte
     flaky = FlakyCollection(failures=3)
     await UnpublishableHandler("deadletter", flaky).handle(EVENT, "r", 72004)
     assert len(flaky.docs) == 1
+
+
+# ---- DEADLETTER_TTL_DAYS against a server (the emulator, or MONGODB_TEST_URI): collMod and dropIndexes ----
+
+
+@pytest.fixture
+async def server_collection(mongo_uri: str) -> AsyncIterator[Any]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
+    database = client[f"deadletter_ttl_{uuid.uuid4().hex[:8]}"]
+    try:
+        yield database["ably_deadletter"]
+    finally:
+        await client.drop_database(database.name)
+        await client.close()
+
+
+async def ttl_of(collection: Any) -> Any:
+    return (await collection.index_information()).get("at_ttl", {}).get("expireAfterSeconds", "no index")
+
+
+@pytest.mark.integration
+async def test_a_changed_ttl_updates_the_existing_index(
+    server_collection: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    await UnpublishableHandler("deadletter", server_collection, ttl_days=14).ensure_indexes()
+    with caplog.at_level(logging.INFO):
+        await UnpublishableHandler("deadletter", server_collection, ttl_days=3).ensure_indexes()
+    assert await ttl_of(server_collection) == 3 * 86_400
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("now expire after 3 days" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.integration
+async def test_ttl_zero_drops_the_existing_index_and_keeps_dead_letters(server_collection: Any) -> None:
+    handler = UnpublishableHandler("deadletter", server_collection, ttl_days=14)
+    await handler.ensure_indexes()
+    await handler.handle(EVENT, "no _ablyChannel", 72004)
+    await UnpublishableHandler("deadletter", server_collection, ttl_days=0).ensure_indexes()
+    assert await ttl_of(server_collection) == "no index"
+    assert await server_collection.count_documents({}) == 1
+    await UnpublishableHandler("deadletter", server_collection, ttl_days=0).ensure_indexes()  # again: no-op
+
+
+@pytest.mark.integration
+async def test_an_unchanged_ttl_and_other_policies_leave_the_index_alone(
+    server_collection: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    await UnpublishableHandler("deadletter", server_collection, ttl_days=5).ensure_indexes()
+    with caplog.at_level(logging.INFO):
+        await UnpublishableHandler("deadletter", server_collection, ttl_days=5).ensure_indexes()
+        await UnpublishableHandler("skip", server_collection, ttl_days=0).ensure_indexes()
+    assert await ttl_of(server_collection) == 5 * 86_400
+    assert not [r for r in caplog.records if r.name.endswith("deadletter")]

@@ -30,6 +30,8 @@ Policy = Literal["deadletter", "skip", "fail"]
 #: Server codes for a document over 16 MiB (BSONObjectTooLarge, BadValue on insert, update result too
 #: large): retrying the same document can never succeed, so it is stored compact instead.
 TOO_LARGE_CODES = frozenset({10334, 2, 17419, 17420})
+TTL_INDEX = "at_ttl"  # the name ensure_indexes looks for: an index of another name is the user's own
+INDEX_NOT_FOUND = 27
 
 
 class UnpublishableHandler:
@@ -45,16 +47,39 @@ class UnpublishableHandler:
         self.by_kind: dict[str, int] = {}
 
     async def ensure_indexes(self) -> None:
-        """TTL index on `at`, so dead letters expire after DEADLETTER_TTL_DAYS (0 keeps them)."""
-        if self.policy != "deadletter" or self._ttl_days <= 0:
+        """Keep the TTL index on `at` in step with DEADLETTER_TTL_DAYS: create it, change its expiry in
+        place when the setting changed (`collMod`; createIndexes cannot, it fails with 85
+        IndexOptionsConflict), or drop it at 0, which keeps dead letters."""
+        if self.policy != "deadletter":
             return
         try:
-            await self._collection.create_index(
-                "at", expireAfterSeconds=self._ttl_days * 86_400, name="at_ttl"
-            )
+            await self._sync_ttl_index()
         except PyMongoError as exc:
-            # A missing index costs disk, not correctness: warn and keep going.
-            log.warning("cannot create the dead-letter TTL index: %s", exc)
+            # A missing or stale index costs disk, not correctness: warn and keep going.
+            log.warning("cannot bring the dead-letter TTL index in step with DEADLETTER_TTL_DAYS: %s", exc)
+
+    async def _sync_ttl_index(self) -> None:
+        existing = (await self._collection.index_information()).get(TTL_INDEX)  # {} if no collection yet
+        seconds = self._ttl_days * 86_400
+        if seconds <= 0:
+            if existing is not None:
+                try:
+                    await self._collection.drop_index(TTL_INDEX)
+                except OperationFailure as exc:
+                    if exc.code != INDEX_NOT_FOUND:  # another instance dropped it first
+                        raise
+                log.info("dead-letter TTL index dropped: DEADLETTER_TTL_DAYS=0 keeps dead letters")
+        elif existing is None:
+            await self._collection.create_index("at", expireAfterSeconds=seconds, name=TTL_INDEX)
+        elif existing.get("expireAfterSeconds") != seconds:
+            await self._collection.database.command(
+                "collMod", self._collection.name, index={"name": TTL_INDEX, "expireAfterSeconds": seconds}
+            )
+            log.info(
+                "dead-letter TTL index: dead letters now expire after %d days (was %ss)",
+                self._ttl_days,
+                existing.get("expireAfterSeconds"),
+            )
 
     async def handle(
         self, event: Mapping[str, Any], reason: str, code: int, *, kind: str = "invalid", fatal: bool = False

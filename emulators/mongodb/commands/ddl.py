@@ -8,6 +8,7 @@ from bson import SON, Binary
 
 from ..engine import Connection, Engine, command
 from ..errors import CommandError
+from ..index_options import modify_index
 from .crud import _coll_name, _cursor_reply
 
 # Options a create command may carry that the emulator records (and reports in create events).
@@ -84,8 +85,11 @@ async def coll_mod(engine: Engine, conn: Connection, db: str, cmd: dict[str, Any
         and not k.startswith("$")
         and k not in ("lsid", "writeConcern", "comment", "txnNumber", "maxTimeMS")
     }
-    engine.storage.coll_mod(db, coll, options)
-    return {"ok": 1.0}
+    index = options.pop("index", None)  # an index's options, not the collection's
+    reply = {} if index is None else modify_index(engine.storage, db, coll, index)
+    if options or index is None:
+        engine.storage.coll_mod(db, coll, options)
+    return {**reply, "ok": 1.0}
 
 
 @command("createIndexes")
