@@ -39,8 +39,9 @@ demo: $(STAMP) $(NODE_STAMP)
 demo-postgres: $(STAMP)
 	$(BIN)/python -m demo.postgres
 
+# BENCH_ARGS=--dated also writes benchmarks/results/<date>-<commit>-<what>.json, to commit.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 # The Docker image's hash-pinned locks, from pyproject.toml (the runtime dependencies with the motor extra,
 # and the build backend); pip-tools is installed here only, not in the dev extra. Pins are kept unless

@@ -8,7 +8,8 @@ emulator answering at once and with 20 ms added per request. Then the connector 
 and the reader under test are separate processes sharing the machine's cores.
 
 Prints the tables and the targets of issue 12 (reported, never asserted) and writes
-`benchmarks/results/latest.json` (`--dated` also writes `benchmarks/results/<date>-<quick|full>.json`).
+`benchmarks/results/latest.json` (`--dated` also writes `benchmarks/results/<date>-<commit>-<what>.json`:
+the UTC date, the short commit measured, and `--what` or the mode, `quick` or `full`).
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile-idle", action="store_true", help="with --profile: sample waiting threads too"
     )
-    parser.add_argument("--dated", action="store_true", help="also write results/<date>-<quick|full>.json")
+    parser.add_argument(
+        "--dated", action="store_true", help="also write results/<date>-<commit>-<what>.json (to commit)"
+    )
+    parser.add_argument("--what", help="with --dated: what was measured (default: the mode)")
     args = parser.parse_args(argv)
     quick = args.quick
     args.events = args.events or (10_000 if quick else 100_000)
@@ -472,11 +476,22 @@ def code_version() -> dict[str, Any]:
     }
 
 
-def write_report(report: dict[str, Any], dated: bool) -> list[Path]:
+def dated_name(report: dict[str, Any], what: str | None) -> str:
+    """`YYYY-MM-DD-<short commit>-<what>.json`: when, on which code, and what was measured (a run on a
+    tree with uncommitted changes under connector/ or emulators/ says so in its name too)."""
+    code = report.get("code", {})
+    commit = str(code.get("commit") or "nocommit")[:7]
+    label = what or report["mode"]
+    if code.get("uncommitted"):
+        label += "-uncommitted"
+    return f"{report['date'][:10]}-{commit}-{label}.json"
+
+
+def write_report(report: dict[str, Any], dated: bool, what: str | None = None) -> list[Path]:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     paths = [RESULTS_DIR / "latest.json"]
     if dated:
-        paths.append(RESULTS_DIR / f"{dt.date.today().isoformat()}-{report['mode']}.json")
+        paths.append(RESULTS_DIR / dated_name(report, what))
     text = json.dumps(measure.json_safe(report), indent=2, default=str, allow_nan=False) + "\n"
     for path in paths:
         path.write_text(text)
@@ -512,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per admin call drowns the progress
     report = run(args, args.parts)
-    for path in write_report(report, args.dated):
+    for path in write_report(report, args.dated, args.what):
         print(f"wrote {path.relative_to(procs.ROOT)}")
     return 0
 
