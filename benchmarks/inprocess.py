@@ -18,17 +18,19 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any, cast
 
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
 
 from benchmarks import procs
 from benchmarks.workloads import PIPELINE, WORKLOADS, start_at, write_backlog
-from connector.ably.client import encode_spec
+from connector.ably.client import AblyRestClient, ably_from, encode_spec
 from connector.ably.outbound import OutboundMessage
 from connector.ably.publisher import BatchClient, Outcome
 from connector.config import load_settings
-from connector.worker import Worker
+from connector.runtime import Runtime
+from connector.sources.mongodb.source import MongoSource
 
 DB = "bench_inprocess"
 #: No run may take longer than this; a stuck run fails loudly instead of hanging.
@@ -40,14 +42,18 @@ class Counted:
     """Wraps the publisher's client: counts messages handed to Ably and notes when the first and the
     last went, with this process's CPU time at both."""
 
-    def __init__(self, inner: BatchClient | None, events: int) -> None:
+    def __init__(self, inner: BatchClient | None, events: int, client: AblyRestClient) -> None:
         self._inner = inner
+        self._client = client  # answers everything else the runtime asks of its Ably client
         self._events = events
         self.count = 0
         self.body_bytes = 0
         self.first: tuple[float, float] | None = None
         self.last: tuple[float, float] = (0.0, 0.0)
         self.done = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
 
     async def publish_batch(self, messages: Sequence[OutboundMessage]) -> list[Outcome]:
         if self._inner is not None:
@@ -82,9 +88,11 @@ async def one_run(mongo: str, ably: str | None, start: Timestamp, events: int) -
         HTTP_PORT="0",
         CHANNEL_RATE_LIMIT="0",  # no per-channel limit on the fake or the emulator in these runs
     )
-    worker = Worker(load_settings())
-    counted = Counted(worker.ably if ably else None, events)
-    worker.publisher._client = counted  # the one seam: what the publisher hands to Ably
+    settings = load_settings()
+    real = ably_from(settings)
+    counted = Counted(real if ably else None, events, real)
+    # The one seam: the client every term's publisher hands its batches to.
+    worker = Runtime(settings, MongoSource(settings), ably=cast(AblyRestClient, counted))
     gc.collect()
     gc.freeze()  # as `connector run` does once its worker is built
     task = asyncio.create_task(worker.run())

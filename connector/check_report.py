@@ -8,21 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from connector.ably.client import AblyRestClient
+from connector.ably.client import ably_from
 from connector.config import Settings
 from connector.errors import AblyError
 
 Out = Callable[[str], None]
-
-
-def ably_from(settings: Settings) -> AblyRestClient:
-    """The Ably REST client the settings describe (used by the workers and by `check`)."""
-    return AblyRestClient(
-        api_key=settings.ably_api_key.get_secret_value(),
-        rest_url=settings.ably_rest_url,
-        fallback_hosts=settings.ably_fallback_hosts,
-        request_timeout=settings.ably_request_timeout_s,
-    )
 
 
 class Report:

@@ -12,16 +12,13 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import Protocol
-
-from bson import json_util
-from bson.json_util import RELAXED_JSON_OPTIONS
+from collections.abc import Sequence
 
 from connector import __version__
 from connector.config import Settings, load_settings
 from connector.errors import ConfigError, PipelineError
 from connector.logs import configure_logging
+from connector.sources import registry
 
 log = logging.getLogger("connector")
 
@@ -80,54 +77,32 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         settings.watch_label,
         extra={"settings": settings.redacted()},
     )
-    if settings.source == "postgres":
-        return _postgres_command(settings, command, whole_process)
-    if command == "create-tables":
-        print("create-tables applies to SOURCE=postgres", file=sys.stderr)
-        return EXIT_USAGE
+    return _dispatch(settings, command, args, whole_process)
+
+
+def _dispatch(settings: Settings, command: str, args: argparse.Namespace, whole_process: bool) -> int:
+    """`run` for every source; any other command through the source's registry entry."""
+    source = registry.entry(settings.source)
     if command == "run":
         return asyncio.run(_run(settings, freeze=whole_process))
-    if command == "check":
-        from connector.sources.mongodb.check import run_checks
-
-        return asyncio.run(run_checks(settings, out=print))
-    if args.token_command == "reset" and not args.yes:
-        print("token reset deletes the stored position; repeat with --yes to confirm", file=sys.stderr)
+    if command == "token":
+        command = f"token {args.token_command}"
+        if args.token_command == "reset" and not args.yes:
+            print("token reset deletes the stored position; repeat with --yes to confirm", file=sys.stderr)
+            return EXIT_USAGE
+    handler = source.commands.get(command)
+    if handler is None:
+        family = command.split()[0]
+        owners = [name for name, other in registry.SOURCES.items() if command in other.commands]
+        print(source.refusals.get(family, f"{command} applies to SOURCE={'|'.join(owners)}"), file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_token(settings, args.token_command, out=print))
-
-
-def _postgres_command(settings: Settings, command: str, whole_process: bool) -> int:
-    from connector.sources.postgres.check import run_checks, run_create_tables
-
-    if command == "run":
-        return asyncio.run(_run(settings, freeze=whole_process))
-    if command == "check":
-        return asyncio.run(run_checks(settings, out=print))
-    if command == "create-tables":
-        return asyncio.run(run_create_tables(settings, out=print))
-    print("token commands apply to SOURCE=mongodb (the outbox itself is the position)", file=sys.stderr)
-    return EXIT_USAGE
-
-
-class _Stoppable(Protocol):
-    def request_stop(self, reason: str = "signal") -> None: ...
-
-    async def run(self) -> int: ...
-
-
-def _worker_for(settings: Settings) -> _Stoppable:
-    if settings.source == "postgres":
-        from connector.sources.postgres.worker import PostgresWorker
-
-        return PostgresWorker(settings)
-    from connector.worker import Worker
-
-    return Worker(settings)
+    return asyncio.run(handler(settings, print))
 
 
 async def _run(settings: Settings, *, freeze: bool = False) -> int:
-    worker = _worker_for(settings)
+    from connector.runtime import Runtime  # here: `--help` and configuration errors stay quick
+
+    worker = Runtime(settings, registry.build_source(settings))
     if freeze:
         # Everything built so far (modules, settings, clients) lives as long as the process: move it out
         # of the collector's way, or each full collection walks it again while events stream through
@@ -155,39 +130,3 @@ async def _run(settings: Settings, *, freeze: bool = False) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-
-
-async def _token(settings: Settings, action: str, *, out: Callable[[str], None]) -> int:
-    from connector.errors import ConnectorError
-    from connector.sources.mongodb.checkpoint import TokenStore
-    from connector.sources.mongodb.lease import describe_lease
-    from connector.worker import mongo_from
-
-    mongo = mongo_from(settings)
-    store = TokenStore(
-        mongo.collection(settings.resume_token_collection, majority=True), settings.connector_id
-    )
-    try:
-        if action == "show":
-            doc = await mongo.collection(settings.resume_token_collection).find_one(
-                {"_id": settings.connector_id}
-            )
-            if doc is None or "resumeToken" not in doc:
-                out(f"no resume token stored for {settings.connector_id!r}")
-            if doc is not None:
-                out(json_util.dumps(doc, json_options=RELAXED_JSON_OPTIONS, indent=2))
-            tokens = mongo.collection(settings.resume_token_collection)
-            out(await describe_lease(tokens, settings.connector_id))
-            return EXIT_OK
-        deleted = await store.delete()
-        out(
-            f"deleted the resume token for {settings.connector_id!r}"
-            if deleted
-            else f"no resume token stored for {settings.connector_id!r}"
-        )
-        return EXIT_OK
-    except ConnectorError as exc:
-        log.critical("%s", exc, extra={"code": exc.code})
-        return EXIT_FATAL
-    finally:
-        await mongo.close()

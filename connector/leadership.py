@@ -1,7 +1,11 @@
 """One publisher per CONNECTOR_ID: a lease kept in the database, and this instance's view of it.
 
-Invariant 8. The lease's expiry is decided by the database's clock (the store computes it server-side),
-so sidecars' wall clocks never meet. Each takeover increments an epoch, and every position write is
+One leadership loop for every source (invariant 8); each source keeps its lease in its own database
+through a `LeaseStore`: MongoDB a lease document (`sources/mongodb/lease.py`), PostgreSQL a
+session-level advisory lock with its `nodes` heartbeat (`sources/postgres/lease_store.py`).
+
+The lease's expiry is decided by the database's clock (the store computes it server-side), so sidecars'
+wall clocks never meet. Each takeover increments an epoch, and every position write is
 conditional on the holder's epoch (the store's job), so a deposed leader's write matches nothing.
 
 What the leader knows locally is a deadline on its own *monotonic* clock: the moment it sent the request
@@ -54,7 +58,9 @@ class LeaseInfo:
 
 
 class LeaseStore(Protocol):
-    """Where the lease lives. Every method raises LeaseStoreError when the database cannot answer."""
+    """Where the lease lives. Every method raises LeaseStoreError when the database cannot answer;
+    `renew` raises LeadershipLost instead when the lease cannot still be ours whatever the deadline says
+    (a lock whose database session ended)."""
 
     async def acquire(self, owner: str, ttl_s: float) -> int | None:
         """Take the lease if it is free or expired (server clock); the new epoch, or None if held."""
@@ -69,6 +75,10 @@ class LeaseStore(Protocol):
         ...
 
     async def read(self) -> LeaseInfo | None: ...
+
+    async def close(self) -> None:
+        """At exit, after `release`: leave for good (membership rows, sessions); never raises."""
+        ...
 
 
 def jittered(seconds: float, rng: random.Random) -> float:
@@ -97,6 +107,7 @@ class Leadership:
         self.role: Role = "standby"
         self.changes = 0  # transitions to leader
         self.store_reachable = True  # the last lease operation reached the database
+        self.polled = False  # a lease operation has reached the database at least once
         self._deadline = 0.0
 
     # -- the leader's local view ---------------------------------------------------------------------
@@ -131,7 +142,7 @@ class Leadership:
         except LeaseStoreError as exc:
             self._unreachable(exc)
             return False
-        self.store_reachable = True
+        self.store_reachable = self.polled = True
         if epoch is None:
             return False
         self.epoch = epoch
@@ -209,6 +220,9 @@ class Leadership:
             log.warning("could not release the lease (it expires in at most %.0fs): %s", self.ttl_s, exc)
             return
         log.info("lease released (epoch %d)", self.epoch)
+
+    async def close(self) -> None:
+        await self._store.close()
 
     # -- helpers -------------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 import orjson
@@ -40,6 +40,9 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from connector import __version__
+
+if TYPE_CHECKING:
+    from connector.config import Settings
 from connector.ably.outbound import AblyMessage, OutboundMessage
 from connector.errors import (
     AblyAuthError,
@@ -597,3 +600,13 @@ def _batch_outcomes(body: Mapping[str, Any], count: int) -> list[Outcome]:
     missing = AblyRetryableError("batch response has no entry for this message", ably_code=50000, status=400)
     outcomes.extend([missing] * (count - len(outcomes)))
     return outcomes
+
+
+def ably_from(settings: Settings) -> AblyRestClient:
+    """The Ably REST client the settings describe (used by the runtime and by `check`)."""
+    return AblyRestClient(
+        api_key=settings.ably_api_key.get_secret_value(),
+        rest_url=settings.ably_rest_url,
+        fallback_hosts=settings.ably_fallback_hosts,
+        request_timeout=settings.ably_request_timeout_s,
+    )

@@ -45,13 +45,13 @@ async def test_a_hot_channel_is_paced_and_spills_while_quiet_channels_flow(
         quiet_latency = time.monotonic() - quiet_at
         hot_before = len(ably.messages(channel="hot"))
         assert hot_before < HOT, "the quiet channels must not have waited for the hot backlog"
-        overflow = running.worker.overflow
+        overflow = running.overflow
         assert overflow.spilled > 0 and "hot" in overflow.spilling
         hot_started = time.monotonic()
         msgs = await wait_delivered(ably, HOT, channel="hot", timeout=60)
         hot_rate = (HOT - hot_before) / (time.monotonic() - hot_started)
         await until(lambda: not overflow.spilling, what="the hot channel back in memory")
-        await until(lambda: running.worker.publisher.pacer.stats.throttled_now == {}, what="unthrottled")
+        await until(lambda: running.publisher.pacer.stats.throttled_now == {}, what="unthrottled")
     stats = ably.stats()
     rejections_per_message = stats["rate_limited_requests"] / HOT
     print(
@@ -76,7 +76,7 @@ async def test_spilled_backlog_survives_a_stop_and_is_drained_first_after_restar
     env = busy_env(connector_env, ably, CHANNEL_MAX_BACKLOG="50", MAX_IN_FLIGHT="200", SHUTDOWN_GRACE_S="0.5")
     async with connector(env) as running:
         await db.orders.insert_many([{"_id": i, "ch": "hot", "seq": i} for i in range(800)])
-        await until(lambda: running.worker.overflow.spilled >= 300, what="a spilled backlog")
+        await until(lambda: running.overflow.spilled >= 300, what="a spilled backlog")
     left = await db.ably_overflow.count_documents({})
     assert left > 0, "stopped with a spilled backlog"
     async with connector(env):

@@ -153,7 +153,7 @@ async def test_token_show_names_the_lease_holder_and_reset_keeps_the_lease(
     from tests.integration.harness import connector, until
 
     async with connector(env, INSTANCE_ID="sidecar-a") as running:
-        await until(lambda: running.worker.checkpointer.stores >= 1, what="the first position")
+        await until(lambda: running.term.checkpointer.stores >= 1, what="the first position")
         assert await asyncio.to_thread(main, ["token", "show"]) == 0
         shown = capsys.readouterr().out
         assert "lease: held; last holder sidecar-a at epoch 1" in shown

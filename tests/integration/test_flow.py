@@ -70,7 +70,7 @@ async def test_database_wide_watch_excludes_own_collections(
             await db[name].insert_one({"_id": 1})
         await wait_delivered(ably, 3)
         # Let several checkpoints (writes to the own `ably` collection) happen.
-        await until(lambda: running.worker.checkpointer.stores >= 3, what="3 checkpoints")
+        await until(lambda: running.term.checkpointer.stores >= 3, what="3 checkpoints")
         await asyncio.sleep(0.3)
     channels = sorted(m["channel"] for m in delivered(ably))
     assert channels == ["alpha", "beta", "gamma"]
@@ -102,7 +102,7 @@ async def test_oversize_change_is_published_truncated_in_order(
         await db.orders.insert_one({"_id": "big", "blob": "x" * 5000})
         await db.orders.insert_one({"_id": "after"})
         await wait_delivered(ably, 3)
-        assert running.worker.route_stats.truncated == 1
+        assert running.source.route_stats.truncated == 1
     # Three channels publish concurrently: their arrival order is free, their ids keep stream order.
     messages = sorted(delivered(ably), key=lambda m: m["id"])
     assert [m["channel"] for m in messages] == ["orders:before", "orders:big", "orders:after"]
@@ -135,7 +135,7 @@ async def test_skip_policy_counts_without_deadlettering(
         await db.orders.insert_one({"_id": "big", "blob": "x" * 5000})
         await db.orders.insert_one({"_id": "small"})
         await wait_delivered(ably, 1)
-        assert running.worker.unpublishable.skipped == 1
+        assert running.source.unpublishable.skipped == 1
     assert await db.ably_deadletter.count_documents({}) == 0
 
 
@@ -183,12 +183,12 @@ async def test_quiet_collection_token_stays_fresh_while_another_churns(
     connector_env: dict[str, str], db: Any, ably: Any
 ) -> None:
     async with connector(connector_env, IDLE_CHECKPOINT_INTERVAL_S="0.3") as running:
-        await until(lambda: running.worker.checkpointer.stores >= 1, what="a first idle checkpoint")
+        await until(lambda: running.term.checkpointer.stores >= 1, what="a first idle checkpoint")
         first = await db.ably.find_one({})
         for i in range(20):
             await db.other.insert_one({"i": i})
         await asyncio.sleep(0.8)
-        await until(lambda: running.worker.checkpointer.stores >= 2, what="a second idle checkpoint")
+        await until(lambda: running.term.checkpointer.stores >= 2, what="a second idle checkpoint")
         second = await db.ably.find_one({})
     assert second["resumeToken"] != first["resumeToken"]
     assert second["clusterTime"] > first["clusterTime"]
@@ -200,7 +200,7 @@ async def test_invalidate_then_recreate_recovers(connector_env: dict[str, str], 
         await db.orders.insert_one({"_id": "before"})
         await wait_delivered(ably, 1)
         await db.orders.drop()
-        await until(lambda: running.worker.reader.stats.invalidations == 1, what="the invalidate")
+        await until(lambda: running.term.reader.stats.invalidations == 1, what="the invalidate")
         await db.orders.insert_one({"_id": "after"})
         await until(
             lambda: any(m["channel"] == "orders:after" for m in delivered(ably)), what="the event after"
@@ -211,7 +211,7 @@ async def test_invalidate_then_recreate_recovers(connector_env: dict[str, str], 
 
 async def test_motor_driver_path(connector_env: dict[str, str], db: Any, ably: Any) -> None:
     async with connector(connector_env, MONGO_DRIVER="motor") as running:
-        assert running.worker.mongo.driver == "motor"
+        assert running.source.mongo.driver == "motor"
         await db.orders.insert_many([{"_id": i} for i in range(5)])
         msgs = await wait_delivered(ably, 5)
     assert sorted(m["event"]["documentKey"]["_id"] for m in msgs) == list(range(5))  # 5 channels
@@ -222,15 +222,15 @@ async def test_waits_for_mongodb_at_startup_and_stops_cleanly(connector_env: dic
     import httpx
 
     from connector.config import load_settings
-    from connector.worker import Worker
     from tests.e2e.procs import free_port
+    from tests.integration.harness import mongo_runtime
 
     env = {
         **connector_env,
         "MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}/?serverSelectionTimeoutMS=200",
         "HTTP_PORT": str(free_port()),
     }
-    worker = Worker(load_settings(env, env_file=None))
+    worker = mongo_runtime(load_settings(env, env_file=None))
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(1.5)
     assert not task.done(), "an unreachable MongoDB at start-up must not be fatal"
@@ -255,7 +255,7 @@ async def test_readyz_and_metrics_while_running(connector_env: dict[str, str], d
     async with connector(connector_env, HTTP_PORT=str(port)) as running, httpx.AsyncClient() as http:
         await db.orders.insert_many([{"_id": i} for i in range(7)])
         await wait_delivered(ably, 7)
-        await until(lambda: running.worker.checkpointer.stores >= 1, what="a checkpoint")
+        await until(lambda: running.term.checkpointer.stores >= 1, what="a checkpoint")
         ready = await http.get(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 200, ready.text
         assert ready.json()["ready"] is True

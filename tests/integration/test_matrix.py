@@ -160,7 +160,7 @@ async def test_unpublishable_kinds_under_each_policy(
             assert await asyncio.wait_for(running.task, 20) == 1
         else:
             await until(
-                lambda: running.worker.unpublishable.deadlettered + running.worker.unpublishable.skipped == 1,
+                lambda: running.source.unpublishable.deadlettered + running.source.unpublishable.skipped == 1,
                 what="the event to be handled",
             )
     assert delivered(ably) == []
@@ -208,7 +208,7 @@ async def test_history_lost(
                 if policy == "fail":
                     assert await asyncio.wait_for(running.task, 20) == 1
                 else:
-                    await until(lambda: running.worker.reader.stats.stream_open, what="the restarted stream")
+                    await until(lambda: running.term.reader.stats.stream_open, what="the restarted stream")
                     await db.orders.insert_one({"_id": "after"})
                     await until(
                         lambda: any(m["channel"] == "orders:after" for m in delivered(ably)), what="after"

@@ -81,7 +81,7 @@ async def test_invalid_utf8_is_published_with_replacement_characters_and_counted
         await raw_db.orders.insert_one(raw_doc({"_id": "bad", "name": "abc"}, b"abc", b"a\xffc"))
         await raw_db.orders.insert_one({"_id": "good", "name": "abc"})
         msgs = by_id(await wait_delivered(ably, 2))
-        assert running.worker.snapshot()["lossy_decodes"] >= 1
+        assert running.runtime.snapshot()["lossy_decodes"] >= 1
     assert msgs[0]["event"]["fullDocument"] == {"_id": "bad", "name": "a\ufffdc"}
     assert msgs[1]["event"]["fullDocument"] == {"_id": "good", "name": "abc"}
 
@@ -195,8 +195,8 @@ async def test_update_of_a_9_mib_document_with_both_images_arrives_and_the_strea
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next"})
         msgs = by_id(await wait_delivered(ably, 2, timeout=60))
-        assert running.worker.reader.fragments.reassembled == 1
-        assert running.worker.route_stats.truncated == 1
+        assert running.term.reader.fragments.reassembled == 1
+        assert running.source.route_stats.truncated == 1
     big, nxt = msgs
     assert big["name"] == "update" and nxt["channel"] == "orders:next"
     headers = big["extras"]["headers"]
@@ -221,7 +221,7 @@ async def test_without_the_split_stage_an_event_over_16_mib_arrives_truncated(
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next", "v": 1})
         msgs = by_id(await wait_delivered(ably, 2, timeout=60))
-        assert running.worker.reader.fragments.reassembled == 0
+        assert running.term.reader.fragments.reassembled == 0
     big, nxt = msgs
     headers = big["extras"]["headers"]
     assert headers["x-livesync-truncated"] == "true"
@@ -242,7 +242,7 @@ async def test_dead_letter_of_an_event_too_large_to_store_whole_keeps_its_identi
         await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
         await db.orders.insert_one({"_id": "next"})
         await wait_delivered(ably, 1, timeout=60)
-        await until(lambda: running.worker.unpublishable.deadlettered == 1, what="the dead letter")
+        await until(lambda: running.source.unpublishable.deadlettered == 1, what="the dead letter")
     dead = await db.ably_deadletter.find_one({})
     assert dead["kind"] == "too_large"
     assert dead["eventTruncated"] is True and dead["eventSize"] > 2 * NINE_MIB
@@ -319,22 +319,26 @@ async def test_a_crash_in_the_middle_of_a_split_event_loses_and_duplicates_nothi
     the first fragment of a split event; the next one rebuilds the event whole: one message, its id the
     last fragment's token, then the change after it."""
     from connector.config import load_settings
-    from connector.worker import Worker
+    from connector.sources.mongodb.source import MongoSource
+    from tests.integration.harness import current_term, mongo_runtime, stream_open
 
     env = await big_document_with_images(db, connector_env, STREAM_BATCH_SIZE="1")
-    worker = Worker(load_settings(env, env_file=None))
-    task = asyncio.create_task(worker.run())
-    await until(lambda: worker.reader.stats.stream_open, what="the stream to open")
+    runtime = mongo_runtime(load_settings(env, env_file=None))
+    task = asyncio.create_task(runtime.run())
+    await until(lambda: stream_open(runtime), what="the stream to open")
+    term = current_term(runtime)
+    assert term is not None
     await db.orders.update_one({"_id": "big"}, {"$set": {"small": 1}})
-    await until(lambda: worker.reader.fragments.pending, what="the first fragment", timeout=30)
+    await until(lambda: term.reader.fragments.pending, what="the first fragment", timeout=30)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await worker.mongo.close()
+    assert isinstance(runtime.source, MongoSource)
+    await runtime.source.mongo.close()
     assert ably.messages() == [], "nothing of the split event published before the crash"
     async with connector(env) as running:
         await db.orders.insert_one({"_id": "next"})
         big, nxt = by_id(await wait_delivered(ably, 2, timeout=60))
-        assert running.worker.reader.fragments.reassembled == 1
+        assert running.term.reader.fragments.reassembled == 1
     assert big["name"] == "update" and big["extras"]["headers"]["x-livesync-truncated"] == "true"
     assert nxt["channel"] == "orders:next"
     assert len(ably.messages()) == 2 and ably.stats()["duplicates_dropped"] == 0

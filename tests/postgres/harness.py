@@ -1,4 +1,5 @@
-"""Running the Postgres worker in-process, writing outbox rows, and reading what Ably got."""
+"""Running the connector with the Postgres source in-process, writing outbox rows, and reading what Ably
+got."""
 
 from __future__ import annotations
 
@@ -11,23 +12,38 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from connector.config import load_settings
-from connector.sources.postgres.worker import PostgresWorker
+from connector.runtime import Runtime
+from connector.sources.postgres.lease_store import PostgresLeaseStore
+from connector.sources.postgres.source import PostgresSource, PostgresTerm
 from tests import delivery
 
 WAIT_TIMEOUT_S = 30.0
 
 
 class RunningWorker:
-    def __init__(self, worker: PostgresWorker, task: asyncio.Task[int]) -> None:
+    def __init__(self, worker: Runtime, task: asyncio.Task[int]) -> None:
         self.worker = worker
         self.task = task
+
+    @property
+    def term(self) -> PostgresTerm | None:
+        """The leading term's outbox parts (reader, store, listener, overflow), None between terms."""
+        term = self.worker.term
+        if term is None or term.retired or not isinstance(term.source, PostgresTerm):
+            return None
+        return term.source
+
+    @property
+    def lease_store(self) -> PostgresLeaseStore:
+        assert isinstance(self.worker.source, PostgresSource)
+        return self.worker.source.lease_store
 
     async def stop(self, timeout: float = 30.0) -> int:
         self.worker.request_stop("test")
         return await asyncio.wait_for(self.task, timeout)
 
     def leading(self) -> bool:
-        term = self.worker.term
+        term = self.term
         return bool(
             self.worker.leadership.is_leader
             and term is not None
@@ -41,7 +57,8 @@ async def running(
     env: Mapping[str, str], *, lead: bool = True, **overrides: str
 ) -> AsyncIterator[RunningWorker]:
     """Start a worker; with `lead`, wait until it is the leader and reading; stop it (SIGTERM path) after."""
-    worker = PostgresWorker(load_settings({**env, **overrides}, env_file=None))
+    settings = load_settings({**env, **overrides}, env_file=None)
+    worker = Runtime(settings, PostgresSource(settings))
     task = asyncio.create_task(worker.run())
     handle = RunningWorker(worker, task)
     try:

@@ -54,7 +54,7 @@ async def test_hot_outbox_channel_spills_while_quiet_channels_flow(
         )
         quiet_latency = time.monotonic() - quiet_at
         assert len(ably.messages(channel="hot")) < HOT
-        term = handle.worker.term
+        term = handle.term
         assert term is not None and term.overflow is not None and term.overflow.spilled > 0
         got = await wait_delivered(ably, HOT, channel="hot", timeout=60)
         overflow = term.overflow
@@ -73,9 +73,9 @@ async def test_spilled_rows_survive_a_stop_and_drain_first(
         insert_many(outbox, "hot", 600)
         await until(
             lambda: (
-                handle.worker.term is not None
-                and handle.worker.term.overflow is not None
-                and handle.worker.term.overflow.spilled >= 100
+                handle.term is not None
+                and handle.term.overflow is not None
+                and handle.term.overflow.spilled >= 100
             ),
             what="a spilled backlog",
         )

@@ -58,7 +58,7 @@ async def test_notification_wakes_the_reader_long_before_the_poll_interval(
     pg_env: dict[str, str], outbox: psycopg.Connection[Any], ably: Any
 ) -> None:
     async with running(pg_env, POLL_INTERVAL_MS="600000") as handle:
-        term = handle.worker.term
+        term = handle.term
         assert term is not None
         await until(lambda: term.listener.stats.listening, what="LISTEN")
         insert_row(outbox, "live", {"n": 1})
@@ -74,7 +74,7 @@ async def test_polling_finds_rows_when_notifications_are_lost(
     async with running(pg_env, POLL_INTERVAL_MS="100") as handle:
         insert_row(outbox, "quiet", {"n": 1})
         await wait_delivered(ably, 1)
-        term = handle.worker.term
+        term = handle.term
         assert term is not None and term.listener.stats.notifications == 0
         # The listener's session is killed too: rows still arrive by polling, and the listener comes back.
         outbox.execute("SELECT pg_terminate_backend(%s)", [term.listener.backend_pid])
@@ -92,7 +92,7 @@ async def test_a_lower_id_committed_later_is_still_published_first(
         with psycopg.connect(pg_dsn) as slow:  # transaction A draws 1 and stays open
             nine = insert_row(slow, "doc", {"v": "A"}, mutation_id="A")
             ten = insert_row(outbox, "doc", {"v": "B"}, mutation_id="B")  # B draws 2 and commits first
-            term = handle.worker.term
+            term = handle.term
             assert term is not None and term.reader is not None
             reader = term.reader
             await until(lambda: reader.held == 1 and reader.tracker.gaps, what="row 10 held back")
@@ -110,7 +110,7 @@ async def test_a_rolled_back_insert_is_proven_a_permanent_gap(
     pg_env: dict[str, str], outbox: psycopg.Connection[Any], ably: Any, pg_dsn: str
 ) -> None:
     async with running(pg_env, GAP_TIMEOUT_MS="60000") as handle:
-        term = handle.worker.term
+        term = handle.term
         assert term is not None and term.reader is not None
         reader = term.reader
         with psycopg.connect(pg_dsn) as doomed:
@@ -130,7 +130,7 @@ async def test_a_gap_older_than_the_timeout_is_skipped_and_its_row_published_lat
     pg_env: dict[str, str], outbox: psycopg.Connection[Any], ably: Any, pg_dsn: str
 ) -> None:
     async with running(pg_env, GAP_TIMEOUT_MS="300") as handle:
-        term = handle.worker.term
+        term = handle.term
         assert term is not None and term.reader is not None
         reader = term.reader
         with psycopg.connect(pg_dsn) as long_tx:
@@ -172,7 +172,7 @@ async def test_oversize_row_reaches_its_channel_truncated_in_order(
     async with running(pg_env) as handle:
         got = await wait_delivered(ably, 3)
         await until(lambda: outbox_ids(outbox) == [(last, True)], what="the outbox emptied")
-        term = handle.worker.term
+        term = handle.term
         assert term is not None and term.reader is not None and term.reader.stats.truncated == 1
     assert [m["id"] for m in got] == [str(first), str(big), str(last)]
     truncated = got[1]

@@ -20,14 +20,14 @@ async def test_a_deposed_leaders_position_write_matches_nothing_and_it_steps_dow
 ) -> None:
     async with running(pg_env, INSTANCE_ID="solo") as handle:
         worker = handle.worker
-        first_epoch = worker.leadership.stats.epoch
+        first_epoch = worker.leadership.epoch
         assert watermark_row(outbox)[1:] == (first_epoch, "solo")
         # Another instance took over: it bumped the epoch. Our next write must fail, not land.
         outbox.execute("UPDATE outbox_watermark SET epoch = epoch + 1, leader = 'usurper'")
         insert_row(outbox, "ch", {"n": 1})
-        await until(lambda: worker.leadership.stats.leader_changes >= 2, what="step down and lead again")
+        await until(lambda: worker.leadership.changes >= 2, what="step down and lead again")
         await until(handle.leading, what="leading again")
-        assert worker.leadership.stats.epoch == first_epoch + 2
+        assert worker.leadership.epoch == first_epoch + 2
         insert_row(outbox, "ch", {"n": 2})
         got = await wait_delivered(ably, 2)
         assert [m["channel"] for m in got] == ["ch", "ch"]
@@ -40,9 +40,7 @@ async def test_a_standby_is_ready_and_publishes_nothing(
 ) -> None:
     async with running(pg_env, INSTANCE_ID="one") as leader:
         async with running(pg_env, lead=False, INSTANCE_ID="two") as standby:
-            await until(
-                lambda: standby.worker.leadership.stats.heartbeats >= 2, what="the standby's heartbeats"
-            )
+            await until(lambda: standby.lease_store.heartbeats >= 2, what="the standby's heartbeats")
             ready, details = standby.worker.readiness()
             assert ready and details["role"] == "standby"
             snapshot = standby.worker.snapshot()

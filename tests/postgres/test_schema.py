@@ -8,8 +8,9 @@ from typing import Any
 import psycopg
 
 from connector.config import load_settings
+from connector.runtime import Runtime
 from connector.sources.postgres.check import run_checks, run_create_tables
-from connector.sources.postgres.worker import PostgresWorker
+from connector.sources.postgres.source import PostgresSource
 
 
 def create(env: dict[str, str]) -> tuple[int, list[str]]:
@@ -88,5 +89,6 @@ def test_check_reports_missing_tables_columns_trigger_and_privileges(
 
 
 async def test_worker_exits_1_naming_the_problem_when_tables_are_missing(pg_env: dict[str, str]) -> None:
-    worker = PostgresWorker(load_settings(pg_env, env_file=None))
+    settings = load_settings(pg_env, env_file=None)
+    worker = Runtime(settings, PostgresSource(settings))
     assert await asyncio.wait_for(worker.run(), 30) == 1

@@ -102,7 +102,7 @@ async def test_watermark_never_passes_a_row_the_same_snapshot_cannot_see(
         reader.stop.set()
         await asyncio.to_thread(reader.join, 10)
         assert reader.error is None
-        term = handle.worker.term
+        term = handle.term
         assert term is not None and term.reader is not None
         proven = term.reader.stats.gaps_proven
     lost_by_watermark = [

@@ -14,10 +14,9 @@ from pymongo.errors import OperationFailure, PyMongoError
 
 from connector.check_report import Out, Report, check_ably
 from connector.config import Settings
-from connector.sources.mongodb.client import Mongo, brief_error
+from connector.sources.mongodb.client import Mongo, brief_error, mongo_from
 from connector.sources.mongodb.pipeline import sets_channel, split_supported
 from connector.sources.mongodb.stream import StartPosition, StreamOptions, open_stream
-from connector.worker import mongo_from
 
 log = logging.getLogger(__name__)
 

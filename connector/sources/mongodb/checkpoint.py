@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 from connector.ably.ledger import InFlightLedger
 from connector.errors import CheckpointError, CorruptCheckpointError, LeadershipLost, StreamError
 from connector.sources.mongodb.client import brief_error
+from connector.sources.protocol import Fence
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +58,6 @@ def cluster_time_of(token: Mapping[str, Any] | None) -> Timestamp | None:
 
 # The document's position fields (the rest is the lease, which `token reset` keeps).
 POSITION_FIELDS = ("resumeToken", "clusterTime", "updatedAt", "namespace", "pipelineHash", "invalidated")
-
-
-@dataclass(frozen=True, slots=True)
-class Fence:
-    """The lease a position write is conditional on (invariant 8)."""
-
-    owner: str
-    epoch: int
 
 
 class TokenStore:

@@ -11,7 +11,7 @@ import inspect
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bson import Timestamp
 from bson.codec_options import CodecOptions
@@ -19,6 +19,9 @@ from pymongo import ReadPreference, WriteConcern
 from pymongo.errors import ServerSelectionTimeoutError
 
 from connector.sources.mongodb import driver_fix
+
+if TYPE_CHECKING:
+    from connector.config import Settings
 from connector.sources.mongodb.cursor import BatchStream, ChangeStreamCursor, DriverStreamBatches
 from connector.sources.mongodb.decode import EVENT_CODEC_OPTIONS, RAW_CODEC_OPTIONS
 
@@ -190,3 +193,8 @@ def brief_error(exc: BaseException) -> str:
     if causes:
         return "; ".join(causes)
     return re.sub(r"\s*\(configured timeouts:[^)]*\)", "", head)
+
+
+def mongo_from(settings: Settings) -> Mongo:
+    """The client the settings describe (the source's, and `check`'s and `token`'s)."""
+    return Mongo(settings.mongodb_uri, settings.mongodb_database, driver=settings.mongo_driver)

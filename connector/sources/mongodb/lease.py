@@ -17,7 +17,7 @@ from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from connector.errors import LeaseStoreError
-from connector.lease import LeaseInfo
+from connector.leadership import LeaseInfo
 from connector.sources.mongodb.client import brief_error
 
 
@@ -40,7 +40,7 @@ _RELEASED = datetime(1970, 1, 1)
 
 
 class MongoLeaseStore:
-    """`connector.lease.LeaseStore` on a driver collection (majority write concern)."""
+    """`connector.leadership.LeaseStore` on a driver collection (majority write concern)."""
 
     def __init__(self, collection: Any, connector_id: str) -> None:
         self._collection = collection
@@ -98,6 +98,9 @@ class MongoLeaseStore:
         except PyMongoError as exc:
             raise LeaseStoreError(f"cannot read the lease: {brief_error(exc)}") from exc
         return lease_info(doc)
+
+    async def close(self) -> None:
+        """Nothing to leave: the collection belongs to the source's client."""
 
 
 def lease_info(doc: Any) -> LeaseInfo | None:
