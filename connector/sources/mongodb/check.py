@@ -16,7 +16,7 @@ from connector.check_report import Out, Report, check_ably
 from connector.config import Settings
 from connector.sources.mongodb.client import Mongo, brief_error, mongo_from
 from connector.sources.mongodb.pipeline import sets_channel, split_supported
-from connector.sources.mongodb.stream import StartPosition, StreamOptions, open_stream
+from connector.sources.mongodb.stream import StartPosition, open_stream, stream_options
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,7 @@ async def _check_mongo(settings: Settings, mongo: Mongo, report: Report) -> None
             "MongoDB is a standalone server: change streams need a replica set or sharded cluster", 72003
         )
         return
-    options = StreamOptions(
-        collection=settings.mongodb_collection,
-        pipeline=settings.stream_pipeline(),
-        full_document=settings.full_document,
-        full_document_before_change=settings.full_document_before_change,
-        max_await_time_ms=100,
-    )
+    options = stream_options(settings, max_await_time_ms=100)
     try:
         stream = await open_stream(mongo, options, StartPosition())
         await stream.close()

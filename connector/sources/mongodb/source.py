@@ -29,7 +29,7 @@ from connector.sources.mongodb.messages import RouteStats, encode_driver_event, 
 from connector.sources.mongodb.overflow_store import MongoSpillStore
 from connector.sources.mongodb.pipeline import pipeline_hash, sets_channel
 from connector.sources.mongodb.reader import Reader
-from connector.sources.mongodb.stream import StartPosition, StreamOptions
+from connector.sources.mongodb.stream import StartPosition, stream_options
 from connector.sources.protocol import Counter, TermContext
 
 log = logging.getLogger(__name__)
@@ -114,13 +114,7 @@ class MongoTerm:
         self.overflow: Overflow | None = ctx.overflow(source.spill_store)
         self.reader = Reader(
             source.mongo,
-            StreamOptions(
-                collection=settings.mongodb_collection,
-                pipeline=settings.stream_pipeline(),
-                full_document=settings.full_document,
-                full_document_before_change=settings.full_document_before_change,
-                batch_size=settings.stream_batch_size,
-            ),
+            stream_options(settings, batch_size=settings.stream_batch_size),
             ledger=ctx.ledger,
             checkpointer=self.checkpointer,
             publisher=ctx.publisher,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson import Timestamp
 from pymongo.errors import OperationFailure, PyMongoError
@@ -22,6 +22,9 @@ from connector.errors import HistoryLostError, StreamError
 from connector.sources.mongodb.client import Mongo, brief_error
 from connector.sources.mongodb.cursor import BatchStream
 from connector.sources.mongodb.pipeline import large_event_stages, split_supported
+
+if TYPE_CHECKING:
+    from connector.sources.mongodb.settings import MongoSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,17 @@ class StreamOptions:
     batch_size: int | None = None
     #: Append `pipeline.large_event_stages` (the split stage, or the oversize fallback) on open.
     large_events: bool = True
+
+
+def stream_options(settings: MongoSettings, **overrides: Any) -> StreamOptions:
+    """What the settings say to watch, and how (the reader's and `check`'s stream alike)."""
+    return StreamOptions(
+        collection=settings.mongodb_collection,
+        pipeline=settings.stream_pipeline(),
+        full_document=settings.full_document,
+        full_document_before_change=settings.full_document_before_change,
+        **overrides,
+    )
 
 
 def is_history_lost(exc: BaseException) -> bool:
