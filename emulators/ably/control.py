@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 import orjson
 from aiohttp import web
 
+from emulators.ably.config import EmulatorConfig
 from emulators.ably.errors import json_response
-from emulators.ably.faults import DEFAULT_REFUSE_S, parse_fault
-
-if TYPE_CHECKING:
-    from emulators.ably.server import AblyEmulator
+from emulators.ably.faults import DEFAULT_REFUSE_S, FaultBook, parse_fault
+from emulators.ably.store import Store
 
 STREAM_QUEUE_MAX: Final = 10_000  # a subscriber this far behind is dropped rather than grow memory
 STREAM_KEEPALIVE_S: Final = 1.0  # comment-line cadence; how soon a stream notices a gone subscriber
@@ -35,10 +35,37 @@ async def _json_body(request: web.Request) -> Any:
         raise web.HTTPBadRequest(text=orjson.dumps({"error": f"invalid JSON: {exc}"}).decode()) from exc
 
 
+class Emulator(Protocol):
+    """What the admin surface needs from the emulator (`server.AblyEmulator`), so that this module does
+    not import the server that serves it."""
+
+    clock: Callable[[], float]
+    config: EmulatorConfig
+    store: Store
+    faults: FaultBook
+    stopping: bool
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def active_faults(self) -> list[dict[str, Any]]: ...
+
+    def clear_faults(self) -> None: ...
+
+    def refuse_for(self, duration_s: float) -> None: ...
+
+    def disconnect_realtime(self, duration_s: float) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def configure(self, **changes: Any) -> dict[str, Any]: ...
+
+    def messages(self, channel: str | None = None) -> list[dict[str, Any]]: ...
+
+
 class ControlApi:
     """Handlers for ``/_emulator/*``; the emulator object does the work."""
 
-    def __init__(self, emulator: AblyEmulator) -> None:
+    def __init__(self, emulator: Emulator) -> None:
         self._emulator = emulator
         self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
 
