@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 Snapshot = Callable[[], dict[str, Any]]
@@ -70,6 +70,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "livesync_leader": ("gauge", "1 while this instance holds the lease and publishes, 0 on a standby"),
     "livesync_lease_epoch": ("gauge", "Epoch of the lease this instance last held (0 if never)"),
     "livesync_leader_changes": ("counter", "Times this instance became the leader"),
+    "livesync_publish_latency_seconds": (
+        "histogram",
+        "Seconds from a change's commit to Ably's acknowledgement (Postgres: from the read of the row)",
+    ),
     # Postgres outbox source only: sequence gaps (a lower sequence_id not committed yet).
     "livesync_gaps_proven": ("counter", "Outbox gaps resolved by proof (no open transaction can fill them)"),
     "livesync_gaps_timed_out": ("counter", "Outbox gaps skipped after GAP_TIMEOUT_MS (logged)"),
@@ -87,7 +91,7 @@ class SnapshotCollector(Collector):
         self._snapshot = snapshot
         self._labels = dict(labels or {})
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         if self._labels:
             # Which instance (INSTANCE_ID) of which connector (CONNECTOR_ID) these numbers come from.
             info = GaugeMetricFamily(
@@ -103,6 +107,9 @@ class SnapshotCollector(Collector):
             key = name.removeprefix("livesync_")
             value = values.get(key)
             if value is None:
+                continue
+            if kind == "histogram":
+                yield HistogramMetricFamily(name, help_text, buckets=value["buckets"], sum_value=value["sum"])
                 continue
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             if isinstance(value, Mapping):  # one series per label value: a small, bounded set

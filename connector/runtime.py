@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from connector.ably.client import AblyRestClient, ably_from
+from connector.ably.latency import LatencyHistogram
 from connector.config import Settings
 from connector.errors import (
     AblyError,
@@ -60,6 +61,7 @@ class Runtime:
         # Checked before every publish attempt, retries included: a leader past its deadline sends nothing.
         self.ably.before_publish = self.leadership.ensure_may_publish
         self.health: HealthServer | None = None
+        self.latency = LatencyHistogram()  # commit → Ably's acknowledgement, for the whole process
         #: The current term, or the last one (`retired`) between terms.
         self.term: Term | None = None
         # Every counter at zero from the start (a fresh term's), so rates exist before the first term.
@@ -100,7 +102,7 @@ class Runtime:
         return EXIT_OK
 
     def _new_term(self) -> Term:
-        return Term(self.settings, self.source, self.ably, self.leadership)
+        return Term(self.settings, self.source, self.ably, self.leadership, self.latency)
 
     async def _lead(self) -> BaseException | None:
         """One term as the leader. Returns a fatal error, or None after a clean stop or a lost lease."""
@@ -257,6 +259,7 @@ class Runtime:
             leader=int(self.leadership.is_leader),
             lease_epoch=self.leadership.epoch,
             leader_changes=self.leadership.changes,
+            publish_latency_seconds=self.latency.snapshot(),
         )
         return values
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from connector.ably.client import AblyRestClient
+from connector.ably.latency import LatencyHistogram
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
 from connector.ably.publisher import build_publisher
@@ -50,14 +51,19 @@ class Term:
     """Build, `open()` (retried by the runtime), `run()` once, then `shutdown()` or `drop()`."""
 
     def __init__(
-        self, settings: Settings, source: Source, ably: AblyRestClient, leadership: Leadership
+        self,
+        settings: Settings,
+        source: Source,
+        ably: AblyRestClient,
+        leadership: Leadership,
+        latency: LatencyHistogram | None = None,
     ) -> None:
         self._settings = settings
         self._leadership = leadership
         #: Set when this term ends (a stop request, or the lease lost): its tasks finish what they do.
         self.stop = asyncio.Event()
         self.ledger = InFlightLedger(settings.max_in_flight)
-        self.publisher = build_publisher(settings, ably, self.ledger, self._on_rejected)
+        self.publisher = build_publisher(settings, ably, self.ledger, self._on_rejected, latency)
         self.source: SourceTerm = source.term(
             TermContext(
                 ledger=self.ledger,

@@ -31,3 +31,5 @@ class OutboundMessage:
     size: int
     token: dict[str, Any] = field(repr=False)
     spec: bytes | None = field(default=None, repr=False)
+    #: When the change was committed (unix seconds; 0 unknown): the latency histogram's start.
+    committed_at: float = field(default=0.0, repr=False)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Protocol
 
 from connector.ably.client import MAX_BODY_BYTES, MAX_CHANNELS_PER_REQUEST, encode_spec
+from connector.ably.latency import LatencyHistogram
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
 from connector.ably.pacing import ChannelPacer
@@ -116,6 +117,7 @@ class Publisher:
         concurrency: int = 8,
         retry_backoff_max: float = 30.0,
         channel_rate: float = 0.0,
+        latency: LatencyHistogram | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not 1 <= max_channels_per_request <= MAX_CHANNELS_PER_REQUEST:
@@ -135,6 +137,8 @@ class Publisher:
         self._backoff_max = retry_backoff_max
         self._sleep = sleep
         self.pacer = ChannelPacer(channel_rate)
+        # Commit → acknowledgement, observed per accepted message (the runtime's, for the whole process).
+        self.latency = latency or LatencyHistogram()
         # Messages per channel in one request: one when channels are rate-limited (order under partial
         # failure), else as many as the batch holds.
         self._per_channel = 1 if self.pacer.enabled else max_batch_messages
@@ -399,6 +403,7 @@ class Publisher:
                         channel,
                     )
                 self.stats.published += 1
+                self.latency.observe((msg.committed_at,))
                 self._complete(msg)
             elif self.pacer.enabled and _channel_rate_limited(outcome):
                 self.stats.last_error = outcome
@@ -446,6 +451,7 @@ class Publisher:
             complete(msg.seq)
             channels[msg.channel] = None
         self.stats.published += len(batch)
+        self.latency.observe([msg.committed_at for msg, _ in batch])
         self._unfinished -= len(batch)
         if self._unfinished == 0:
             self._drained.set()
@@ -513,7 +519,11 @@ class Publisher:
 
 
 def build_publisher(
-    settings: Settings, client: BatchClient, ledger: InFlightLedger, on_rejected: RejectHandler
+    settings: Settings,
+    client: BatchClient,
+    ledger: InFlightLedger,
+    on_rejected: RejectHandler,
+    latency: LatencyHistogram | None = None,
 ) -> Publisher:
     """The publisher as configured by PUBLISH_BATCH_SIZE, PUBLISH_LINGER_MS and PUBLISH_CONCURRENCY
     (either source's term builds one)."""
@@ -526,4 +536,5 @@ def build_publisher(
         concurrency=settings.publish_concurrency,
         retry_backoff_max=PUBLISH_RETRY_BACKOFF_MAX_S,
         channel_rate=settings.channel_rate_limit,
+        latency=latency,
     )

@@ -11,22 +11,26 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
+from connector.ably.latency import LatencyHistogram
 from connector.metrics import LABELS, METRICS, build_registry
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-ROW = re.compile(r"^\| `(livesync_[a-z_]+)(?:\{[^}]*\})?` \| (counter|gauge) \|", re.MULTILINE)
+ROW = re.compile(r"^\| `(livesync_[a-z_]+)(?:\{[^}]*\})?` \| (counter|gauge|histogram) \|", re.MULTILINE)
 
 
 def exported_names() -> dict[str, str]:
     """Every series name the collector writes when every value is present, with its type."""
-    snapshot = {name.removeprefix("livesync_"): ({"x": 1} if name in LABELS else 1) for name in METRICS}
+    snapshot: dict[str, object] = {
+        name.removeprefix("livesync_"): ({"x": 1} if name in LABELS else 1) for name in METRICS
+    }
+    snapshot["publish_latency_seconds"] = LatencyHistogram().snapshot()
     text = generate_latest(build_registry(lambda: dict(snapshot), {"instance_id": "i", "connector_id": "c"}))
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text.decode(), re.MULTILINE))
     names: dict[str, str] = {}
     for line in text.decode().splitlines():
         if line and not line.startswith("#"):
             series = re.split(r"[{ ]", line, maxsplit=1)[0]
-            base = series.removesuffix("_total")
+            base = re.sub(r"_(total|bucket|sum|count)$", "", series)
             names[series] = types.get(base, types.get(series, ""))
     return names
 

@@ -228,7 +228,8 @@ async def test_a_deposed_leader_drops_its_term_without_storing_and_stands_by(rig
     store.owner, store.epoch, store.expires = "usurper", store.epoch + 1, rig.clock.now + 100
     await until(lambda: not rig.runtime.leadership.is_leader, what="the step down", timeout=5)
     await until(lambda: "term closed" in rig.source.log, what="the dropped term")
-    assert not any(line.startswith("position stored") for line in rig.source.log), "a deposed leader stores nothing"
+    stored = [line for line in rig.source.log if line.startswith("position stored")]
+    assert stored == [], "a deposed leader stores nothing"
     assert rig.runtime.readiness()[1]["role"] == "standby"
     rig.fake.gate.set()
     rig.clock.now += 101  # the usurper's lease expires: this instance leads again, in a fresh term
@@ -248,9 +249,10 @@ async def test_past_its_deadline_a_leader_that_cannot_renew_fences_itself(rig: R
     await until(lambda: not rig.runtime.leadership.is_leader, what="the self-fence", timeout=5)
     assert len(rig.fake.requests) == requests, "nothing sent past the deadline"
     assert not any(line.startswith("position stored") for line in rig.source.log)
+    problems = ["cannot reach FakeDB to poll the lease"]
     assert rig.runtime.readiness() == (
         False,
-        {"role": "standby", "problems": ["cannot reach FakeDB to poll the lease"], "instance": "me", "epoch": 1},
+        {"role": "standby", "problems": problems, "instance": "me", "epoch": 1},
     )
     rig.source.lease_store.down = False
     assert await rig.stop() == 0

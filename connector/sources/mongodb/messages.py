@@ -318,7 +318,13 @@ def make_router(
         message: AblyMessage = {"id": token_data, "name": name, "data": data.decode(), "encoding": "json"}
         if extras is not None:
             message["extras"] = extras
-        return OutboundMessage(seq, channel, message, size, token)
+        wall = event.get("wallTime")
+        if wall.__class__ is datetime.datetime:
+            committed = wall.replace(tzinfo=datetime.UTC).timestamp()
+        else:
+            cluster = event.get("clusterTime")
+            committed = float(cluster.time) if cluster.__class__ is Timestamp else 0.0
+        return OutboundMessage(seq, channel, message, size, token, None, committed)
 
     return route
 

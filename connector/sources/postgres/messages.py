@@ -20,6 +20,7 @@ payload) raises `UnpublishableEvent`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,4 +106,7 @@ def row_to_message(
             extra={"code": 72001, "channel": row.channel},
         )
         size = compact
-    return OutboundMessage(seq=seq, channel=row.channel, message=message, size=size, token=token)
+    # The outbox holds no commit time: latency is measured from the read of the row.
+    return OutboundMessage(
+        seq=seq, channel=row.channel, message=message, size=size, token=token, committed_at=time.time()
+    )
