@@ -77,6 +77,8 @@ def main(argv: Sequence[str] | None = None, *, whole_process: bool = False) -> i
         settings.watch_label,
         extra={"settings": settings.redacted()},
     )
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     return _dispatch(settings, command, args, whole_process)
 
 

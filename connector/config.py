@@ -18,6 +18,7 @@ API key secret and the databases' passwords; `secrets()` lists them for the log 
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,9 +70,12 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | Path 
     if problems:
         raise ConfigError(problems)
     try:
-        return Settings(**values)
+        settings = Settings(**values)
     except ValidationError as exc:
         problems = [line for err in exc.errors() for line in _describe(err, values)]
+    else:
+        settings._warnings = unknown_variables(merged)
+        return settings
     part = SETTINGS_PARTS.get(values.get("source", "mongodb"))
     if part is not None:
         # A field error stops pydantic before the cross-field checks: report theirs too, so one run
@@ -80,6 +84,29 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | Path 
         if problems and part.pipeline_only(problems):
             raise PipelineError(problems)
     raise ConfigError(problems)
+
+
+def _known_variables() -> frozenset[str]:
+    names = {name.upper() for name in Settings.model_fields}
+    names |= {f"{name}_FILE" for name in names}
+    for part in SETTINGS_PARTS.values():
+        names |= part.ALIASES | {f"{name}_FILE" for name in part.ALIASES}
+    return frozenset(names)
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning per variable that looks like one of ours but is not (`MONGODB_COLECTION`): it shares
+    a first word with a known variable and is close to one. Other processes' variables are not named."""
+    known = _known_variables()
+    prefixes = {name.split("_", 1)[0] for name in known}
+    warnings = []
+    for var in sorted(env):
+        if var in known or var.split("_", 1)[0] not in prefixes:
+            continue
+        close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.85)
+        if close:
+            warnings.append(f"{var} is not a setting (ignored); did you mean {close[0]}?")
+    return warnings
 
 
 def _collect(env: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
@@ -135,6 +162,8 @@ def _describe(err: Mapping[str, Any], values: Mapping[str, Any]) -> list[str]:
         text = f"must be one of {', '.join(choices(Settings.model_fields[name]))} (got {shown!r})"
     elif kind in ("int_parsing", "int_from_float", "int_type"):
         text = f"must be a whole number (got {shown!r})"
+    elif kind in ("bool_parsing", "bool_type"):
+        text = f"must be true or false (got {shown!r})"
     elif kind in ("float_parsing", "float_type"):
         text = f"must be a number (got {shown!r})"
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):

@@ -13,7 +13,7 @@ import re
 import socket
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 
 from connector.ably.oversize import OnOversize
@@ -113,6 +113,13 @@ class CommonSettings(SourceSelection):
     ably_request_timeout_s: float = Field(default=10.0, gt=0)
     lease_ttl_s: float = Field(default=10.0, ge=2)
     instance_id: str = ""
+
+    #: Variables that look like ours but are not (a misspelt name), each with the closest known one.
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
 
     _canonical_common = field_validator(
         "on_unpublishable", "on_oversize", "log_level", "log_format", mode="before"

@@ -6,7 +6,8 @@ new source adds its part to the class below and its entry to SOURCES. Imports of
 lazy: a process loads only the source it runs.
 
 A settings part (`connector/sources/<name>/settings.py`) is a pydantic model derived from
-`SourceSelection` with: `SOURCE`, `EMPTY_IS_A_VALUE`, `OWN_FILE_FIELDS`, `MASKS` (class constants),
+`SourceSelection` with: `SOURCE`, `EMPTY_IS_A_VALUE`, `OWN_FILE_FIELDS`, `MASKS`, `ALIASES` (class
+constants),
 `source_label()`, `source_secrets()`, `source_redacted(out)`, and the static `aliases(env)`,
 `late_problems(values)`, `pipeline_only(problems)`. They are called on the part's class (`part.hook(...)`),
 never through `Settings`, whose MRO would pick one part's.

@@ -11,6 +11,7 @@ from connector.config import load_settings
 from connector.runtime import Runtime
 from connector.sources.postgres.check import run_checks, run_create_tables
 from connector.sources.postgres.source import PostgresSource
+from tests.postgres.harness import insert_row, running, wait_delivered
 
 
 def create(env: dict[str, str]) -> tuple[int, list[str]]:
@@ -92,3 +93,35 @@ async def test_worker_exits_1_naming_the_problem_when_tables_are_missing(pg_env:
     settings = load_settings(pg_env, env_file=None)
     worker = Runtime(settings, PostgresSource(settings))
     assert await asyncio.wait_for(worker.run(), 30) == 1
+
+
+async def test_auto_create_makes_ablys_tables_at_start_as_ablys_connector_does(
+    pg_env: dict[str, str], ably: Any
+) -> None:
+    """ADBC_{OUTBOX,NODES}_TABLE_AUTO_CREATE (ours: {OUTBOX,NODES}_TABLE_AUTO_CREATE) on a database without
+    Ably's tables: created at start-up, with the notify trigger, and rows flow."""
+    env = {**pg_env, "ADBC_OUTBOX_TABLE_AUTO_CREATE": "true", "ADBC_NODES_TABLE_AUTO_CREATE": "true"}
+    async with running(env) as handle:
+        with psycopg.connect(pg_env["POSTGRES_URI"], autocommit=True) as conn:
+            insert_row(conn, "ch", {"n": 1})
+            got = await wait_delivered(ably, 1)
+            triggers = conn.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'outbox'::regclass"
+            ).fetchone()
+        term = handle.term
+        assert term is not None and term.listener.stats.listening, "the trigger's NOTIFY is listened for"
+    assert [m["channel"] for m in got] == ["ch"]
+    assert triggers is not None and triggers[0] >= 1
+
+
+async def test_poll_fixed_rate_reads_on_the_interval_without_listening(
+    pg_env: dict[str, str], outbox: psycopg.Connection[Any], ably: Any
+) -> None:
+    async with running(pg_env, ADBC_POLL_FIXED_RATE="true", POLL_INTERVAL_MS="200") as handle:
+        insert_row(outbox, "ch", {"n": 1})
+        await wait_delivered(ably, 1)
+        term = handle.term
+        assert term is not None
+        assert not term.listener.stats.listening and term.listener.stats.notifications == 0
+        running_tasks = {t.get_name() for t in asyncio.all_tasks()}
+        assert "listener" not in running_tasks and "reader" in running_tasks

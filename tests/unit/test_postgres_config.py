@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from connector.config import load_settings
@@ -103,3 +105,87 @@ def test_an_alias_that_contradicts_our_variable_is_one_line() -> None:
 @pytest.mark.parametrize(("text", "seconds"), [("1s", 1.0), ("1m30s", 90.0), ("250ms", 0.25), ("2", 2.0)])
 def test_go_durations(text: str, seconds: float) -> None:
     assert parse_duration_s(text) == seconds
+
+
+# ---- every ADBC_* variable honoured or refused, never ignored (issue 22, point 4) ----
+
+
+def test_adbc_password_file_is_read_like_our_own_file_variables(tmp_path: Path) -> None:
+    secret = tmp_path / "pg-password"
+    secret.write_text("s3cr3t pass\n")
+    env = {
+        "ABLY_API_KEY": KEY,
+        "ADBC_POSTGRES_HOST": "db",
+        "ADBC_POSTGRES_USER": "app",
+        "ADBC_POSTGRES_PASSWORD_FILE": str(secret),
+    }
+    s = load_settings(env, env_file=None)
+    assert s.source == "postgres"
+    assert "password='s3cr3t pass'" in s.postgres_uri
+    assert "s3cr3t pass" in s.secrets()
+    assert "s3cr3t" not in repr(s)
+    missing = {**env, "ADBC_POSTGRES_PASSWORD_FILE": str(tmp_path / "nope")}
+    assert problems(missing)[0].startswith("ADBC_POSTGRES_PASSWORD_FILE: cannot read")
+    both = {**env, "ADBC_POSTGRES_PASSWORD": "x"}
+    either = (
+        "ADBC_POSTGRES_PASSWORD: set either ADBC_POSTGRES_PASSWORD or ADBC_POSTGRES_PASSWORD_FILE, not both"
+    )
+    assert either in problems(both)
+
+
+def test_adbc_auto_create_fixed_rate_and_health_address_are_honoured() -> None:
+    s = load_settings(
+        {
+            **BASE,
+            "ADBC_OUTBOX_TABLE_AUTO_CREATE": "true",
+            "ADBC_NODES_TABLE_AUTO_CREATE": "true",
+            "ADBC_POLL_FIXED_RATE": "true",
+            "ADBC_HEALTH_ADDRESS": "0.0.0.0:9090",
+        },
+        env_file=None,
+    )
+    assert (s.outbox_table_auto_create, s.nodes_table_auto_create, s.poll_fixed_rate) == (True, True, True)
+    assert s.http_port == 9090
+    defaults = load_settings(BASE, env_file=None)
+    assert (defaults.outbox_table_auto_create, defaults.nodes_table_auto_create) == (False, False)
+    assert load_settings({**BASE, "ADBC_HEALTH_ADDRESS": ":8181"}, env_file=None).http_port == 8181
+    assert problems({**BASE, "ADBC_HEALTH_ADDRESS": "localhost"}) == [
+        "ADBC_HEALTH_ADDRESS: must be [host]:port or a port (got 'localhost')"
+    ]
+    assert problems({**BASE, "ADBC_POLL_FIXED_RATE": "sometimes"}) == [
+        "POLL_FIXED_RATE: must be true or false (got 'sometimes')"
+    ]
+
+
+def test_an_adbc_variable_ably_does_not_have_is_refused_with_the_closest_name() -> None:
+    assert problems({**BASE, "ADBC_POLL_INTERVALL": "1s", "ADBC_SOMETHING": "x"}) == [
+        "ADBC_POLL_INTERVALL: not a setting of Ably's Postgres connector (did you mean ADBC_POLL_INTERVAL?)",
+        "ADBC_SOMETHING: not a setting of Ably's Postgres connector",
+    ]
+
+
+def test_adbc_postgres_settings_beside_mongodb_ones_need_source_to_say_which() -> None:
+    env = {"ABLY_API_KEY": KEY, "ADBC_POSTGRES_HOST": "db", "MONGODB_DATABASE": "shop", "PIPELINE": "[]"}
+    assert problems(env) == [
+        "SOURCE: both Ably's Postgres settings (ADBC_POSTGRES_HOST) and MongoDB settings (MONGODB_DATABASE) "
+        "are set: set SOURCE=postgres or SOURCE=mongodb"
+    ]
+    assert load_settings({**env, "SOURCE": "mongodb"}, env_file=None).source == "mongodb"
+    assert load_settings({**env, "SOURCE": "postgres"}, env_file=None).source == "postgres"
+
+
+def test_a_misspelt_variable_of_ours_is_named_with_the_closest_one() -> None:
+    env = {
+        "ABLY_API_KEY": KEY,
+        "MONGODB_DATABASE": "shop",
+        "PIPELINE": "[]",
+        "MONGODB_COLECTION": "orders",
+        "PUBLISH_BATCHSIZE": "10",
+        "LOG_DIR": "/var/log",
+        "PATH": "/usr/bin",
+        "MONGODB_URI_FILE": "",
+    }
+    assert load_settings(env, env_file=None).warnings == [
+        "MONGODB_COLECTION is not a setting (ignored); did you mean MONGODB_COLLECTION?",
+        "PUBLISH_BATCHSIZE is not a setting (ignored); did you mean PUBLISH_BATCH_SIZE?",
+    ]

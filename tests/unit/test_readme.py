@@ -122,3 +122,19 @@ def test_the_postgres_figures_are_those_of_the_committed_result_the_readme_names
         f"{gaps['committed later']['p50_ms']:.1f} ms after that commit "
         f"(p50; max {gaps['committed later']['max_ms']:.0f} ms)"
     ) in text
+
+
+SETTING_ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)`(?: / `([A-Z][A-Z0-9_]+)`)? \| ", re.MULTILINE)
+
+
+def test_every_setting_is_in_a_readme_table_and_every_row_is_a_setting() -> None:
+    """Adding a setting without documenting it (or documenting one that does not exist) fails here."""
+    from connector.config import Settings
+    from connector.sources.registry import SETTINGS_PARTS
+
+    documented = {name for row in SETTING_ROW.findall(README.read_text()) for name in row if name}
+    settings = {name.upper() for name in Settings.model_fields}
+    aliases = set().union(*(part.ALIASES for part in SETTINGS_PARTS.values()))
+    assert sorted(settings - documented) == [], "settings missing from the README's tables"
+    metric_or_code = {name for name in documented if name.startswith("LIVESYNC_")}
+    assert sorted(documented - settings - aliases - metric_or_code) == [], "README rows naming no setting"

@@ -51,6 +51,8 @@ class MongoSettings(SourceSelection):
     OWN_FILE_FIELDS: ClassVar[frozenset[str]] = frozenset({"pipeline"})
     #: Settings holding a secret, and how to show them masked.
     MASKS: ClassVar[Mapping[str, Callable[[str], str]]] = {"mongodb_uri": mask_uri}
+    #: Other names this source reads (none).
+    ALIASES: ClassVar[frozenset[str]] = frozenset()
 
     mongodb_uri: str = Field(default="mongodb://localhost:27017", repr=False)
     mongodb_database: str = Field(default="", validate_default=True)

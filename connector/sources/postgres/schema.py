@@ -151,19 +151,33 @@ async def ensure_connector_objects(conn: Connection, names: OutboxNames, say: Sa
         say(f"installed function {names.sync_function.text}() (the sync() watermark)")
 
 
+async def create_missing_tables(
+    conn: Connection, names: OutboxNames, *, outbox: bool, nodes: bool, say: Say
+) -> None:
+    """OUTBOX_TABLE_AUTO_CREATE / NODES_TABLE_AUTO_CREATE: Ably's tables (the outbox with its notify
+    trigger) when missing, at start-up."""
+    with mapped_errors("creating Ably's outbox tables"):
+        if nodes and not await exists(conn, names.nodes):
+            await _create_table(conn, names.nodes, _nodes_ddl(names), say)
+        if outbox and not await exists(conn, names.outbox):
+            await _create_outbox(conn, names, say)
+
+
+async def _create_outbox(conn: Connection, names: OutboxNames, say: Say) -> None:
+    await _create_table(conn, names.outbox, _outbox_ddl(names), say)
+    triggers = await notify_triggers(conn, names)
+    if triggers:
+        say(f"trigger {', '.join(triggers)} on {names.outbox.text} already notifies {NOTIFY_CHANNEL!r}")
+    else:
+        await conn.execute(_notify_function_ddl(names))
+        await conn.execute(_trigger_ddl(names))
+        function = names.notify_function.text
+        say(f"created function {function}() and its AFTER INSERT trigger on {names.outbox.text}")
+
+
 async def create_tables(conn: Connection, names: OutboxNames, say: Say) -> None:
     """Ably's tables, function and trigger when missing, then the connector's own objects."""
     with mapped_errors("creating Ably's outbox tables"):
         await _create_table(conn, names.nodes, _nodes_ddl(names), say)
-        await _create_table(conn, names.outbox, _outbox_ddl(names), say)
-        triggers = await notify_triggers(conn, names)
-        if triggers:
-            say(f"trigger {', '.join(triggers)} on {names.outbox.text} already notifies {NOTIFY_CHANNEL!r}")
-        else:
-            await conn.execute(_notify_function_ddl(names))
-            await conn.execute(_trigger_ddl(names))
-            say(
-                f"created function {names.notify_function.text}() and its AFTER INSERT trigger "
-                f"on {names.outbox.text}"
-            )
+        await _create_outbox(conn, names, say)
     await ensure_connector_objects(conn, names, say)

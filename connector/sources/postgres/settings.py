@@ -15,6 +15,7 @@ from urllib.parse import unquote
 from pydantic import Field, field_validator, model_validator
 
 from connector.shared_settings import SourceSelection, mask_uri, uri_password
+from connector.sources.postgres.adbc import KNOWN as ADBC_VARIABLES
 from connector.sources.postgres.adbc import apply_adbc_aliases
 from connector.sources.postgres.names import parse_table_name
 
@@ -51,6 +52,8 @@ class PostgresSettings(SourceSelection):
     EMPTY_IS_A_VALUE: ClassVar[frozenset[str]] = frozenset()
     OWN_FILE_FIELDS: ClassVar[frozenset[str]] = frozenset()
     MASKS: ClassVar[Mapping[str, Callable[[str], str]]] = {"postgres_uri": mask_conninfo}
+    #: Other names this source reads: Ably's Postgres connector's variables.
+    ALIASES: ClassVar[frozenset[str]] = ADBC_VARIABLES
 
     postgres_uri: str = Field(default="", repr=False, validate_default=True)
     outbox_table: str = "public.outbox"
@@ -58,6 +61,11 @@ class PostgresSettings(SourceSelection):
     poll_interval_ms: int = Field(default=1000, gt=0)
     gap_timeout_ms: int = Field(default=GAP_TIMEOUT_MS_DEFAULT, gt=0)
     outbox_batch_size: int = Field(default=1000, gt=0)
+    #: Create Ably's tables at start-up when missing (as `create-tables` does), like Ably's connector.
+    outbox_table_auto_create: bool = False
+    nodes_table_auto_create: bool = False
+    #: Poll every POLL_INTERVAL_MS only, without LISTEN (Ably's ADBC_POLL_FIXED_RATE).
+    poll_fixed_rate: bool = False
 
     @field_validator("postgres_uri")
     @classmethod

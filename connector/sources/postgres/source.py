@@ -30,7 +30,7 @@ from connector.sources.postgres.listener import NotifyListener
 from connector.sources.postgres.names import OutboxNames
 from connector.sources.postgres.outbox import OutboxReader
 from connector.sources.postgres.overflow_store import PostgresSpillStore
-from connector.sources.postgres.schema import ensure_connector_objects
+from connector.sources.postgres.schema import create_missing_tables, ensure_connector_objects
 from connector.sources.postgres.store import OutboxStore, load_start
 from connector.sources.protocol import Counter, TermContext
 
@@ -68,6 +68,13 @@ class PostgresSource:
                 delay = min(STARTUP_BACKOFF_MAX_S, delay * 2)
                 continue
             try:
+                await create_missing_tables(
+                    conn,
+                    self.names,
+                    outbox=self.settings.outbox_table_auto_create,
+                    nodes=self.settings.nodes_table_auto_create,
+                    say=lambda line: log.info("%s", line),
+                )
                 problems = await schema_problems(conn, self.names)
                 if problems:
                     raise SchemaError("; ".join(problems))
@@ -144,11 +151,10 @@ class PostgresTerm:
 
     def tasks(self, stop: asyncio.Event) -> dict[str, Coroutine[Any, Any, None]]:
         assert self.reader is not None and self.store is not None, "open() first"
-        return {
-            "reader": self.reader.run(stop),
-            "writer": self.store.run(stop),
-            "listener": self.listener.run(),
-        }
+        tasks = {"reader": self.reader.run(stop), "writer": self.store.run(stop)}
+        if not self._settings.poll_fixed_rate:  # else only the poll interval wakes the reader
+            tasks["listener"] = self.listener.run()
+        return tasks
 
     async def store_position(self) -> None:
         if self.store is None:
