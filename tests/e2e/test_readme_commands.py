@@ -69,6 +69,7 @@ CLASSIFIED: dict[str, Kind] = {
     "make clients": "make",
     "make unit": "make",
     "make bench": "make",
+    "make lock": "make",
     "docker compose up -d mongo": "compose",
     'MONGODB_TEST_URI="mongodb://localhost:27017/?replicaSet=rs0" make test': "make",
 }
@@ -153,9 +154,10 @@ def check_postgres(command: str) -> None:
     variables = [word.split("=", 1)[0] for word in words if "=" in word and word.split("=", 1)[0].isupper()]
     program_at = len(variables)
     assert words[program_at] == "livesync-connector"
-    settings = (ROOT / "connector" / "config.py").read_text()
+    from connector.config import Settings
+
     for name in variables:
-        assert name.lower() in settings, f"{name} is not a setting"
+        assert name.lower() in Settings.model_fields, f"{name} is not a setting"
     subcommand = words[program_at + 1 :]
     result = subprocess.run(
         [str(CONNECTOR), *subcommand, "--help"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
