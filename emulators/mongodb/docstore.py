@@ -245,12 +245,16 @@ def duplicate_key(col: Any, ns: str, doc: dict[str, Any], own_id: Any) -> Comman
             continue
         fields = [path for path, _ in spec["key"]]
         value = _key_value(doc, fields)
-        for other in col.find(value, {"_id": 1}):
-            if other["_id"] != own_id:
-                shown = ", ".join(f"{k}: {v!r}" for k, v in value.items())
-                return CommandError(
-                    11000,
-                    f"E11000 duplicate key error collection: {ns} index: {name} dup key: {{ {shown} }}",
-                    extra={"keyPattern": dict(spec["key"]), "keyValue": value},
-                )
+        if name == "_id_":
+            # A lookup, as mongod's index does: a find would scan the collection once per duplicate.
+            clash = store_key(value["_id"]) in col._store and value["_id"] != own_id
+        else:
+            clash = any(other["_id"] != own_id for other in col.find(value, {"_id": 1}))
+        if clash:
+            shown = ", ".join(f"{k}: {v!r}" for k, v in value.items())
+            return CommandError(
+                11000,
+                f"E11000 duplicate key error collection: {ns} index: {name} dup key: {{ {shown} }}",
+                extra={"keyPattern": dict(spec["key"]), "keyValue": value},
+            )
     return CommandError(11000, f"E11000 duplicate key error collection: {ns}")
