@@ -13,8 +13,11 @@ from tests.integration.harness import connector, until, wait_delivered
 
 pytestmark = pytest.mark.integration
 
-RATE = 100  # messages/s per channel, on the emulator and in the connector
-HOT = 1500  # 15 s of the hot channel's budget: far more than the in-flight ledger holds
+# Messages/s per channel, on the emulator and in the connector: low enough that even a loaded machine
+# exceeds it (while paced, a channel has one request in flight with one message, so its pace is also
+# bounded by round trips; a limit above that would never be reached, and nothing would spill).
+RATE = 25
+HOT = 400  # 16 s of the hot channel's budget: more than the in-flight ledger holds
 
 
 def busy_env(connector_env: dict[str, str], ably: Any, **settings: str) -> dict[str, str]:
@@ -75,12 +78,12 @@ async def test_spilled_backlog_survives_a_stop_and_is_drained_first_after_restar
 ) -> None:
     env = busy_env(connector_env, ably, CHANNEL_MAX_BACKLOG="50", MAX_IN_FLIGHT="200", SHUTDOWN_GRACE_S="0.5")
     async with connector(env) as running:
-        await db.orders.insert_many([{"_id": i, "ch": "hot", "seq": i} for i in range(800)])
-        await until(lambda: running.overflow.spilled >= 300, what="a spilled backlog")
+        await db.orders.insert_many([{"_id": i, "ch": "hot", "seq": i} for i in range(500)])
+        await until(lambda: running.overflow.spilled >= 200, what="a spilled backlog")
     left = await db.ably_overflow.count_documents({})
     assert left > 0, "stopped with a spilled backlog"
     async with connector(env):
-        await db.orders.insert_one({"_id": "new", "ch": "hot", "seq": 800})
-        msgs = await wait_delivered(ably, 801, channel="hot", timeout=60)
-    assert [m["event"]["fullDocument"]["seq"] for m in msgs] == list(range(801))
+        await db.orders.insert_one({"_id": "new", "ch": "hot", "seq": 500})
+        msgs = await wait_delivered(ably, 501, channel="hot", timeout=60)
+    assert [m["event"]["fullDocument"]["seq"] for m in msgs] == list(range(501))
     assert await db.ably_overflow.count_documents({}) == 0
