@@ -17,6 +17,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
+from demo.processes import child_env
 from emulators.ably import AblyEmulatorAdmin
 from emulators.postgres import PostgresServer, free_port
 
@@ -150,32 +152,36 @@ async def main() -> int:
     pg = PostgresServer()
     await asyncio.to_thread(lambda: pg.init().start())
     ably, connector = None, None
+    workdir = tempfile.TemporaryDirectory(prefix="livesync-demo-")
     try:
         dsn = pg.dsn("postgres")
         print(f"PostgreSQL {pg.version} ({pg.source}): {dsn}", flush=True)
         ably, ably_url = await start_ably()
         print(f"Ably emulator: {ably_url}", flush=True)
         port = free_port()
-        env = {
-            **os.environ,
-            "SOURCE": "postgres",
-            "POSTGRES_URI": dsn,
-            "ABLY_API_KEY": API_KEY,
-            "ABLY_REST_URL": ably_url,
-            "HTTP_PORT": str(port),
-            "LOG_FORMAT": "text",
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING"),
-            "CHECKPOINT_INTERVAL_MS": "200",
-        }
+        # The same run for everyone: only the demo's settings (and DEMO_LOG_LEVEL) reach the connector,
+        # whatever the shell exports, and it runs in an empty directory, so no `.env` is read either.
+        env = child_env(
+            {
+                "SOURCE": "postgres",
+                "POSTGRES_URI": dsn,
+                "ABLY_API_KEY": API_KEY,
+                "ABLY_REST_URL": ably_url,
+                "HTTP_PORT": str(port),
+                "LOG_FORMAT": "text",
+                "LOG_LEVEL": os.environ.get("DEMO_LOG_LEVEL", "WARNING"),
+                "CHECKPOINT_INTERVAL_MS": "200",
+            }
+        )
         create = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "connector", "create-tables", env=env, cwd=ROOT
+            sys.executable, "-m", "connector", "create-tables", env=env, cwd=workdir.name
         )
         if await create.wait() != 0:
             raise RuntimeError("create-tables failed")
         # Children in sessions of their own: a terminal's Ctrl-C reaches only the demo, which stops
         # them in order (the connector first, so it drains and stores its position).
         connector = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "connector", "run", env=env, cwd=ROOT, start_new_session=True
+            sys.executable, "-m", "connector", "run", env=env, cwd=workdir.name, start_new_session=True
         )
         await wait_ready(port, connector)
         print("connector leading: writing comments (Ctrl-C stops)\n", flush=True)
@@ -190,6 +196,7 @@ async def main() -> int:
         for proc in (connector, ably):
             if proc is not None:
                 await stop(proc)
+        workdir.cleanup()
         await asyncio.to_thread(pg.cleanup)
 
 

@@ -17,7 +17,17 @@ def test_demo_shows_outbox_rows_reaching_their_channels_and_stops_cleanly() -> N
     done = subprocess.run(
         [sys.executable, "-m", "demo.postgres"],
         cwd=ROOT,
-        env={**os.environ, "DEMO_SECONDS": str(DEMO_SECONDS)},
+        # A user's shell with connector settings exported: the demo runs the same (only DEMO_* count).
+        env={
+            **os.environ,
+            "DEMO_SECONDS": str(DEMO_SECONDS),
+            "SOURCE": "mongodb",
+            "PIPELINE": "not json",
+            "POSTGRES_URI": "postgresql://nobody@127.0.0.1:1/none",
+            "OUTBOX_TABLE": "elsewhere.outbox",
+            "LOG_LEVEL": "LOUD",
+            "HTTP_PORT": "1",
+        },
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
