@@ -64,7 +64,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "livesync_in_flight_capacity": ("gauge", "Ledger capacity (the backpressure bound)"),
     "livesync_stream_open": ("gauge", "1 while the change stream is open"),
     "livesync_ready": ("gauge", "1 while /readyz answers 200"),
-    "livesync_lag_seconds": ("gauge", "Read time minus commit (cluster) time of the newest event read"),
+    "livesync_lag_seconds": (
+        "gauge",
+        "While changes wait for Ably, seconds since the newest one read was committed; 0 when none waits",
+    ),
     "livesync_checkpoint_cluster_time_seconds": ("gauge", "Cluster time of the stored position (unix s)"),
     "livesync_checkpoint_age_seconds": ("gauge", "Now minus the cluster time of the stored position"),
     "livesync_leader": ("gauge", "1 while this instance holds the lease and publishes, 0 on a standby"),

@@ -249,6 +249,7 @@ class Runtime:
                 spilling_channels=0,
                 channel_backlog={},
                 in_flight_events=0,
+                lag_seconds=0.0,
             )
         values.update(self.source.values())
         ready, _ = self.readiness()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -180,10 +181,19 @@ class Term:
     def throttled_seconds(self) -> float:
         return self.publisher.pacer.throttled_seconds()
 
+    def lag_seconds(self) -> float:
+        """While changes wait (read, not yet acknowledged), seconds since the newest one read was committed;
+        0 when nothing waits: an idle stream raises no false alarm, and a stalled one rises."""
+        newest = self.publisher.newest_committed_at
+        if self.ledger.is_idle() or not newest:
+            return 0.0
+        return max(0.0, time.time() - newest)
+
     def gauges(self) -> Mapping[str, Any]:
         overflow = self.source.overflow
         return {
             **self.source.gauges(),
+            "lag_seconds": self.lag_seconds(),
             "throttled_channels": len(self.publisher.pacer.stats.throttled_now),
             "spilling_channels": len(overflow.spilling) if overflow else 0,
             "channel_backlog": dict(self.publisher.backlogs(TOP_BACKLOGS)),

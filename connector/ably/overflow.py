@@ -112,6 +112,8 @@ class Overflow:
     def route(self, out: list[OutboundMessage]) -> list[OutboundMessage]:
         """Split routed messages: the ones to publish now are returned, the rest wait for `flush()`."""
         keep: list[OutboundMessage] = []
+        if out:
+            self._publisher.note_read(out[-1].committed_at)
         throttled = self._publisher.pacer.stats.throttled_now
         for msg in out:
             channel = msg.channel

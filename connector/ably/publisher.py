@@ -139,6 +139,7 @@ class Publisher:
         self.pacer = ChannelPacer(channel_rate)
         # Commit → acknowledgement, observed per accepted message (the runtime's, for the whole process).
         self.latency = latency or LatencyHistogram()
+        self.newest_committed_at = 0.0  # unix seconds; see note_read
         # Messages per channel in one request: one when channels are rate-limited (order under partial
         # failure), else as many as the batch holds.
         self._per_channel = 1 if self.pacer.enabled else max_batch_messages
@@ -163,6 +164,11 @@ class Publisher:
 
     # -- producer side ----------------------------------------------------------------------------------
 
+    def note_read(self, committed_at: float) -> None:
+        """The commit time of the newest change routed (what `lag_seconds` measures from)."""
+        if committed_at > self.newest_committed_at:
+            self.newest_committed_at = committed_at
+
     def submit(self, msg: OutboundMessage) -> None:
         """Queue a message (non-blocking). The caller has already reserved `msg.seq` in the ledger."""
         self.submit_many((msg,))
@@ -173,6 +179,7 @@ class Publisher:
             raise RuntimeError("publisher is closed")
         if not msgs:
             return
+        self.note_read(msgs[-1].committed_at)
         queues, ready, busy = self._queues, self._ready, self._busy
         for msg in msgs:
             channel = msg.channel

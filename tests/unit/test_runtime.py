@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
@@ -54,6 +55,7 @@ class FakeSource:
         self.terms: list[FakeTerm] = []
         self.open_failures = 0  # term opens that fail with StreamError first
         self.reader_error: Callable[[], BaseException] | None = None
+        self.committed_at = time.time()  # the changes' commit time (unix seconds)
 
     async def open(self, stop: asyncio.Event) -> bool:
         self.log.append("source opened")
@@ -92,6 +94,7 @@ class FakeTerm:
         base = 1000 * len(self.source.terms)
         for i in range(self.source.events):
             msg = make_message(base + i, "ch")
+            msg.committed_at = self.source.committed_at
             self.ctx.ledger.add(msg.seq, msg.token)
             self.ctx.publisher.submit(msg)
             self.read += 1
@@ -306,4 +309,22 @@ async def test_counters_are_summed_over_terms_and_exist_before_the_first(rig: Ri
     assert snapshot["events_read"] == 10 and snapshot["messages_published"] == 10
     assert snapshot["by_reason"] == {"x": 10}
     assert snapshot["leader_changes"] == 2 and snapshot["fake_terms"] == 2
+    assert await rig.stop() == 0
+
+
+async def test_lag_rises_while_changes_wait_and_is_zero_when_none_does(rig: Rig) -> None:
+    rig.source.committed_at = time.time() - 5  # committed 5 s before they were read
+    rig.fake.gate = asyncio.Event()  # Ably holds every publish: the changes wait
+    assert rig.runtime.snapshot()["lag_seconds"] == 0, "nothing read: no lag"
+    rig.start()
+    await until(lambda: leading(rig) and rig.fake.started.is_set(), what="changes waiting")
+    first = rig.runtime.snapshot()["lag_seconds"]
+    await asyncio.sleep(0.3)
+    second = rig.runtime.snapshot()["lag_seconds"]
+    assert 5 <= first < second, "a stalled stream's lag rises"
+    rig.fake.gate.set()
+    await until(lambda: len(rig.delivered()) == 5, what="the acknowledgements")
+    assert rig.runtime.snapshot()["lag_seconds"] == 0, "an idle stream raises no alarm"
+    latency = rig.runtime.snapshot()["publish_latency_seconds"]
+    assert latency["buckets"][-1] == ("+Inf", 5.0) and latency["sum"] >= 25
     assert await rig.stop() == 0

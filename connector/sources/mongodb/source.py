@@ -14,7 +14,7 @@ import logging
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from bson import Timestamp, json_util
+from bson import json_util
 
 from connector.ably.outbound import OutboundMessage
 from connector.ably.overflow import Overflow
@@ -186,11 +186,6 @@ class MongoTerm:
         stored = self.checkpointer.last_stored_cluster_time
         return {
             "stream_open": int(r.stream_open),
-            "lag_seconds": (
-                r.last_event_read_at - r.last_event_cluster_time.time
-                if isinstance(r.last_event_cluster_time, Timestamp) and r.last_event_read_at
-                else None
-            ),
             "checkpoint_cluster_time_seconds": stored.time if stored else None,
         }
 
