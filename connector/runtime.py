@@ -206,28 +206,23 @@ class Runtime:
         role = self.leadership.role
         term = self._live_term()
         problems: list[str] = []
+        details: dict[str, Any] = {
+            "role": role,
+            "problems": problems,
+            "instance": self.leadership.owner,
+            "epoch": self.leadership.epoch,
+        }
         if role == "standby" or term is None:
             if not self.leadership.store_reachable:
                 problems.append(f"cannot reach {self.source.database} to poll the lease")
             elif not self.leadership.polled:
                 problems.append("starting: the lease not polled yet")
-            return not problems, {
-                "role": role,
-                "problems": problems,
-                "instance": self.leadership.owner,
-                "epoch": self.leadership.epoch,
-            }
+            return not problems, details
         problems.extend(term.source.problems())
         if not self.ably.answering:
             problems.append("Ably not answering")
-        return not problems, {
-            "role": role,
-            "problems": problems,
-            "in_flight": term.ledger.pending,
-            "instance": self.leadership.owner,
-            "epoch": self.leadership.epoch,
-            **term.source.details(),
-        }
+        details.update(in_flight=term.ledger.pending, **term.source.details())
+        return not problems, details
 
     def labels(self) -> dict[str, str]:
         """Constant labels of the info metric: which instance of which connector this is."""

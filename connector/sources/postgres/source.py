@@ -122,16 +122,19 @@ class PostgresTerm:
             self._read_conn,
             self._names,
             start=start,
+            # where rows go
             ledger=ctx.ledger,
             publisher=ctx.publisher,
-            unpublishable=self.unpublishable,
+            overflow=self.overflow,
+            # when to read
             wake=self.wake,
-            max_message_size=settings.max_message_size,
-            on_oversize=settings.on_oversize,
-            batch_size=settings.outbox_batch_size,
             poll_interval_s=settings.poll_interval_ms / 1000,
             gap_timeout_s=settings.gap_timeout_ms / 1000,
-            overflow=self.overflow,
+            batch_size=settings.outbox_batch_size,
+            # what cannot be published as it is
+            unpublishable=self.unpublishable,
+            max_message_size=settings.max_message_size,
+            on_oversize=settings.on_oversize,
         )
         self.store = OutboxStore(
             self._store_conn,
