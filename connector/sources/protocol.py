@@ -6,7 +6,8 @@ A source is a package under `connector/sources/` (today `mongodb` and `postgres`
     connector/sources/<name>/
       settings.py   its settings, a mixin of the one `Settings` (connector/config.py)
       source.py     a `Source` and its `SourceTerm` (below)
-      check.py      `check`, and the source's own CLI commands (`create-tables`, `token ...`)
+      check.py      `check` (and commands.py or check.py: the source's own commands, `token ...`,
+                    `create-tables`, listed in the registry)
 
 The runtime owns everything the sources share: the health server and metrics, the leadership loop
 (`connector/leadership.py`) over the source's `LeaseStore`, and one `Term` per leadership
