@@ -94,16 +94,36 @@ def _known_variables() -> frozenset[str]:
     return frozenset(names)
 
 
+#: Variables of the tools a connector is deployed beside (the official postgres and mongo images read
+#: them from the same env files): never a misspelling of ours.
+_NEIGHBOURS_VARIABLES = frozenset(
+    {
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+        "POSTGRES_DB",
+        "POSTGRES_INITDB_ARGS",
+        "POSTGRES_INITDB_WALDIR",
+        "POSTGRES_HOST_AUTH_METHOD",
+        "MONGO_INITDB_ROOT_USERNAME",
+        "MONGO_INITDB_ROOT_PASSWORD",
+        "MONGO_INITDB_DATABASE",
+    }
+)
+
+
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """One warning per variable that looks like one of ours but is not (`MONGODB_COLECTION`): it shares
     a first word with a known variable and is close to one. Other processes' variables are not named."""
     known = _known_variables()
-    prefixes = {name.split("_", 1)[0] for name in known}
+    by_prefix: dict[str, list[str]] = {}
+    for name in sorted(known):
+        by_prefix.setdefault(name.split("_", 1)[0], []).append(name)
     warnings = []
     for var in sorted(env):
-        if var in known or var.split("_", 1)[0] not in prefixes:
+        if var in known or var in _NEIGHBOURS_VARIABLES:
             continue
-        close = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.85)
+        # Only names with the same first word: `POSTGRES_USER` is no misspelling of `ADBC_POSTGRES_USER`.
+        close = difflib.get_close_matches(var, by_prefix.get(var.split("_", 1)[0], []), n=1, cutoff=0.85)
         if close:
             warnings.append(f"{var} is not a setting (ignored); did you mean {close[0]}?")
     return warnings

@@ -184,8 +184,13 @@ def test_a_misspelt_variable_of_ours_is_named_with_the_closest_one() -> None:
         "LOG_DIR": "/var/log",
         "PATH": "/usr/bin",
         "MONGODB_URI_FILE": "",
+        # The official postgres image's variables, often in the same env file: not ours, not misspelt.
+        "POSTGRES_USER": "app",
+        "POSTGRES_PASSWORD": "secret",
+        "POSTGRES_URL": "postgres://db/app",
     }
     assert load_settings(env, env_file=None).warnings == [
         "MONGODB_COLECTION is not a setting (ignored); did you mean MONGODB_COLLECTION?",
+        "POSTGRES_URL is not a setting (ignored); did you mean POSTGRES_URI?",
         "PUBLISH_BATCHSIZE is not a setting (ignored); did you mean PUBLISH_BATCH_SIZE?",
     ]
