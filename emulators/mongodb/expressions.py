@@ -20,6 +20,8 @@ from mongomock import filtering as mm_filtering
 
 from .bsonvalues import UNDEFINED, RawValue, bson_size, compare
 from .errors import CommandError
+from .hashing import hash64
+from .numeric_ops import op_abs, op_mod, op_to_long
 
 
 class _Remove:
@@ -307,6 +309,25 @@ def _op_add(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
     return total
 
 
+def _op_to_hashed_index_key(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    """`$toHashedIndexKey`: the hashed-index hash of any value as a long; missing hashes as null."""
+    args = _arg_list(spec)
+    if len(args) != 1:
+        raise CommandError(
+            16020, f"Expression $toHashedIndexKey takes exactly 1 arguments. {len(args)} were passed in."
+        )
+    return hash64(_null(evaluate(args[0], doc, variables)))
+
+
+def _numeric(op: Callable[[list[Any], Any], Any]) -> Callable[[Any, Any, dict[str, Any]], Any]:
+    """An operator of numeric_ops, given its evaluated arguments (missing as null)."""
+
+    def run(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+        return op([_null(evaluate(item, doc, variables)) for item in _arg_list(spec)], bson_type_name)
+
+    return run
+
+
 _SPECIAL: dict[str, Callable[[Any, Any, dict[str, Any]], Any]] = {
     "$getField": _op_get_field,
     "$setField": _op_set_field,
@@ -326,6 +347,10 @@ _SPECIAL: dict[str, Callable[[Any, Any, dict[str, Any]], Any]] = {
     "$literal": lambda spec, doc, v: spec,
     "$add": _op_add,
     "$bsonSize": _op_bson_size,
+    "$toHashedIndexKey": _op_to_hashed_index_key,
+    "$abs": _numeric(op_abs),
+    "$mod": _numeric(op_mod),
+    "$toLong": _numeric(op_to_long),
 }
 
 _COMPARISONS: dict[str, Callable[[list[Any]], Any]] = {
