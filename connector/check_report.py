@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from connector.ably.cipher import cipher_from
 from connector.ably.client import ably_from
 from connector.config import Settings
 from connector.errors import AblyError
@@ -36,8 +37,20 @@ class Report:
         return 0 if not self.failed else 1
 
 
+def check_cipher(settings: Settings, report: Report) -> None:
+    """Which channels are encrypted, with what (never the key: configuration already validated it)."""
+    cipher = cipher_from(settings)
+    if cipher is None:
+        report.ok("channel encryption off (no CHANNEL_CIPHER_KEY or CHANNEL_CIPHER_KEYS)")
+        return
+    for line in cipher.describe():
+        report.ok(f"channel encryption: {line}")
+
+
 async def check_ably(settings: Settings, report: Report) -> None:
-    """The key is accepted (an authenticated read; nothing is published)."""
+    """The channel encryption in use, and the key is accepted (an authenticated read; nothing is
+    published)."""
+    check_cipher(settings, report)
     client = ably_from(settings)
     try:
         await client.check_credentials()

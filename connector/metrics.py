@@ -53,6 +53,10 @@ METRICS: dict[str, tuple[str, str]] = {
         "counter",
         "Changes over MAX_MESSAGE_SIZE published without their document bodies (ON_OVERSIZE=truncate)",
     ),
+    "livesync_messages_encrypted": (
+        "counter",
+        "Messages whose data was encrypted with a channel key (CHANNEL_CIPHER_KEY, CHANNEL_CIPHER_KEYS)",
+    ),
     "livesync_events_reassembled": ("counter", "Change events over 16 MiB reassembled from split fragments"),
     "livesync_lossy_decodes": ("counter", "Events with invalid UTF-8 replaced by U+FFFD when decoded"),
     "livesync_undecodable_events": ("counter", "Events that could not be decoded at all (dead-lettered)"),

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
+import orjson
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 
+from connector.ably.cipher import decode_key, parse_key_map
 from connector.ably.oversize import OnOversize
 
 OnUnpublishable = Literal["deadletter", "skip", "fail"]
@@ -81,6 +83,13 @@ def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+class CipherKeys(NamedTuple):
+    """CHANNEL_CIPHER_KEY and CHANNEL_CIPHER_KEYS decoded (`connector.ably.cipher.cipher_from` uses them)."""
+
+    default: bytes | None
+    prefixes: dict[str, bytes]
+
+
 class SourceSelection(BaseModel):
     """First of every part: the sources' validators look at it."""
 
@@ -113,6 +122,10 @@ class CommonSettings(SourceSelection):
     ably_request_timeout_s: float = Field(default=10.0, gt=0)
     lease_ttl_s: float = Field(default=10.0, ge=2)
     instance_id: str = ""
+    #: End-to-end encryption of `data` (connector/ably/cipher.py): base64 of a 16- or 32-byte AES key.
+    channel_cipher_key: SecretStr | None = None
+    #: A JSON object from channel prefix to base64 key; the longest matching prefix wins.
+    channel_cipher_keys: SecretStr | None = None
 
     #: Variables that look like ours but are not (a misspelt name), each with the closest known one.
     _warnings: list[str] = PrivateAttr(default_factory=list)
@@ -135,6 +148,47 @@ class CommonSettings(SourceSelection):
             # Never echo the value: it may be a real secret pasted in the wrong place.
             raise ValueError("must look like appId.keyId:secret")
         return value
+
+    @field_validator("channel_cipher_key")
+    @classmethod
+    def _check_cipher_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            decode_key(value.get_secret_value())  # the message never quotes the key
+        return value
+
+    @field_validator("channel_cipher_keys")
+    @classmethod
+    def _check_cipher_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_key_map(value.get_secret_value())
+        return value
+
+    def cipher_keys(self) -> CipherKeys:
+        default = self.channel_cipher_key
+        prefixes = self.channel_cipher_keys
+        return CipherKeys(
+            decode_key(default.get_secret_value()) if default is not None else None,
+            parse_key_map(prefixes.get_secret_value()) if prefixes is not None else {},
+        )
+
+    def cipher_secrets(self) -> list[str]:
+        """The keys as written (for the log filter): the default, the map's text and each key in it."""
+        out = []
+        if self.channel_cipher_key is not None:
+            out.append(self.channel_cipher_key.get_secret_value().strip())
+        if self.channel_cipher_keys is not None:
+            text = self.channel_cipher_keys.get_secret_value()
+            out.append(text)
+            out += [str(key).strip() for key in orjson.loads(text).values()]
+        return out
+
+    def cipher_redacted(self) -> dict[str, Any]:
+        """The cipher settings for the start-up log line: whether a key is set, which prefixes have one."""
+        keys = self.cipher_keys()
+        return {
+            "channel_cipher_key": "***" if keys.default is not None else None,
+            "channel_cipher_keys": {prefix: "***" for prefix in keys.prefixes} or None,
+        }
 
     @field_validator("ably_rest_url")
     @classmethod

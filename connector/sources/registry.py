@@ -82,6 +82,7 @@ class Settings(CommonSettings, MongoSettings, PostgresSettings, BaseSettings):
         """Values that must never appear in logs: register each with `connector.logs.register_secret`."""
         out = [self.ably_api_key.get_secret_value()]
         out.append(out[0].partition(":")[2])
+        out.extend(self.cipher_secrets())
         for part in SETTINGS_PARTS.values():
             out.extend(part.source_secrets(self))
         return [s for s in dict.fromkeys(out) if s]
@@ -93,6 +94,7 @@ class Settings(CommonSettings, MongoSettings, PostgresSettings, BaseSettings):
         for name, mask in masks.items():
             out[name] = mask(getattr(self, name))
         out["ably_api_key"] = self.ably_api_key.get_secret_value().partition(":")[0] + ":***"
+        out.update(self.cipher_redacted())
         for part in SETTINGS_PARTS.values():
             part.source_redacted(self, out)
         return out

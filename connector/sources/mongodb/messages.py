@@ -11,6 +11,10 @@ is `encode_fast` (a walk that hands only non-JSON BSON values to `bson.json_util
 shortcuts for ObjectId, Decimal128 and naive datetimes, then orjson), whose output parses to the same
 value as `bson.json_util.dumps` (`encode_reference`), the slow but authoritative encoder; a hypothesis
 test pins the two together.
+
+With a `ChannelCipher` whose key applies to the channel, `data` goes out encrypted
+(`json/utf-8/cipher+aes-256-cbc/base64`, connector/ably/cipher.py) and the size check counts the encrypted
+payload as Ably does (IV + padded ciphertext), so truncation is decided on what Ably will measure.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Rege
 from bson.binary import UuidRepresentation
 from bson.json_util import CANONICAL_JSON_OPTIONS, RELAXED_JSON_OPTIONS, JSONOptions
 
+from connector.ably.cipher import ChannelCipher, sealed_size
 from connector.ably.outbound import AblyMessage, OutboundMessage
 from connector.ably.oversize import OnOversize, oversize_error, truncated_headers
 from connector.ably.validation import channel_name_problem, headers_problem, message_size, quote
@@ -272,8 +277,11 @@ def make_router(
     encoder: Encoder | None = None,
     on_oversize: OnOversize = "truncate",
     stats: RouteStats | None = None,
+    cipher: ChannelCipher | None = None,
 ) -> Router:
-    """`to_message` with its settings bound, and each good channel name validated once."""
+    """`to_message` with its settings bound, and each good channel name validated once.
+
+    With `cipher`, a channel it has a key for gets its data encrypted; without one, no per-event work."""
     encode = encoder or ENCODERS[json_mode]
     good_channels: set[str] = set()
     counts = stats if stats is not None else RouteStats()
@@ -304,18 +312,26 @@ def make_router(
         raw_headers = event.get("_ablyMsgHeaders")
         headers = _headers(raw_headers) if raw_headers is not None else None
         extras = {"headers": headers} if headers else None
+        key = cipher.key_for(channel) if cipher is not None else None
         if OVERSIZE_FIELD in event:
-            data, extras, size = _compact(event, name, headers, encode, max_message_size, on_oversize, None)
+            data, extras, size = _compact(
+                event, name, headers, encode, max_message_size, on_oversize, None, key is not None
+            )
             counts.truncated += 1
         else:
             data = encode(event)
-            size = message_size(name, data, extras)
+            size = _size(name, data, extras, key is not None)
             if size > max_message_size:
                 data, extras, size = _compact(
-                    event, name, headers, encode, max_message_size, on_oversize, size
+                    event, name, headers, encode, max_message_size, on_oversize, size, key is not None
                 )
                 counts.truncated += 1
-        message: AblyMessage = {"id": token_data, "name": name, "data": data.decode(), "encoding": "json"}
+        message: AblyMessage
+        if key is None or cipher is None:
+            message = {"id": token_data, "name": name, "data": data.decode(), "encoding": "json"}
+        else:
+            sealed, encoding = cipher.seal_json(key, data)
+            message = {"id": token_data, "name": name, "data": sealed, "encoding": encoding}
         if extras is not None:
             message["extras"] = extras
         wall = event.get("wallTime")
@@ -329,6 +345,13 @@ def make_router(
     return route
 
 
+def _size(name: str, data: bytes, extras: Mapping[str, Any] | None, sealed: bool) -> int:
+    """The message's size as Ably counts it; `sealed`: its data will go out encrypted (IV + ciphertext)."""
+    if not sealed:
+        return message_size(name, data, extras)
+    return message_size(name, b"", extras) + sealed_size(len(data))
+
+
 def _compact(
     event: Mapping[str, Any],
     name: str,
@@ -337,11 +360,13 @@ def _compact(
     max_size: int,
     policy: OnOversize,
     full_size: int | None,
+    sealed: bool = False,
 ) -> tuple[bytes, dict[str, Any], int]:
     """The event without its document bodies, with the truncation headers (ON_OVERSIZE=truncate).
 
     The size reported is the full message's: `full_size` as the router measured it, or, when the server
-    already dropped the bodies, their size (measured by the appended stages) plus the rest."""
+    already dropped the bodies, their size (measured by the appended stages) plus the rest. `sealed`: the
+    data goes out encrypted, and sizes count it so."""
     if full_size is not None and policy != "truncate":
         raise oversize_error(full_size, max_size, policy)
     compact = {k: v for k, v in event.items() if k not in BODY_FIELDS and k != OVERSIZE_FIELD}
@@ -349,12 +374,12 @@ def _compact(
     size = full_size
     if size is None:
         dropped = event.get(OVERSIZE_FIELD)
-        size = message_size(name, data, {"headers": headers} if headers else None)
+        size = _size(name, data, {"headers": headers} if headers else None, sealed)
         size += int(dropped) if isinstance(dropped, int | float) else 0
     if policy != "truncate":
         raise oversize_error(size, max_size, policy)
     extras: dict[str, Any] = {"headers": truncated_headers(headers, size)}
-    compact_size = message_size(name, data, extras)
+    compact_size = _size(name, data, extras, sealed)
     if compact_size > max_size:
         raise oversize_error(size, max_size, policy, compact_size=compact_size)
     log.warning(
@@ -378,9 +403,14 @@ def to_message(
     max_message_size: int,
     encoder: Encoder | None = None,
     on_oversize: OnOversize = "truncate",
+    cipher: ChannelCipher | None = None,
 ) -> OutboundMessage:
     """Map one change event to an OutboundMessage or raise UnpublishableEvent / NoChannelError."""
     route = make_router(
-        json_mode=json_mode, max_message_size=max_message_size, encoder=encoder, on_oversize=on_oversize
+        json_mode=json_mode,
+        max_message_size=max_message_size,
+        encoder=encoder,
+        on_oversize=on_oversize,
+        cipher=cipher,
     )
     return route(seq, event)

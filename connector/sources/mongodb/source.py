@@ -16,6 +16,7 @@ from typing import Any
 
 from bson import json_util
 
+from connector.ably.cipher import cipher_from
 from connector.ably.outbound import OutboundMessage
 from connector.ably.overflow import Overflow
 from connector.config import Settings
@@ -46,12 +47,14 @@ class MongoSource:
         self.mongo = mongo or mongo_from(settings)
         # Events arrive decoded with the MongoDB client's CODEC_OPTIONS: the walk-free encoder applies.
         self.route_stats = RouteStats()
+        self.cipher = cipher_from(settings)
         self.route = make_router(
             json_mode=settings.json_mode,
             max_message_size=settings.max_message_size,
             encoder=encode_driver_event if settings.json_mode == "relaxed" else None,
             on_oversize=settings.on_oversize,
             stats=self.route_stats,
+            cipher=self.cipher,
         )
         self.stages = settings.pipeline_stages()
         self.pipeline_hash = pipeline_hash(self.stages)
@@ -85,6 +88,7 @@ class MongoSource:
             "events_skipped": self.unpublishable.skipped,
             "unpublishable_by_kind": dict(self.unpublishable.by_kind),
             "messages_truncated": self.route_stats.truncated,
+            "messages_encrypted": self.cipher.sealed if self.cipher else 0,
             "lossy_decodes": decode.STATS.lossy_events,
             "undecodable_events": decode.STATS.undecodable_events,
         }

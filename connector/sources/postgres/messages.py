@@ -15,6 +15,10 @@ without its payload by default (ON_OVERSIZE=truncate, `connector.ably.oversize`)
 name, its headers plus `x-livesync-truncated` and `x-livesync-original-size`. A row that can never be
 published (bad channel name, headers that are not a flat string map, too large even without its
 payload) raises `UnpublishableEvent`.
+
+With a `ChannelCipher` whose key applies to the row's channel, `data` goes out encrypted
+(`json/utf-8/cipher+aes-256-cbc/base64`, connector/ably/cipher.py); the size check counts the encrypted
+payload as Ably does (IV + padded ciphertext). A truncated row has no data, so nothing to encrypt.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from connector.ably.cipher import ChannelCipher, sealed_size
 from connector.ably.outbound import AblyMessage, OutboundMessage
 from connector.ably.oversize import OnOversize, oversize_error, truncated_headers
 from connector.ably.validation import channel_name_problem, headers_problem, message_size
@@ -77,19 +82,24 @@ def row_to_message(
     max_message_size: int,
     token: dict[str, Any],
     on_oversize: OnOversize = "truncate",
+    cipher: ChannelCipher | None = None,
 ) -> OutboundMessage:
-    """Map one row or raise UnpublishableEvent (NoChannelError for a bad channel name)."""
+    """Map one row or raise UnpublishableEvent (NoChannelError for a bad channel name); with `cipher`,
+    its data is encrypted when a key applies to the channel."""
     problem = channel_name_problem(row.channel)
     if problem:
         raise NoChannelError(problem)
     extras = {"headers": _headers(row)}
     message: AblyMessage = {"id": str(row.sequence_id), "name": row.name, "extras": extras}
     data = b""
+    key = cipher.key_for(row.channel) if cipher is not None and row.data is not None else None
     if row.data is not None:
         message["data"] = row.data
         message["encoding"] = "json"
         data = row.data.encode("utf-8")
     size = message_size(row.name, data, extras)
+    if key is not None:
+        size += sealed_size(len(data)) - len(data)
     if size > max_message_size:
         if on_oversize != "truncate":
             raise oversize_error(size, max_message_size, on_oversize)
@@ -106,6 +116,8 @@ def row_to_message(
             extra={"code": 72001, "channel": row.channel},
         )
         size = compact
+    elif key is not None and cipher is not None:
+        message["data"], message["encoding"] = cipher.seal_json(key, data)
     # The outbox holds no commit time: latency is measured from the read of the row.
     return OutboundMessage(
         seq=seq, channel=row.channel, message=message, size=size, token=token, committed_at=time.time()

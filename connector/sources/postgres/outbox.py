@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol
 
 from psycopg import sql
 
+from connector.ably.cipher import ChannelCipher
 from connector.ably.ledger import InFlightLedger
 from connector.ably.outbound import OutboundMessage
 from connector.ably.overflow import Overflow
@@ -99,8 +100,10 @@ class OutboxReader:
         gap_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
         overflow: Overflow | None = None,
+        cipher: ChannelCipher | None = None,
     ) -> None:
         self._overflow = overflow
+        self._cipher = cipher
         self._routed_upto = 0  # the highest sequence_id handed to the publisher or the overflow
         self._conn = conn
         self._ledger = ledger
@@ -313,7 +316,12 @@ class OutboxReader:
         seq = await self._entry(watermark, token)
         try:
             msg = row_to_message(
-                seq, row, max_message_size=self._max_message_size, token=token, on_oversize=self._on_oversize
+                seq,
+                row,
+                max_message_size=self._max_message_size,
+                token=token,
+                on_oversize=self._on_oversize,
+                cipher=self._cipher,
             )
         except UnpublishableEvent as exc:
             self.stats.unpublishable += 1

@@ -18,6 +18,7 @@ import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, Final
 
+from connector.ably.cipher import cipher_from
 from connector.ably.outbound import OutboundMessage
 from connector.ably.overflow import Overflow
 from connector.config import Settings
@@ -54,6 +55,8 @@ class PostgresSource:
         )
         #: The longest wait behind a gap in any finished term (the current term's is added at scrape).
         self.max_gap_wait_s = 0.0
+        #: CHANNEL_CIPHER_KEY(S): process-wide, so its count of encrypted messages spans terms.
+        self.cipher = cipher_from(settings)
 
     async def open(self, stop: asyncio.Event) -> bool:
         """Wait for PostgreSQL (as long as it takes), then check and complete the schema."""
@@ -88,7 +91,7 @@ class PostgresSource:
         return PostgresTerm(self, ctx)
 
     def values(self) -> Mapping[str, Any]:
-        return {}
+        return {"messages_encrypted": self.cipher.sealed if self.cipher else 0}
 
     async def close(self) -> None:
         """Nothing process-wide to close: each term closes its connections, the lease store its own."""
@@ -135,6 +138,7 @@ class PostgresTerm:
             unpublishable=self.unpublishable,
             max_message_size=settings.max_message_size,
             on_oversize=settings.on_oversize,
+            cipher=self._source.cipher,
         )
         self.store = OutboxStore(
             self._store_conn,
