@@ -170,9 +170,6 @@ def parse_options(spec: Any) -> tuple[Options, dict[str, Any]]:
         raise CommandError(2, f"unknown fullDocument mode: {opts.full_document!r}")
     if opts.before_change not in ("off", "whenAvailable", "required"):
         raise CommandError(2, f"unknown fullDocumentBeforeChange mode: {opts.before_change!r}")
-    starts = [k for k in ("resumeAfter", "startAfter", "startAtOperationTime") if k in spec]
-    if len(starts) > 1:
-        raise CommandError(40674, "Only one type of resume option is allowed, but multiple were found.")
     return opts, spec
 
 

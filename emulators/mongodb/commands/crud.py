@@ -18,7 +18,6 @@ from ..changestream import (
     DEFAULT_FIRST_BATCH,
     MAX_BATCH_BYTES,
     ChangeStreamCursor,
-    Scope,
     check_read_concern,
     parse_options,
     position_cursor,
@@ -26,9 +25,8 @@ from ..changestream import (
 )
 from ..engine import Connection, Engine, FindCursor, command
 from ..errors import CommandError
+from ..stream_namespaces import scope_for
 from .admin import MAX_BSON_OBJECT_SIZE
-
-INVALID_OPTIONS = 72
 
 
 def _coll_name(cmd: dict[str, Any]) -> str:
@@ -454,26 +452,9 @@ def _open_change_stream(
     if engine.config.standalone:
         raise CommandError(40573, "The $changeStream stage is only supported on replica sets")
     opts, spec = parse_options(pipeline[0]["$changeStream"])
+    scope = scope_for(db, target, spec)
     user = pipeline[1:]
     validate_pipeline(user, engine.config.version_tuple)
-    if spec.get("allChangesForCluster"):
-        if db != "admin" or target != 1:
-            raise CommandError(
-                INVALID_OPTIONS,
-                "A $changeStream with 'allChangesForCluster:true' may only be opened "
-                "on the 'admin' database, and with no collection name",
-            )
-        scope = Scope("cluster", db)
-    elif target == 1:
-        if db == "admin":
-            raise CommandError(
-                INVALID_OPTIONS, "$changeStream may not be opened on the internal admin database"
-            )
-        scope = Scope("db", db)
-    elif isinstance(target, str):
-        scope = Scope("coll", db, target)
-    else:
-        raise CommandError(73, f"Invalid aggregate target {target!r}")
     split = bool(user) and "$changeStreamSplitLargeEvent" in user[-1]
     cursor = ChangeStreamCursor(
         cursor_id=0,
