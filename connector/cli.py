@@ -1,7 +1,9 @@
-"""Command line: `livesync-connector [run|check|create-tables|token show|token reset --yes]`.
+"""Command line: `livesync-connector [run|check|create-tables|token show|token reset --yes|deadletter ...]`.
 
 Exit status: 0 success, 1 a fatal runtime error (one log line names it), 2 invalid configuration or
-usage (one line per bad variable, no traceback).
+usage (one line per bad variable, no traceback). `deadletter` adds 3: nothing selected (`show` of an
+unknown id, `replay` or `purge` whose selection is empty), and uses 1 also when some records still could
+not be replayed (connector/deadletter/commands.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 
 from connector import __version__
 from connector.config import Settings, load_settings
+from connector.deadletter import commands as deadletter_commands
 from connector.errors import ConfigError, PipelineError
 from connector.logs import configure_logging
 from connector.sources import registry
@@ -49,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_sub.add_parser("show", help="print the stored resume-token document")
     reset = token_sub.add_parser("reset", help="delete the stored resume token (next start uses START_AT)")
     reset.add_argument("--yes", action="store_true", help="confirm the deletion")
+    deadletter_commands.add_parser(sub)
     return parser
 
 
@@ -87,6 +91,8 @@ def _dispatch(settings: Settings, command: str, args: argparse.Namespace, whole_
     source = registry.entry(settings.source)
     if command == "run":
         return asyncio.run(_run(settings, freeze=whole_process))
+    if command == "deadletter" and source.deadletters is not None:
+        return asyncio.run(deadletter_commands.run_command(settings, args, source.deadletters, print))
     if command == "token":
         command = f"token {args.token_command}"
         if args.token_command == "reset" and not args.yes:

@@ -33,6 +33,7 @@ from connector.sources.postgres.settings import PostgresSettings
 
 if TYPE_CHECKING:
     from connector.check_report import Out
+    from connector.deadletter.store import DeadLetterStore
     from connector.sources.protocol import Source
 
 SettingsPart = type[MongoSettings] | type[PostgresSettings]
@@ -114,6 +115,8 @@ class SourceEntry:
     commands: Mapping[str, Command] = field(default_factory=dict)
     #: Why a command of another source does not apply here, when that deserves more than its name.
     refusals: Mapping[str, str] = field(default_factory=dict)
+    #: The source's dead-letter store, for `deadletter list | show | replay | purge`.
+    deadletters: Callable[[Settings], DeadLetterStore] | None = None
 
 
 def _build_mongodb(settings: Settings) -> Source:
@@ -158,17 +161,31 @@ async def _create_tables(settings: Settings, out: Out) -> int:
     return await run_create_tables(settings, out=out)
 
 
+def _mongodb_deadletters(settings: Settings) -> DeadLetterStore:
+    from connector.sources.mongodb.deadletter_store import MongoDeadLetterStore
+
+    return MongoDeadLetterStore(settings)
+
+
+def _postgres_deadletters(settings: Settings) -> DeadLetterStore:
+    from connector.sources.postgres.deadletter_store import PostgresDeadLetterStore
+
+    return PostgresDeadLetterStore(settings)
+
+
 SOURCES: dict[str, SourceEntry] = {
     "mongodb": SourceEntry(
         "mongodb",
         _build_mongodb,
         {"check": _mongodb_check, "token show": _token_show, "token reset": _token_reset},
+        deadletters=_mongodb_deadletters,
     ),
     "postgres": SourceEntry(
         "postgres",
         _build_postgres,
         {"check": _postgres_check, "create-tables": _create_tables},
         refusals={"token": "token commands apply to SOURCE=mongodb (the outbox itself is the position)"},
+        deadletters=_postgres_deadletters,
     ),
 }
 

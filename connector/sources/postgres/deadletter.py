@@ -30,8 +30,9 @@ class UnpublishableRows:
         self.policy = policy
         self._conn = conn
         self._insert = sql.SQL(
-            "INSERT INTO {} (sequence_id, mutation_id, channel, name, rejected, data, headers, reason, code) "
-            "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s) ON CONFLICT (sequence_id) DO NOTHING"
+            "INSERT INTO {} (sequence_id, mutation_id, channel, name, rejected, data, headers, reason, code, "
+            "kind) VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s) "
+            "ON CONFLICT (sequence_id) DO NOTHING"
         ).format(names.deadletter.sql)
         self.deadlettered = 0
         self.skipped = 0
@@ -70,6 +71,7 @@ class UnpublishableRows:
                     row.headers,
                     reason,
                     code,
+                    kind,
                 ],
             )
         self.deadlettered += 1

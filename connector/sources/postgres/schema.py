@@ -99,8 +99,33 @@ def _deadletter_ddl(names: OutboxNames) -> sql.Composed:
         "CREATE TABLE IF NOT EXISTS {} ("
         "sequence_id BIGINT PRIMARY KEY, mutation_id TEXT, channel TEXT, name TEXT, rejected BOOLEAN, "
         "data JSONB, headers JSONB, reason TEXT NOT NULL, code INTEGER NOT NULL, "
-        "at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        "at TIMESTAMPTZ NOT NULL DEFAULT now(), " + DEADLETTER_LATER_COLUMNS + ")"
     ).format(names.deadletter.sql)
+
+
+#: Dead-letter columns added after the table's first release (`livesync-connector deadletter`): the
+#: reason's kind, and the last replay's time, outcome and form. Added to an older table at start-up.
+DEADLETTER_LATER_COLUMNS: Final = (
+    "kind TEXT, replayed_at TIMESTAMPTZ, replay_outcome TEXT, replay_form TEXT, "
+    "replays INTEGER NOT NULL DEFAULT 0"
+)
+
+
+async def add_deadletter_columns(conn: Connection, names: OutboxNames) -> bool:
+    """Add DEADLETTER_LATER_COLUMNS to a dead-letter table created before them; True if it did.
+
+    Checked first: ALTER TABLE takes an exclusive lock even when every column exists."""
+    cur = await conn.execute(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = %s AND column_name = 'replays'",
+        [names.deadletter.schema, names.deadletter.name],
+    )
+    row = await cur.fetchone()
+    if row and row[0]:
+        return False
+    adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {column}" for column in DEADLETTER_LATER_COLUMNS.split(", "))
+    await conn.execute(sql.SQL("ALTER TABLE {} " + adds).format(names.deadletter.sql))
+    return True
 
 
 def _sync_function_ddl(names: OutboxNames) -> sql.Composed:
@@ -143,6 +168,8 @@ async def ensure_connector_objects(conn: Connection, names: OutboxNames, say: Sa
         await _create_table(conn, names.watermark, _watermark_ddl(names), say)
         await conn.execute(_watermark_row(names))
         await _create_table(conn, names.deadletter, _deadletter_ddl(names), say)
+        if await add_deadletter_columns(conn, names):
+            say(f"added the replay columns to {names.deadletter.text}")
         if not await exists(conn, names.overflow):
             for statement in overflow_ddl(names):
                 await conn.execute(statement)
