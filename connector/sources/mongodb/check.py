@@ -15,6 +15,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from connector.check_report import Out, Report, check_ably
 from connector.config import Settings
 from connector.sources.mongodb.client import Mongo, brief_error, mongo_from
+from connector.sources.mongodb.namespaces import describe_filters
 from connector.sources.mongodb.pipeline import sets_channel, split_supported
 from connector.sources.mongodb.stream import StartPosition, open_stream, stream_options
 
@@ -25,6 +26,7 @@ async def run_checks(settings: Settings, *, out: Out, mongo: Mongo | None = None
     report = Report(out)
     stages = settings.pipeline_stages()
     report.ok(f"configuration valid; pipeline has {len(stages)} stage(s)")
+    report.ok(f"watching {_watch_text(settings)}")
     if not sets_channel(stages):
         report.warn("no pipeline stage sets _ablyChannel: every event would be unpublishable (72004)")
     owned = mongo is None
@@ -36,6 +38,20 @@ async def run_checks(settings: Settings, *, out: Out, mongo: Mongo | None = None
             await mongo.close()
     await check_ably(settings, report)
     return report.finish()
+
+
+def _watch_text(settings: Settings) -> str:
+    """The mode, what it reads and the namespace filters, as `check` prints them."""
+    mode = settings.watch_mode
+    if mode == "collection":
+        return f"collection {settings.watch_label} (MONGODB_WATCH=collection)"
+    filters = describe_filters(settings.include, settings.exclude)
+    if mode == "database":
+        return f"database {settings.mongodb_database} (MONGODB_WATCH=database); {filters}"
+    return (
+        f"the whole deployment (MONGODB_WATCH=deployment; every database but admin, config and local); "
+        f"{filters}; own collections kept in {settings.mongodb_database}"
+    )
 
 
 async def _check_mongo(settings: Settings, mongo: Mongo, report: Report) -> None:
@@ -94,6 +110,12 @@ def _needs_images(settings: Settings) -> bool:
 
 async def _check_images(settings: Settings, mongo: Mongo, report: Report) -> None:
     if not _needs_images(settings):
+        return
+    if settings.watch_mode == "deployment":
+        report.warn(
+            "pre- and post-images are not checked for a deployment-wide watch: enable "
+            "changeStreamPreAndPostImages on every collection the options need them on"
+        )
         return
     flt: dict[str, Any] = {"name": settings.mongodb_collection} if settings.mongodb_collection else {}
     try:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from bson import Timestamp
-from bson.codec_options import CodecOptions
+from bson.codec_options import CodecOptions, DatetimeConversion
 from pymongo import ReadPreference, WriteConcern
 from pymongo.errors import ServerSelectionTimeoutError
 
@@ -60,6 +60,11 @@ class Mongo:
             "appname": app_name or "livesync-connector",
             "tz_aware": False,
             "uuidRepresentation": "unspecified",
+            # What the client decodes itself (a deployment-wide stream through the driver: `client.watch()`
+            # takes no codec options) decodes every value MongoDB stores, as CODEC_OPTIONS do (the driver
+            # accepts only its own error handlers: invalid UTF-8 is replaced there, but not counted).
+            "datetime_conversion": DatetimeConversion.DATETIME_AUTO,
+            "unicode_decode_error_handler": "replace",
         }
         if "serverselectiontimeoutms" not in uri.lower():  # keyword arguments would override the URI's
             kwargs["serverSelectionTimeoutMS"] = SERVER_SELECTION_TIMEOUT_MS
@@ -108,6 +113,7 @@ class Mongo:
         pipeline: Sequence[Mapping[str, Any]],
         *,
         max_await_time_ms: int,
+        deployment: bool = False,
         batch_size: int | None = None,
         full_document: str | None = None,
         full_document_before_change: str | None = None,
@@ -116,7 +122,10 @@ class Mongo:
         start_at_operation_time: Timestamp | None = None,
     ) -> BatchStream:
         """Open a change stream read a batch at a time (`cursor.ChangeStreamCursor`) where every getMore
-        reaches the server holding the cursor, else the driver's own stream, one event per batch."""
+        reaches the server holding the cursor, else the driver's own stream, one event per batch.
+
+        `deployment`: every database (`collection` must be empty), as `client.watch()` opens it: an
+        aggregate on `admin` with `allChangesForCluster`."""
         if not await self.getmores_reach_the_cursor():
             options: dict[str, Any] = {
                 "max_await_time_ms": max_await_time_ms,
@@ -128,20 +137,19 @@ class Mongo:
                 "start_at_operation_time": start_at_operation_time,
             }
             # Raw events: DriverStreamBatches decodes each one, so one bad event cannot fail the stream.
-            target = (self.db.get_collection(collection) if collection else self.db).with_options(
-                codec_options=RAW_CODEC_OPTIONS
-            )
+            # A client has no with_options: its events arrive decoded, with the client's codec options.
+            target = self.client if deployment else self._watch_target(collection)
             stream = target.watch(list(pipeline), **{k: v for k, v in options.items() if v})
             if inspect.isawaitable(stream):  # PyMongo async: watch() is a coroutine; Motor: it is not.
                 stream = await stream
             return DriverStreamBatches(stream)
-        stage: dict[str, Any] = {}
+        stage: dict[str, Any] = {"allChangesForCluster": True} if deployment else {}
         if full_document:
             stage["fullDocument"] = full_document
         if full_document_before_change:
             stage["fullDocumentBeforeChange"] = full_document_before_change
         cursor = ChangeStreamCursor(
-            self.db,
+            self.client.get_database("admin", codec_options=CODEC_OPTIONS) if deployment else self.db,
             collection,
             pipeline,
             change_stream_options=stage,
@@ -153,6 +161,11 @@ class Mongo:
         )
         await cursor.open()
         return cursor
+
+    def _watch_target(self, collection: str) -> Any:
+        return (self.db.get_collection(collection) if collection else self.db).with_options(
+            codec_options=RAW_CODEC_OPTIONS
+        )
 
     async def command(self, command: Mapping[str, Any], *, db: str | None = None) -> Mapping[str, Any]:
         target = self.client.get_database(db) if db else self.db

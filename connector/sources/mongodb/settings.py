@@ -1,11 +1,13 @@
 """The MongoDB source's settings: what to watch, the pipeline, and the connector's own collections.
 
 A part of the one `Settings` (connector/sources/registry.py composes it). Derived values:
-- the watch label (`<db>` for a database-wide watch, `<db>.<coll>` for one collection) is the default
-  `CONNECTOR_ID`: two connectors on different collections never share a token document, and changing the
-  watched namespace starts a new position instead of resuming a foreign one;
+- the watch mode (`MONGODB_WATCH`, else a collection when `MONGODB_COLLECTION` is set, else the database);
+- the watch label (`<db>` for a database-wide watch, `<db>.<coll>` for one collection, `all databases` for
+  the deployment) is the default `CONNECTOR_ID`: two connectors on different collections never share a
+  token document, and changing the watched namespace starts a new position instead of resuming a foreign
+  one;
 - `pipeline_stages()` is the parsed user pipeline; `stream_pipeline()` is what to pass to `watch()` (with
-  the own-collection exclusion in front for a database-wide watch).
+  the own-collection exclusion and the namespace filters in front, `namespaces.filter_stages`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_vali
 
 from connector.errors import PipelineError
 from connector.shared_settings import SourceSelection, canonical_choice, mask_uri, uri_password
-from connector.sources.mongodb.pipeline import exclusion_stage, parse_pipeline
+from connector.sources.mongodb.namespaces import (
+    DEPLOYMENT_LABEL,
+    WATCH_MODES,
+    NamespacePattern,
+    WatchMode,
+    filter_problems,
+    filter_stages,
+    parse_patterns,
+)
+from connector.sources.mongodb.pipeline import parse_pipeline
 
 FullDocument = Literal["off", "updateLookup", "whenAvailable", "required"]
 FullDocumentBeforeChange = Literal["off", "whenAvailable", "required"]
@@ -57,6 +68,9 @@ class MongoSettings(SourceSelection):
     mongodb_uri: str = Field(default="mongodb://localhost:27017", repr=False)
     mongodb_database: str = Field(default="", validate_default=True)
     mongodb_collection: str = ""
+    mongodb_watch: WatchMode | None = None  # None: from MONGODB_COLLECTION (see `watch_mode`)
+    namespace_include: str = ""
+    namespace_exclude: str = ""
     full_document: FullDocument = "off"
     full_document_before_change: FullDocumentBeforeChange = "off"
     pipeline: str | None = None
@@ -117,6 +131,24 @@ class MongoSettings(SourceSelection):
             raise ValueError(f"must not be a system collection (got {value!r})")
         return value
 
+    @field_validator("mongodb_watch", mode="before")
+    @classmethod
+    def _check_watch(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip().lower()
+        if not text:
+            return None
+        if text not in WATCH_MODES:
+            raise ValueError(f"must be {', '.join(WATCH_MODES[:-1])} or {WATCH_MODES[-1]} (got {value!r})")
+        return text
+
+    @field_validator("namespace_include", "namespace_exclude")
+    @classmethod
+    def _check_namespaces(cls, value: str, info: Any) -> str:
+        parse_patterns(value, variable=str(info.field_name).upper())
+        return value
+
     @field_validator("start_at", mode="before")
     @classmethod
     def _parse_start_at(cls, value: Any) -> Any:
@@ -138,6 +170,7 @@ class MongoSettings(SourceSelection):
         own[self.overflow_collection] = "OVERFLOW_COLLECTION"
         if self.mongodb_collection in own:
             problems.append(f"MONGODB_COLLECTION: must differ from {own[self.mongodb_collection]}")
+        problems.extend(self._watch_problems())
         stages, pipeline_problems = read_pipeline(self.pipeline, self.pipeline_file)
         self._stages = stages
         problems.extend(pipeline_problems)
@@ -145,10 +178,23 @@ class MongoSettings(SourceSelection):
             raise ValueError("\n".join(problems))
         return self
 
+    def _watch_problems(self) -> list[str]:
+        """MONGODB_WATCH against MONGODB_COLLECTION, and the namespace filters against the mode."""
+        mode, coll = self.watch_mode, self.mongodb_collection
+        if mode == "collection" and not coll:
+            return ["MONGODB_WATCH: collection needs MONGODB_COLLECTION (the collection to watch)"]
+        if mode != "collection" and coll:
+            return [f"MONGODB_WATCH: {mode} watches every collection; MONGODB_COLLECTION must be empty"]
+        database = self.mongodb_database
+        return filter_problems(mode, database=database, include=self.include, exclude=self.exclude)
+
     # ---- the registry's hooks (called on this class, whatever the composed class's MRO) ----
 
     def source_label(self) -> str:
-        """`<db>` or `<db>.<coll>`: the watched namespace for logs and the default connector id."""
+        """`<db>`, `<db>.<coll>` or `all databases`: the watched namespace for logs and the default
+        connector id."""
+        if self.watch_mode == "deployment":
+            return DEPLOYMENT_LABEL
         if self.mongodb_collection:
             return f"{self.mongodb_database}.{self.mongodb_collection}"
         return self.mongodb_database
@@ -179,9 +225,25 @@ class MongoSettings(SourceSelection):
     # ---- derived values ----
 
     @property
+    def watch_mode(self) -> WatchMode:
+        """MONGODB_WATCH, else today's rule: the collection when MONGODB_COLLECTION is set, else the
+        database."""
+        return self.mongodb_watch or ("collection" if self.mongodb_collection else "database")
+
+    @property
+    def include(self) -> list[NamespacePattern]:
+        """NAMESPACE_INCLUDE, parsed (validated when the settings were built)."""
+        return parse_patterns(self.namespace_include, variable="NAMESPACE_INCLUDE")
+
+    @property
+    def exclude(self) -> list[NamespacePattern]:
+        """NAMESPACE_EXCLUDE, parsed (validated when the settings were built)."""
+        return parse_patterns(self.namespace_exclude, variable="NAMESPACE_EXCLUDE")
+
+    @property
     def watches_database(self) -> bool:
-        """True when the whole database is watched (MONGODB_COLLECTION empty)."""
-        return not self.mongodb_collection
+        """True when the whole database is watched (MONGODB_WATCH=database)."""
+        return self.watch_mode == "database"
 
     @property
     def watch_namespace(self) -> tuple[str, str | None]:
@@ -193,11 +255,13 @@ class MongoSettings(SourceSelection):
         return copy.deepcopy(self._stages)
 
     def stream_pipeline(self) -> list[dict[str, Any]]:
-        """The pipeline to pass to `watch()`: own collections excluded first for a database-wide watch."""
-        if self.watches_database:
-            own = [self.resume_token_collection, self.deadletter_collection, self.overflow_collection]
-            return [exclusion_stage(own), *self.pipeline_stages()]
-        return self.pipeline_stages()
+        """The pipeline to pass to `watch()`: own collections excluded first (a database- or deployment-wide
+        watch), then the namespace filters, then the user's stages."""
+        own = [self.resume_token_collection, self.deadletter_collection, self.overflow_collection]
+        first = filter_stages(
+            self.watch_mode, home=self.mongodb_database, own=own, include=self.include, exclude=self.exclude
+        )
+        return [*first, *self.pipeline_stages()]
 
 
 def parse_start_at(value: str) -> Timestamp | Literal["now"]:

@@ -5,6 +5,8 @@ by the stream itself (`cursor.ChangeStreamCursor`, or the driver's `try_next()`)
 classified here, by code and label, never by message text:
 - 286 ChangeStreamHistoryLost → HistoryLostError (ON_HISTORY_LOST decides: the events between our stored
   position and the oldest oplog entry are gone, and only the user can accept that);
+- 13 Unauthorized on a deployment-wide stream → StreamError naming the cluster-wide privileges it needs
+  (retried like any other: granting them heals the connector without a restart);
 - everything else → StreamError (the reader reopens from its last read position with growing backoff).
 """
 
@@ -21,6 +23,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from connector.errors import HistoryLostError, StreamError
 from connector.sources.mongodb.client import Mongo, brief_error
 from connector.sources.mongodb.cursor import BatchStream
+from connector.sources.mongodb.namespaces import DEPLOYMENT_PRIVILEGES
 from connector.sources.mongodb.pipeline import large_event_stages, split_supported
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANGE_STREAM_HISTORY_LOST = 286
+UNAUTHORIZED = 13
 # How long one awaitData getMore may wait on the server. An event is returned as soon as it commits, so
 # this bounds only idle polling (and how fast the idle post-batch token advances), not latency.
 MAX_AWAIT_TIME_MS = 1000
@@ -55,6 +59,8 @@ class StartPosition:
 class StreamOptions:
     collection: str  # empty: the whole database
     pipeline: Sequence[Mapping[str, Any]]
+    #: Every database (MONGODB_WATCH=deployment): `client.watch()`, opened on `admin`.
+    deployment: bool = False
     full_document: str = "off"
     full_document_before_change: str = "off"
     max_await_time_ms: int = MAX_AWAIT_TIME_MS
@@ -68,6 +74,7 @@ def stream_options(settings: MongoSettings, **overrides: Any) -> StreamOptions:
     return StreamOptions(
         collection=settings.mongodb_collection,
         pipeline=settings.stream_pipeline(),
+        deployment=settings.watch_mode == "deployment",
         full_document=settings.full_document,
         full_document_before_change=settings.full_document_before_change,
         **overrides,
@@ -81,11 +88,22 @@ def is_history_lost(exc: BaseException) -> bool:
     )
 
 
-def classify(exc: PyMongoError, position: StartPosition) -> StreamError:
+def is_unauthorized(exc: BaseException) -> bool:
+    return isinstance(exc, OperationFailure) and (
+        exc.code == UNAUTHORIZED or (exc.details or {}).get("codeName") == "Unauthorized"
+    )
+
+
+def classify(exc: PyMongoError, position: StartPosition, *, deployment: bool = False) -> StreamError:
     """Map a driver error to ours (the one boundary between PyMongo errors and the reader)."""
     if is_history_lost(exc):
         return HistoryLostError(
             f"change stream history lost resuming from {position.describe()}: {brief_error(exc)}"
+        )
+    if deployment and is_unauthorized(exc):
+        return StreamError(
+            f"not authorized to watch the whole deployment (MONGODB_WATCH=deployment): the user needs "
+            f"{DEPLOYMENT_PRIVILEGES} ({brief_error(exc)})"
         )
     return StreamError(f"change stream failed ({type(exc).__name__}): {brief_error(exc)}")
 
@@ -108,6 +126,8 @@ async def open_stream(mongo: Mongo, options: StreamOptions, position: StartPosit
         if options.large_events:
             supported = split_supported(await mongo.server_version())
             pipeline += large_event_stages(pipeline, split_supported=supported)
-        return await mongo.watch_batches(options.collection, pipeline, **kwargs)
+        return await mongo.watch_batches(
+            options.collection, pipeline, deployment=options.deployment, **kwargs
+        )
     except PyMongoError as exc:
-        raise classify(exc, position) from exc
+        raise classify(exc, position, deployment=options.deployment) from exc
