@@ -9,6 +9,7 @@ Usage (from the repository root):
     .venv/bin/python -m tests.conformance.run --server-version 8.2.0   # emulate another version
     .venv/bin/python -m tests.conformance.run --standalone             # emulate a standalone server
     .venv/bin/python -m tests.conformance.run --suite transactions     # the transactions spec tests
+    .venv/bin/python -m tests.conformance.run --suite project          # the project's own (project-tests/)
 
 The server is `MONGODB_TEST_URI` if set, else an in-process emulator (by default a 7.0 single-node
 replica set; the runOnRequirements are judged against whatever version and topology the server reports); the
@@ -28,6 +29,7 @@ from typing import Literal
 
 from tests.conformance.server import mongodb_uri
 from tests.conformance.specs import (
+    PROJECT_SPECS_DIR,
     TRANSACTIONS_GLOB,
     TRANSACTIONS_SUBDIR,
     ServerInfo,
@@ -78,15 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--standalone", action="store_true", help="emulate a standalone server")
     parser.add_argument(
         "--suite",
-        choices=["change-streams", "transactions"],
+        choices=["change-streams", "transactions", "project"],
         default="change-streams",
-        help="which spec tests to run (default: change-streams)",
+        help="which spec tests to run (default: change-streams; project: the project's own, project-tests/)",
     )
     args = parser.parse_args(argv)
 
     directory = specs_dir()
     if args.suite == "transactions":
         directory = directory / TRANSACTIONS_SUBDIR
+    elif args.suite == "project":
+        directory = PROJECT_SPECS_DIR
     if not directory.is_dir():
         print(f"spec directory {directory} not found (set MONGODB_SPECS_DIR)", file=sys.stderr)
         return 2

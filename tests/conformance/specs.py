@@ -16,6 +16,7 @@ from bson import json_util
 
 __all__ = [
     "EMULATED_SERVER",
+    "PROJECT_SPECS_DIR",
     "TRANSACTIONS_GLOB",
     "TRANSACTIONS_SUBDIR",
     "ServerInfo",
@@ -35,6 +36,9 @@ SUPPORTED_SCHEMA_MAJOR: Final = 1
 
 #: Files holding tests (schema-latest.json is the format's JSON schema, not a test file).
 SPEC_GLOB: Final = "change-streams*.json"
+
+#: The project's own tests in the unified format (not from the specification): deployment-wide streams.
+PROJECT_SPECS_DIR: Final = Path(__file__).resolve().parent / "project-tests"
 
 #: The transactions spec files, in their own folder of the spec directory.
 TRANSACTIONS_SUBDIR: Final = "transactions"
