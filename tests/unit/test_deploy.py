@@ -282,3 +282,56 @@ def test_a_postgres_connector_exports_the_gap_series_the_dashboard_uses(ably: An
             series = _scrape_until(connector, wanted)
     _check_series(series, postgres=True)
     assert series["livesync_instance_info"] == [{"connector_id": "deploy-pg", "instance_id": "deploy-b"}]
+
+
+# ---- k8s/statefulset.yaml: partitioned connectors with standbys ----
+
+K8S = ROOT / "deploy" / "k8s" / "statefulset.yaml"
+
+
+def _k8s_documents() -> dict[str, dict[str, Any]]:
+    from ruamel.yaml import YAML  # check-jsonschema's YAML parser (a dev dependency)
+
+    docs = [doc for doc in YAML(typ="safe").load_all(K8S.read_text()) if doc]
+    return {doc["kind"]: doc for doc in docs}
+
+
+def test_the_statefulset_gives_every_partition_a_leader_and_a_standby() -> None:
+    from connector.sources.mongodb.partitions import resolve_partition
+
+    docs = _k8s_documents()
+    assert set(docs) == {"ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"}
+    sts = docs["StatefulSet"]
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    count = int(env["PARTITIONS"]["value"])
+    assert "PARTITION" not in env, "each pod's partition comes from its ordinal"
+    assert env["INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    replicas = sts["spec"]["replicas"]
+    assert count > 1 and replicas % count == 0 and replicas >= 2 * count
+    pods = [f"{sts['metadata']['name']}-{ordinal}" for ordinal in range(replicas)]
+    partitions = [resolve_partition(count, None, pod) for pod in pods]
+    assert all(problems == [] for _, problems in partitions)
+    per_partition = [index for index, _ in partitions]
+    assert all(per_partition.count(k) == replicas // count for k in range(count))
+    assert sts["spec"]["serviceName"] == docs["Service"]["metadata"]["name"]
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > 25  # SHUTDOWN_GRACE_S
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_the_statefulset_sets_only_the_connectors_settings() -> None:
+    from connector.config import Settings
+    from connector.sources.mongodb.pipeline import parse_pipeline
+
+    docs = _k8s_documents()
+    container = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
+    for item in container["env"]:
+        name = item["name"].removesuffix("_FILE")
+        assert name.lower() in Settings.model_fields, item["name"]
+    for text in docs["ConfigMap"]["data"].values():
+        assert parse_pipeline(text)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    env = {item["name"]: item.get("value", "") for item in container["env"]}
+    assert env["PIPELINE_FILE"].startswith(mounts["pipelines"] + "/")
+    assert env["PIPELINE_FILE"].rsplit("/", 1)[1] in docs["ConfigMap"]["data"]

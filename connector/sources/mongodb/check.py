@@ -16,6 +16,7 @@ from connector.check_report import Out, Report, check_ably
 from connector.config import Settings
 from connector.sources.mongodb.client import Mongo, brief_error, mongo_from
 from connector.sources.mongodb.namespaces import describe_filters
+from connector.sources.mongodb.partitions import PartitionedMongo
 from connector.sources.mongodb.pipeline import sets_channel, split_supported
 from connector.sources.mongodb.stream import StartPosition, open_stream, stream_options
 
@@ -71,10 +72,19 @@ async def _check_mongo(settings: Settings, mongo: Mongo, report: Report) -> None
         )
         return
     options = stream_options(settings, max_await_time_ms=100)
+    partition = settings.partition_spec
+    streams = mongo
+    if partition.split:
+        streams = PartitionedMongo(mongo, partition, user_stages=len(options.pipeline))
     try:
-        stream = await open_stream(mongo, options, StartPosition())
+        stream = await open_stream(streams, options, StartPosition())
         await stream.close()
         report.ok(f"change stream opens on {settings.watch_label} with the pipeline and options")
+        if isinstance(streams, PartitionedMongo):
+            where = "server-side ($toHashedIndexKey)"
+            if streams.filtering != "server":
+                where = "client-side (no $toHashedIndexKey before 7.0: every partition receives every event)"
+            report.ok(f"{partition.describe()}: channels filtered {where}")
     except Exception as exc:  # reported, not raised: `check` lists every problem it can find
         report.fail(f"cannot open a change stream on {settings.watch_label}: {brief_error(exc)}", 72003)
     await _check_large_events(mongo, report)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+import socket
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from connector.sources.mongodb.namespaces import (
     filter_stages,
     parse_patterns,
 )
+from connector.sources.mongodb.partitions import MAX_PARTITIONS, Partition, resolve_partition
 from connector.sources.mongodb.pipeline import parse_pipeline
 
 FullDocument = Literal["off", "updateLookup", "whenAvailable", "required"]
@@ -85,6 +87,8 @@ class MongoSettings(SourceSelection):
     mongo_driver: MongoDriver = "pymongo"
     json_mode: JsonMode = "relaxed"
     stream_batch_size: int = Field(default=1000, gt=0)
+    partitions: int = Field(default=1, ge=1, le=MAX_PARTITIONS)
+    partition: int | None = Field(default=None, ge=0)  # None: from the host name (partitions.py)
 
     _stages: list[dict[str, Any]] = PrivateAttr(default_factory=list)
 
@@ -171,6 +175,10 @@ class MongoSettings(SourceSelection):
         if self.mongodb_collection in own:
             problems.append(f"MONGODB_COLLECTION: must differ from {own[self.mongodb_collection]}")
         problems.extend(self._watch_problems())
+        self.partition, partition_problems = resolve_partition(
+            self.partitions, self.partition, socket.gethostname()
+        )
+        problems.extend(partition_problems)
         stages, pipeline_problems = read_pipeline(self.pipeline, self.pipeline_file)
         self._stages = stages
         problems.extend(pipeline_problems)
@@ -249,6 +257,11 @@ class MongoSettings(SourceSelection):
     def watch_namespace(self) -> tuple[str, str | None]:
         """(database, collection) to watch; collection None means the whole database."""
         return self.mongodb_database, self.mongodb_collection or None
+
+    @property
+    def partition_spec(self) -> Partition:
+        """PARTITION of PARTITIONS (resolved from the host name when PARTITION is unset)."""
+        return Partition(self.partition or 0, self.partitions)
 
     def pipeline_stages(self) -> list[dict[str, Any]]:
         """The user's pipeline, parsed and validated (a deep copy: callers may extend or edit it)."""

@@ -25,9 +25,11 @@ from connector.sources.mongodb import decode
 from connector.sources.mongodb.checkpoint import Checkpointer, StoredPosition, TokenStore
 from connector.sources.mongodb.client import Mongo, mongo_from
 from connector.sources.mongodb.deadletter import UnpublishableHandler
+from connector.sources.mongodb.layout import GuardedLeaseStore, Handover, LayoutGuard
 from connector.sources.mongodb.lease import MongoLeaseStore
 from connector.sources.mongodb.messages import RouteStats, encode_driver_event, make_router
 from connector.sources.mongodb.overflow_store import MongoSpillStore
+from connector.sources.mongodb.partitions import PartitionedMongo
 from connector.sources.mongodb.pipeline import pipeline_hash, sets_channel
 from connector.sources.mongodb.reader import Reader
 from connector.sources.mongodb.stream import StartPosition, stream_options
@@ -59,16 +61,25 @@ class MongoSource:
         self.stages = settings.pipeline_stages()
         self.pipeline_hash = pipeline_hash(self.stages)
         self.namespace = settings.watch_label
+        # With PARTITIONS > 1 each partition has its own token and lease document (partitions.py), and
+        # leads only while the recorded layout is its own (layout.py).
+        self.partition = settings.partition_spec
+        self.position_id = self.partition.position_id(settings.connector_id)
         self.tokens = self.mongo.collection(settings.resume_token_collection, majority=True)
-        self.lease_store = MongoLeaseStore(self.tokens, settings.connector_id)
+        self.layout = LayoutGuard(self.tokens, settings.connector_id, self.partition)
+        self.lease_store = GuardedLeaseStore(MongoLeaseStore(self.tokens, self.position_id), self.layout)
+        #: The reader's client: with PARTITIONS > 1 its change streams keep only this partition's events.
+        self.stream_mongo: Mongo = self.mongo
+        if self.partition.split:
+            user_stages = len(settings.stream_pipeline())
+            self.stream_mongo = PartitionedMongo(self.mongo, self.partition, user_stages=user_stages)
         self.unpublishable = UnpublishableHandler(
             settings.on_unpublishable,
             self.mongo.collection(settings.deadletter_collection, majority=True),
             ttl_days=settings.deadletter_ttl_days,
         )
-        self.spill_store = MongoSpillStore(
-            self.mongo.collection(settings.overflow_collection, majority=True), settings.connector_id
-        )
+        self.overflow_collection = self.mongo.collection(settings.overflow_collection, majority=True)
+        self.spill_store = MongoSpillStore(self.overflow_collection, self.position_id)
 
     async def open(self, stop: asyncio.Event) -> bool:
         """Nothing to wait for here: the lease's first poll finds out whether MongoDB answers."""
@@ -77,6 +88,8 @@ class MongoSource:
                 "no pipeline stage sets _ablyChannel: every event will be unpublishable",
                 extra={"code": 72004},
             )
+        if self.partition.split:
+            log.info("%s: token and lease document %r", self.partition.describe(), self.position_id)
         return True
 
     def term(self, ctx: TermContext) -> MongoTerm:
@@ -105,7 +118,7 @@ class MongoTerm:
         settings = source.settings
         self._source = source
         self._ctx = ctx
-        self.token_store = TokenStore(source.tokens, settings.connector_id)
+        self.token_store = TokenStore(source.tokens, source.position_id)
         self.token_store.fence = ctx.fence
         self.checkpointer = Checkpointer(
             self.token_store,
@@ -117,7 +130,7 @@ class MongoTerm:
         )
         self.overflow: Overflow | None = ctx.overflow(source.spill_store)
         self.reader = Reader(
-            source.mongo,
+            source.stream_mongo,
             stream_options(settings, batch_size=settings.stream_batch_size),
             ledger=ctx.ledger,
             checkpointer=self.checkpointer,
@@ -132,11 +145,15 @@ class MongoTerm:
     async def open(self) -> None:
         """The stored position (read after winning the lease: the last leader may have moved it)."""
         stored = await self.token_store.load()
+        handover = await self._source.layout.handover() if stored is None else None
         await self._source.unpublishable.ensure_indexes()
         await self._source.spill_store.ensure_indexes()
-        self._start = self._start_position(stored, self._source.settings.start_at)
+        await self._source.layout.adopt_spilled(self._source.overflow_collection)
+        self._start = self._start_position(stored, self._source.settings.start_at, handover)
 
-    def _start_position(self, stored: StoredPosition | None, start_at: Any) -> StartPosition:
+    def _start_position(
+        self, stored: StoredPosition | None, start_at: Any, handover: Handover | None = None
+    ) -> StartPosition:
         namespace = self._source.namespace
         if stored is not None:
             if stored.namespace and stored.namespace != namespace:
@@ -151,6 +168,14 @@ class MongoTerm:
             self.reader.stored_cluster_time = stored.cluster_time
             log.info("resuming from stored token %s", stored.token.get("_data"))
             return StartPosition(token=stored.token, start_after=stored.invalidated)
+        if handover is not None:
+            log.info(
+                "no stored token of its own; starting from the %d-partition layout's oldest position %s "
+                "(changes since then are sent again with the same ids)",
+                handover.previous,
+                handover.token.get("_data"),
+            )
+            return StartPosition(token=handover.token, start_after=handover.invalidated)
         if start_at != "now":
             log.info("no stored token; starting at operation time %s", start_at)
             return StartPosition(operation_time=start_at)
