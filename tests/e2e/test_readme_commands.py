@@ -14,6 +14,8 @@ the README fails `test_every_readme_command_is_classified` until someone decides
 - `install`: `pip install .` from the checkout: pyproject.toml must declare the console script used next.
 - `postgres`: needs a PostgreSQL server: the subcommand must exist and every variable must be a setting;
   tests/postgres runs `create-tables` and `check` against a real server.
+- `deadletter`: needs dead letters to act on: the line must parse with the connector's own parser (every
+  subcommand and option exists); tests/integration and tests/postgres run each subcommand for real.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tests.e2e.procs import ROOT
 
 pytestmark = pytest.mark.e2e
 
-Kind = Literal["run", "env", "make", "compose", "image", "http", "install", "postgres"]
+Kind = Literal["run", "env", "make", "compose", "image", "http", "install", "postgres", "deadletter"]
 README = ROOT / "README.md"
 CONNECTOR = ROOT / ".venv" / "bin" / "livesync-connector"
 COMMAND_TIMEOUT_S = 60.0  # `check` against the emulators takes about a second
@@ -65,6 +67,12 @@ CLASSIFIED: dict[str, Kind] = {
     f"{PG} create-tables": "postgres",
     f"{PG} check": "postgres",
     PG: "postgres",
+    # Dead letters: list, inspect, replay
+    "livesync-connector deadletter list --kind too_large --since 2h": "deadletter",
+    "livesync-connector deadletter show 8264F1A2C7000000012B022C0100296E5A1004...": "deadletter",
+    "livesync-connector deadletter replay --channel 'orders:*' --dry-run": "deadletter",
+    "livesync-connector deadletter replay --all": "deadletter",
+    "livesync-connector deadletter purge --replayed --yes": "deadletter",
     # Development and tests
     "make clients": "make",
     "make unit": "make",
@@ -165,6 +173,19 @@ def check_postgres(command: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def check_deadletter(command: str) -> None:
+    words = shlex.split(command)
+    assert words[:2] == ["livesync-connector", "deadletter"], command
+    from connector.cli import build_parser
+    from connector.deadletter.commands import UsageError, selection_from
+
+    args = build_parser().parse_args(words[1:])  # SystemExit(2) on an unknown subcommand or option
+    try:
+        selection_from(args)
+    except UsageError as exc:
+        raise AssertionError(f"{command}: {exc}") from exc
+
+
 STATIC = {
     "make": check_make,
     "compose": check_compose,
@@ -172,6 +193,7 @@ STATIC = {
     "install": check_install,
     "image": check_image,
     "postgres": check_postgres,
+    "deadletter": check_deadletter,
 }
 
 

@@ -6,6 +6,7 @@ Dead letters are written by the connector's own `UnpublishableHandler`, as a run
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
 from collections.abc import Iterator
@@ -301,3 +302,24 @@ def test_a_wrong_ably_key_stops_the_replay_and_marks_nothing(
     assert "not-the-secret" not in out + err
     assert "2 not settled, left unmarked" in out
     assert dead.count_documents({"replayOutcome": {"$exists": True}}) == 0
+
+
+def test_a_replay_is_encrypted_like_the_connectors_messages(
+    dead: Any, ably: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = bytes(range(32))
+    monkeypatch.setenv("CHANNEL_CIPHER_KEY", base64.b64encode(key).decode())
+    status, out, _ = run(capsys, "replay", "--id", IDS[1])
+    assert status == 0, out
+    [message] = ably.messages()
+    assert message["id"] == IDS[1] and message["encoding"] == "json/utf-8/cipher+aes-256-cbc/base64"
+    assert message["extras"]["headers"]["x-livesync-replayed"] == "true"  # headers stay readable
+    sealed = base64.b64decode(message["data"])
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(sealed[:16])).decryptor()
+    padded = decryptor.update(sealed[16:]) + decryptor.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    event = json.loads(unpadder.update(padded) + unpadder.finalize())
+    assert event["documentKey"] == {"_id": 2} and "fullDocument" not in event
