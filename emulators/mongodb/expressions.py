@@ -21,7 +21,7 @@ from mongomock import filtering as mm_filtering
 from .bsonvalues import UNDEFINED, RawValue, bson_size, compare
 from .errors import CommandError
 from .hashing import hash64
-from .numeric_ops import op_abs, op_mod, op_to_long
+from .numeric_ops import integer_sum, op_abs, op_mod, op_to_long
 
 
 class _Remove:
@@ -303,7 +303,7 @@ def _op_add(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
         raise CommandError(16554, f"$add only supports numeric or date types, not {bson_type_name(bad)}")
     if any(isinstance(v, Decimal128) for v in numbers):
         return _op_fallback("$add", spec, doc, variables)
-    total = sum(numbers)
+    total = sum(numbers) if any(isinstance(v, float) for v in numbers) else integer_sum(numbers)
     if dates:
         return dates[0] + datetime.timedelta(milliseconds=round(total))
     return total

@@ -21,7 +21,7 @@ from bson.datetime_ms import DatetimeMS, _datetime_to_millis
 from .bsonvalues import Undefined
 from .errors import CommandError
 
-__all__ = ["op_abs", "op_mod", "op_to_long"]
+__all__ = ["integer_sum", "op_abs", "op_mod", "op_to_long"]
 
 CONVERSION_FAILURE = 241
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
@@ -65,6 +65,17 @@ def _c_remainder(left: int, right: int) -> int:
     """C++ `%`: truncated division, so the remainder takes the dividend's sign (-5 % 3 == -2)."""
     remainder = abs(left) % abs(right)
     return -remainder if left < 0 else remainder
+
+
+def integer_sum(numbers: list[int]) -> Any:
+    """A sum of ints and longs typed as mongod's `$add` types it: an int while every operand is an int
+    and the sum fits, else a long, and a double once it overflows the long range."""
+    total = sum(int(n) for n in numbers)
+    if not _LONG_MIN <= total <= _LONG_MAX:
+        return float(total)
+    if any(_kind(n) == "long" for n in numbers):
+        return Int64(total)
+    return _int_or_long(total)
 
 
 def op_abs(args: list[Any], type_name: Any) -> Any:
