@@ -12,13 +12,16 @@ stop the emulators; print a one-paragraph summary and exit 0. The children run i
 so a terminal's Ctrl-C reaches only the demo.
 
 Only `DEMO_*` variables tune it: DEMO_SECONDS=N stops by itself after N seconds, DEMO_LOG_LEVEL sets the
-connector's log level (default WARNING). The rest of the environment (an exported PIPELINE, ABLY_API_KEY,
-MONGODB_*, LOG_LEVEL …) and a `.env` file are ignored: see `demo.processes.child_env`.
+connector's log level (default WARNING), DEMO_ENCRYPT=1 encrypts the channel with a fresh random key
+(CHANNEL_CIPHER_KEY): the page and this view hold the key, Ably sees only ciphertext. The rest of the
+environment (an exported PIPELINE, ABLY_API_KEY, MONGODB_*, LOG_LEVEL …) and a `.env` file are ignored:
+see `demo.processes.child_env`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import signal
@@ -30,6 +33,7 @@ import httpx
 import orjson
 from pymongo import AsyncMongoClient
 
+from connector.ably.cipher import BLOCK_SIZE
 from demo.stack import COLLECTION, DATABASE, Stack
 from demo.summary import RunSummary
 from emulators.ably import AblyEmulatorAdmin
@@ -40,6 +44,7 @@ STATUSES: Final = ["placed", "paid", "packed", "shipped", "delivered"]
 WRITE_PAUSE_S: Final = 0.3  # between sample writes: slow enough to read along
 POLL_S: Final = 0.1  # how often the terminal view asks the Ably emulator for new messages
 CATCH_UP_TIMEOUT_S: Final = 10.0  # at stop: longest wait for Ably to receive what was written
+ENCRYPT_KNOB: Final = "DEMO_ENCRYPT"  # 1: the connector encrypts the channel, the page and the view decrypt
 COLOURS: Final = ["\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m"]
 RESET: Final = "\033[0m"
 
@@ -87,9 +92,10 @@ async def write_changes(uri: str, stopping: asyncio.Event, summary: RunSummary) 
 class ChannelView:
     """Prints each message as the Ably emulator receives it, as a subscriber would see it."""
 
-    def __init__(self, admin: AblyEmulatorAdmin, summary: RunSummary) -> None:
+    def __init__(self, admin: AblyEmulatorAdmin, summary: RunSummary, cipher_key: str | None = None) -> None:
         self._admin = admin
         self._summary = summary
+        self._key = base64.b64decode(cipher_key) if cipher_key else None
         self._colours: dict[str, str] = {}
         self._tty = sys.stdout.isatty()
 
@@ -99,8 +105,22 @@ class ChannelView:
             self._summary.record_delivery(msg["channel"], msg["id"])
             self._print(msg)
 
+    def _plaintext(self, msg: dict[str, Any]) -> Any:
+        """The message's data as a subscriber holding the key reads it (`json`, or encrypted JSON)."""
+        encoding = msg.get("encoding") or ""
+        if encoding == "json":
+            return orjson.loads(msg["data"])
+        if self._key is None or not encoding.startswith("json/utf-8/cipher+"):
+            return {}
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        raw = base64.b64decode(msg["data"])
+        decryptor = Cipher(algorithms.AES(self._key), modes.CBC(raw[:BLOCK_SIZE])).decryptor()
+        padded = decryptor.update(raw[BLOCK_SIZE:]) + decryptor.finalize()
+        return orjson.loads(padded[: -padded[-1]])
+
     def _print(self, msg: dict[str, Any]) -> None:
-        event = orjson.loads(msg["data"]) if msg.get("encoding") == "json" else msg["data"]
+        event = self._plaintext(msg)
         document = str(event.get("documentKey", {}).get("_id", ""))
         label = f"[{msg['channel']}]"
         if self._tty:  # one colour per document
@@ -159,7 +179,8 @@ class Demo:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.on_signal, sig)
-        stack = Stack([PIPELINE])
+        key = base64.b64encode(os.urandom(32)).decode() if os.environ.get(ENCRYPT_KNOB) == "1" else None
+        stack = Stack([PIPELINE], cipher_key=key)
         try:
             return await self._run(stack)
         except (RuntimeError, OSError, httpx.HTTPError) as exc:
@@ -178,6 +199,11 @@ class Demo:
             print(f"web page unavailable: {info['pageProblem']}")
         else:
             print(f"web page (a Models SDK model of the orders): {info['backend']}/")
+        if info["cipherKey"]:
+            print(
+                "channels encrypted (CHANNEL_CIPHER_KEY, aes-256-cbc): Ably stores only ciphertext; the page"
+            )
+            print("and the lines below decrypt with the key")
         print("writing sample changes — Ctrl-C to stop\n", flush=True)
         seconds = float(os.environ.get("DEMO_SECONDS", "0"))
         if seconds:
@@ -185,7 +211,7 @@ class Demo:
 
         [connector] = stack.connectors.values()
         admin = AblyEmulatorAdmin(info["ably"])
-        view = ChannelView(admin, self.summary)
+        view = ChannelView(admin, self.summary, info["cipherKey"])
         connector_exit = asyncio.create_task(connector.proc.wait())
         stop_requested = asyncio.create_task(self.stopping.wait())
         async with asyncio.TaskGroup() as group:

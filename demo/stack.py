@@ -9,6 +9,8 @@ the emulators). `make demo` uses it; so do the client tests:
 
 prints one JSON line (the URLs, the key, the connectors' ids and health URLs) once everything is ready, and
 runs until SIGTERM/SIGINT; then it stops and exits 0 (1 if a connector did not stop cleanly).
+`--cipher-key KEY` (base64, 16 or 32 bytes) encrypts the channels: the connectors get it as
+CHANNEL_CIPHER_KEY, the page's config and the JSON line (`cipherKey`) carry it for the clients.
 """
 
 from __future__ import annotations
@@ -93,9 +95,17 @@ async def wait_ready(connector: Child, url: str, timeout: float = STARTUP_TIMEOU
 class Stack:
     """Start with `await stack.start()` (returns `info`), stop with `await stack.stop()` (idempotent)."""
 
-    def __init__(self, pipelines: list[str], *, connection_state_ttl_s: float | None = None) -> None:
+    def __init__(
+        self,
+        pipelines: list[str],
+        *,
+        connection_state_ttl_s: float | None = None,
+        cipher_key: str | None = None,
+    ) -> None:
         self.pipelines = pipelines
         self.connection_state_ttl_s = connection_state_ttl_s
+        #: CHANNEL_CIPHER_KEY for the connectors, and the key the page's channel is opened with.
+        self.cipher_key = cipher_key
         self.mongo: Child | None = None
         self.ably: Child | None = None
         self.connectors: dict[str, Child] = {}
@@ -123,6 +133,7 @@ class Stack:
             "channel": COLLECTION,
             "bundle": None if bundle_problem else "/web/build/vendor.js",
             "bundleProblem": bundle_problem,
+            "cipherKey": self.cipher_key,  # a demo key for a local page; never how a real page gets one
         }
         backend = Backend(mongo_uri, DATABASE, COLLECTION, page_config)
         if connectors:
@@ -140,6 +151,7 @@ class Stack:
             "backend": f"http://127.0.0.1:{backend_port}",
             "connectors": connectors,
             "pageProblem": bundle_problem,
+            "cipherKey": self.cipher_key,
         }
         return self.info
 
@@ -162,6 +174,8 @@ class Stack:
             "LOG_FORMAT": "text",
             "LOG_LEVEL": os.environ.get(LOG_LEVEL_KNOB, "WARNING"),
         }
+        if self.cipher_key:
+            settings["CHANNEL_CIPHER_KEY"] = self.cipher_key
         child, _ = await Child.start(
             f"connector ({path.name})",
             ["connector", "run"],
@@ -197,7 +211,9 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
-    stack = Stack(args.pipeline, connection_state_ttl_s=args.connection_state_ttl_s)
+    stack = Stack(
+        args.pipeline, connection_state_ttl_s=args.connection_state_ttl_s, cipher_key=args.cipher_key
+    )
     try:
         info = await stack.start()
         print(orjson.dumps(info).decode(), flush=True)
@@ -214,6 +230,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline", action="append", default=[], help="a file in pipelines/ (repeatable)")
     parser.add_argument("--connection-state-ttl-s", type=float, default=None)
+    parser.add_argument(
+        "--cipher-key", default=None, help="CHANNEL_CIPHER_KEY for the connectors and clients"
+    )
     args = parser.parse_args()
     return asyncio.run(_serve(args))
 

@@ -1,5 +1,6 @@
 // The demo page: one Models SDK model of the `orders` channel (pipelines/models-sdk-collection.json),
 // whose sync() is the backend's GET /api/orders; the connector's metrics beside it.
+import { useChannelCipher } from './channel-cipher.js';
 import { livesyncOrderer } from './livesync-orderer.js';
 import { mergeList } from './merge.js';
 import { pauseWhileDisconnected } from './pause-while-disconnected.js';
@@ -43,6 +44,9 @@ async function main() {
     useBinaryProtocol: false,
     transports: ['web_socket'],
   });
+  // `make demo DEMO_ENCRYPT=1`: the connector encrypts the channel; the page holds the key (a demo shortcut:
+  // a real page would get its key from its backend, after authenticating the user).
+  if (config.cipherKey) useChannelCipher(ably, config.cipherKey);
   const models = new ModelsClient({ ably, eventBufferOptions: { eventOrderer: livesyncOrderer } });
   const model = models.models.get({
     channelName: config.channel,

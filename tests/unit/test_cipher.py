@@ -307,3 +307,20 @@ def test_postgres_oversize_is_decided_on_the_encrypted_size() -> None:
 def test_decode_key_accepts_both_lengths_and_surrounding_whitespace() -> None:
     assert decode_key(f" {KEY_256}\n") == bytes(range(32))
     assert len(decode_key(KEY_128)) == 16
+
+
+def test_the_demo_view_reads_encrypted_messages_with_the_key() -> None:
+    from demo.__main__ import ChannelView
+    from demo.summary import RunSummary
+
+    change = {"operationType": "insert", "documentKey": {"_id": "order-1"}, "fullDocument": {"total": 7}}
+    plain: AblyMessage = {
+        "id": "1",
+        "name": "insert",
+        "data": orjson.dumps(change).decode(),
+        "encoding": "json",
+    }
+    sealed = dict(ChannelCipher(base64.b64decode(KEY_256)).seal(plain, "orders"))
+    view = ChannelView(None, RunSummary(), KEY_256)  # type: ignore[arg-type]
+    assert view._plaintext(sealed) == view._plaintext(dict(plain)) == change
+    assert ChannelView(None, RunSummary())._plaintext(sealed) == {}, "without the key: nothing to show"  # type: ignore[arg-type]

@@ -11,12 +11,14 @@ const PYTHON = process.env.PYTHON ?? path.join(ROOT, '.venv/bin/python');
 const START_TIMEOUT_MS = 90_000; // four processes on a loaded 2-core machine
 const STOP_TIMEOUT_MS = 30_000;
 
-export async function startStack({ pipelines, connectionStateTtlS } = {}) {
+// `cipherKey` (base64): the connectors encrypt every channel with it (CHANNEL_CIPHER_KEY).
+export async function startStack({ pipelines, connectionStateTtlS, cipherKey } = {}) {
   const args = ['-m', 'demo.stack'];
   for (const pipeline of pipelines ?? ['models-sdk.json', 'models-sdk-collection.json']) {
     args.push('--pipeline', pipeline);
   }
   if (connectionStateTtlS !== undefined) args.push('--connection-state-ttl-s', String(connectionStateTtlS));
+  if (cipherKey !== undefined) args.push('--cipher-key', cipherKey);
   return startPython('demo.stack', args);
 }
 
