@@ -3,12 +3,14 @@
 // with the key converges as in models.test.js. The chain is demo.stack with `--cipher-key`.
 import assert from 'node:assert/strict';
 import { createDecipheriv, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { useChannelCipher } from '../../demo/web/channel-cipher.js';
 import { mergeDocument } from '../../demo/web/merge.js';
 import { backend, modelsClient, realtime, uniqueId, waitFor } from './helpers/clients.js';
-import { startStack } from './helpers/stack.js';
+import { ROOT, startStack } from './helpers/stack.js';
 
 const KEY = randomBytes(32).toString('base64');
 const ENCODING = 'json/utf-8/cipher+aes-256-cbc/base64';
@@ -139,4 +141,10 @@ test('the Models SDK with the key converges through inserts, updates and deletes
   } finally {
     await model.dispose().finally(() => ably.close());
   }
+});
+
+test('README.md shows useChannelCipher exactly as tested', () => {
+  const read = (file) => readFileSync(path.join(ROOT, file), 'utf8');
+  const code = read('demo/web/channel-cipher.js').replace(/^export /m, '').trim();
+  assert.ok(read('README.md').includes(code));
 });
