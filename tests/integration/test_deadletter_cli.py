@@ -283,6 +283,15 @@ def test_an_empty_collection_lists_nothing_and_replays_nothing(
     assert status == 3 and "no dead letters match" in err
 
 
+def test_a_wrong_connection_string_is_one_line_and_exit_1(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MONGODB_URI", "mongodb://127.0.0.1:99999")
+    status, _, err = run(capsys, "list")
+    assert status == 1
+    assert "livesync-connector: deadletter list: MongoDB: invalid MONGODB_URI: Port must be" in err
+
+
 def test_an_unreachable_mongodb_is_one_line_and_exit_1(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

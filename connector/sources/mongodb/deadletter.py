@@ -2,7 +2,8 @@
 
 `deadletter` (default) writes `{_id: token, event, reason, kind, code, at}` to the dead-letter collection
 (plus `rawEvent`, the BSON as read, for an event that could not be decoded; an event too large to store
-whole is stored without its document bodies, with `eventSize`) and moves on; `skip` logs and counts it;
+whole is stored without its document bodies, with `eventSize`) and moves on (`livesync-connector
+deadletter` lists and replays them, `deadletter_store.py`); `skip` logs and counts it;
 `fail` stops the connector, and since the event never completes, the stored position stays before it.
 A dead-letter write that fails is retried: the event is not complete until it is stored somewhere.
 """

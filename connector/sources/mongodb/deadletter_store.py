@@ -66,14 +66,20 @@ class MongoDeadLetterStore:
     def __init__(self, settings: Settings, *, mongo: Mongo | None = None) -> None:
         self._settings = settings
         self._owns_mongo = mongo is None
-        self._mongo = mongo or mongo_from(settings)
-        self._collection = self._mongo.collection(settings.deadletter_collection, majority=True)
+        self._given = mongo
+        self._mongo: Mongo | None = None
+        self._collection: Any = None  # DEADLETTER_COLLECTION, once open
         self.where = f"{settings.mongodb_database}.{settings.deadletter_collection}"
         self._cipher = cipher_from(settings)  # a replay is encrypted as the connector's messages are
         #: Record id -> the document as read (BSON values), for routing and marking.
         self._docs: dict[str, dict[str, Any]] = {}
 
     async def open(self) -> None:
+        try:
+            self._mongo = self._given or mongo_from(self._settings)
+        except (PyMongoError, ValueError) as exc:  # the URI parses only here (a port out of range ...)
+            raise StreamError(f"MongoDB: invalid MONGODB_URI: {exc}", code=72003) from exc
+        self._collection = self._mongo.collection(self._settings.deadletter_collection, majority=True)
         with _mapped("connecting"):
             await self._mongo.db.command("ping")
 
@@ -210,5 +216,6 @@ class MongoDeadLetterStore:
         return int(result.deleted_count)
 
     async def close(self) -> None:
-        if self._owns_mongo:
-            await self._mongo.close()
+        mongo, self._mongo = self._mongo, None
+        if mongo is not None and self._owns_mongo:
+            await mongo.close()

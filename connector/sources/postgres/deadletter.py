@@ -1,7 +1,8 @@
 """What happens to an outbox row that can never be published (ON_UNPUBLISHABLE).
 
-`deadletter` (default) copies the row with the reason and code into `<outbox>_deadletter` (next to the
-outbox; the row is then deleted from the outbox like a published one); `skip` logs and counts it; `fail`
+`deadletter` (default) copies the row with the reason, code and kind into `<outbox>_deadletter` (next to
+the outbox; the row is then deleted from the outbox like a published one; `livesync-connector deadletter`
+lists and replays them, `deadletter_store.py`); `skip` logs and counts it; `fail`
 stops the connector with the row left in the outbox, so a restart meets it again. A dead-letter write
 that fails raises DatabaseUnavailable: the row is not done, and is read again after the reconnect.
 """
