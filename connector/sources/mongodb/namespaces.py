@@ -18,7 +18,7 @@ never hides a `dropDatabase`.
 
 Public API:
     WatchMode, WATCH_MODES, DEPLOYMENT_LABEL
-    NamespacePattern, parse_patterns(text, *, variable) -> list[NamespacePattern]   raises ValueError
+    NamespacePattern, parse_patterns(text) -> list[NamespacePattern]   raises ValueError
     glob_regex(glob) -> str
     filter_stages(mode, *, home, own, include, exclude) -> list[dict]
     describe_filters(include, exclude) -> str
@@ -87,8 +87,9 @@ class NamespacePattern:
         return re.fullmatch(glob_regex(self.db), name) is not None
 
 
-def parse_patterns(text: str, *, variable: str) -> list[NamespacePattern]:
-    """The patterns of a comma-separated list, or ValueError with one line per bad pattern."""
+def parse_patterns(text: str) -> list[NamespacePattern]:
+    """The patterns of a comma-separated list, or ValueError naming each bad one (on one line: the
+    configuration error shows one line per variable)."""
     if not text.strip():
         return []
     patterns: list[NamespacePattern] = []
@@ -102,8 +103,7 @@ def parse_patterns(text: str, *, variable: str) -> list[NamespacePattern]:
         db, _, coll = item.partition(".")
         patterns.append(NamespacePattern(db, coll))
     if problems:
-        lines = [problems[0], *(f"{variable}: {line}" for line in problems[1:])]
-        raise ValueError("\n".join(lines))
+        raise ValueError("; ".join(problems))
     return patterns
 
 

@@ -149,8 +149,8 @@ class MongoSettings(SourceSelection):
 
     @field_validator("namespace_include", "namespace_exclude")
     @classmethod
-    def _check_namespaces(cls, value: str, info: Any) -> str:
-        parse_patterns(value, variable=str(info.field_name).upper())
+    def _check_namespaces(cls, value: str) -> str:
+        parse_patterns(value)
         return value
 
     @field_validator("start_at", mode="before")
@@ -241,12 +241,12 @@ class MongoSettings(SourceSelection):
     @property
     def include(self) -> list[NamespacePattern]:
         """NAMESPACE_INCLUDE, parsed (validated when the settings were built)."""
-        return parse_patterns(self.namespace_include, variable="NAMESPACE_INCLUDE")
+        return parse_patterns(self.namespace_include)
 
     @property
     def exclude(self) -> list[NamespacePattern]:
         """NAMESPACE_EXCLUDE, parsed (validated when the settings were built)."""
-        return parse_patterns(self.namespace_exclude, variable="NAMESPACE_EXCLUDE")
+        return parse_patterns(self.namespace_exclude)
 
     @property
     def watches_database(self) -> bool:
