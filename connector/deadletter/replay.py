@@ -18,6 +18,7 @@ the stored message whole, for channels whose clients can apply an old change (e.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,10 +99,13 @@ def _message(
         msg = store.route(record, seq, compact=True, max_message_size=limit, on_oversize="deadletter")
         original_size = msg.size
         if record.whole:
-            whole = store.route(
-                record, seq, compact=False, max_message_size=_UNLIMITED, on_oversize="deadletter"
-            )
-            original_size = whole.size
+            # The whole message's size, for x-livesync-original-size (a raw event that still cannot be
+            # decoded has none: its compact form is built from the identity fields read at the time).
+            with contextlib.suppress(UnpublishableEvent):
+                whole = store.route(
+                    record, seq, compact=False, max_message_size=_UNLIMITED, on_oversize="deadletter"
+                )
+                original_size = whole.size
         headers = truncated_headers(_headers(msg), original_size)
     headers[REPLAYED_HEADER] = "true"
     message: dict[str, Any] = dict(msg.message)

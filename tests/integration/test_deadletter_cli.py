@@ -332,3 +332,35 @@ def test_a_replay_is_encrypted_like_the_connectors_messages(
     unpadder = padding.PKCS7(128).unpadder()
     event = json.loads(unpadder.update(padded) + unpadder.finalize())
     assert event["documentKey"] == {"_id": 2} and "fullDocument" not in event
+
+
+def test_an_undecodable_event_is_replayed_compact_from_its_identity(
+    env: dict[str, str],
+    mongo_uri: str,
+    db_name: str,
+    sync_db: Any,
+    ably: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from connector.sources.mongodb.decode import UndecodableEvent
+
+    identity = {"_id": {"_data": "8200000009"}, "operationType": "insert", "documentKey": {"_id": 9}}
+    undecodable = UndecodableEvent(
+        {**identity, "_ablyChannel": "orders:9"}, b"\x05\x00\x00\x00\x01", "bad BSON"
+    )
+
+    async def write() -> None:
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri)
+        handler = UnpublishableHandler("deadletter", client[db_name]["ably_deadletter"])
+        await handler.handle(undecodable, "bad BSON", 72000, kind="undecodable")
+        await client.close()
+
+    asyncio.run(write())
+    status, out, _ = run(capsys, "replay", "--all", "--as-original")
+    assert status == 1
+    assert "FAILED    8200000009 on 'orders:9': cannot decode the event's BSON" in out
+    status, out, _ = run(capsys, "replay", "--all")
+    assert status == 0, out
+    [message] = ably.messages("orders:9")
+    assert json.loads(message["data"])["documentKey"] == {"_id": 9}
+    assert message["extras"]["headers"]["x-livesync-truncated"] == "true"
