@@ -139,6 +139,7 @@ class ChannelCipher:
         )
         self._iv_source = iv_source
         self._cache: dict[str, bytes | None] = {}
+        self._aes: dict[bytes, algorithms.AES] = {}
         self._json_encodings = {size: f"json/utf-8/cipher+aes-{size * 8}-cbc/base64" for size in KEY_SIZES}
         self.sealed = 0
 
@@ -160,7 +161,10 @@ class ChannelCipher:
         """base64(IV + AES-CBC(PKCS#7(plaintext))), with a fresh IV; counts one sealed message."""
         iv = self._iv_source(BLOCK_SIZE)
         pad = BLOCK_SIZE - len(plaintext) % BLOCK_SIZE
-        encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        aes = self._aes.get(key)
+        if aes is None:
+            aes = self._aes[key] = algorithms.AES(key)  # one per key: it checks the key each time it is made
+        encryptor = Cipher(aes, modes.CBC(iv)).encryptor()
         sealed = iv + encryptor.update(plaintext + bytes((pad,)) * pad) + encryptor.finalize()
         self.sealed += 1
         return binascii.b2a_base64(sealed, newline=False).decode("ascii")
