@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+import string
 from typing import Any
 
 from bson import SON, Binary
@@ -9,6 +11,8 @@ from bson import SON, Binary
 from ..engine import Connection, Engine, command
 from ..errors import CommandError
 from ..index_options import modify_index
+from ..scan import matching_now
+from ..storage import Storage
 from .crud import _coll_name, _cursor_reply
 
 # Options a create command may carry that the emulator records (and reports in create events).
@@ -71,8 +75,43 @@ async def rename_collection(engine: Engine, conn: Connection, db: str, cmd: dict
         raise CommandError(13, "renameCollection may only be run against the admin database.")
     src_db, src = _split_ns(cmd.get("renameCollection"))
     dst_db, dst = _split_ns(cmd.get("to"))
-    engine.storage.rename(src_db, src, dst_db, dst, bool(cmd.get("dropTarget")))
+    drop_target = bool(cmd.get("dropTarget"))
+    if src_db == dst_db:
+        engine.storage.rename(src_db, src, dst_db, dst, drop_target)
+    else:
+        _rename_across_databases(engine.storage, src_db, src, dst_db, dst, drop_target)
     return {"ok": 1.0}
+
+
+_STAGING_CHARS = string.ascii_letters + string.digits
+
+
+def _rename_across_databases(
+    storage: Storage, src_db: str, src: str, dst_db: str, dst: str, drop: bool
+) -> None:
+    """mongod (7.0) renames across databases by copying: it creates a staging collection
+    `tmp<5 characters>.renameCollection` in the target database, gives it the source's indexes and then
+    its documents, renames it over the target and drops the source. Each step is its own oplog entry, so
+    streams on the target database and on the cluster see the staging collection's create,
+    createIndexes (one per index) and inserts, then a rename from it; the source's streams see a drop
+    (jstests/change_streams/ddl_rename_cross_db.js)."""
+    meta = storage.get_meta(src_db, src)
+    if meta is None or meta.is_view:
+        storage.rename(src_db, src, dst_db, dst, drop)  # its errors (26, ...) or a view's rename
+        return
+    if storage.get_meta(dst_db, dst) is not None and not drop:
+        raise CommandError(48, f"target namespace exists: {dst_db}.{dst}")
+    staging = "tmp" + "".join(secrets.choice(_STAGING_CHARS) for _ in range(5)) + ".renameCollection"
+    storage.create_collection(dst_db, staging, dict(meta.options))
+    source = storage.collection(src_db, src)
+    for name, spec in source.index_information().items():
+        if name != "_id_":
+            options = {k: v for k, v in spec.items() if k in ("unique", "sparse", "expireAfterSeconds")}
+            storage.create_indexes(dst_db, staging, [{"key": dict(spec["key"]), "name": name, **options}])
+    for doc in matching_now(source, {}):
+        storage.insert(dst_db, staging, doc)
+    storage.rename(dst_db, staging, dst_db, dst, drop)
+    storage.drop_collection(src_db, src)
 
 
 @command("collMod")

@@ -15,6 +15,7 @@ file also runs against a real deployment (MONGODB_TEST_URI) where other clients 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -134,6 +135,39 @@ async def test_without_expanded_events_ddl_shows_only_classic_kinds(async_client
         "dropDatabase",
         "insert",
     ]
+
+
+STAGING = re.compile(r"^tmp[a-zA-Z0-9]{5}\.renameCollection$")
+
+
+async def test_rename_across_databases_goes_through_a_staging_collection(async_client: Any, dbs: Any) -> None:
+    """mongod 7.0 copies into `dst.tmpXXXXX.renameCollection` (create, one createIndexes per index, the
+    inserts), renames that over the target and drops the source (jstests ddl_rename_cross_db.js)."""
+    first, second = dbs
+    await async_client[first]["source"].insert_many([{"_id": 1}, {"_id": 2}])
+    await async_client[first]["source"].create_index("k")
+    async with await async_client.watch(max_await_time_ms=MAX_AWAIT_MS, show_expanded_events=True) as stream:
+        await async_client.admin.command({"renameCollection": f"{first}.source", "to": f"{second}.target"})
+        await async_client[first]["z"].insert_one({"_id": MARKER})
+        events = await until_marker(stream, first)
+    staged = [e for e in events if e["ns"]["db"] == second and STAGING.match(e["ns"].get("coll", ""))]
+    kinds = [(e["operationType"], e.get("documentKey")) for e in staged]
+    staging_ns = staged[0]["ns"]
+    assert kinds == [
+        ("create", None),
+        ("createIndexes", None),
+        ("insert", {"_id": 1}),
+        ("insert", {"_id": 2}),
+        ("rename", None),
+    ]
+    assert staged[-1]["to"] == {"db": second, "coll": "target"}
+    assert mine([e for e in events if e not in staged], dbs) == [
+        ("drop", {"db": first, "coll": "source"}),
+        ("create", {"db": first, "coll": "z"}),
+        ("insert", {"db": first, "coll": "z"}),
+    ]
+    assert all(e["ns"] == staging_ns for e in staged)
+    assert [doc["_id"] async for doc in async_client[second]["target"].find()] == [1, 2]
 
 
 async def test_resume_after_start_after_and_start_at_operation_time(async_client: Any, dbs: Any) -> None:
