@@ -48,6 +48,7 @@ CODE_NAMES: dict[int, str] = {
     189: "PrimarySteppedDown",
     216: "ElectionInProgress",
     234: "RetryChangeStream",
+    241: "ConversionFailure",
     225: "TransactionTooOld",
     251: "NoSuchTransaction",
     256: "TransactionCommitted",

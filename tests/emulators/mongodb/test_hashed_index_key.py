@@ -346,6 +346,8 @@ async def test_partition_arithmetic_refuses_what_mongod_refuses(
     with pytest.raises(OperationFailure) as info:
         await evaluate(async_db["values"], expression)
     assert info.value.code == code
+    assert info.value.details is not None
+    assert info.value.details["codeName"] == ("ConversionFailure" if code == 241 else f"Location{code}")
 
 
 PARTITIONS = 3
