@@ -172,6 +172,17 @@ def test_mode_mismatches_are_config_errors(env: dict[str, str], message: str) ->
     assert problems(**env) == [message]
 
 
+def test_mode_mismatches_are_reported_beside_other_variables_errors() -> None:
+    """A field error stops pydantic before the cross-field checks: they are reported all the same."""
+    found = problems(MONGODB_WATCH="collection", MAX_MESSAGE_SIZE="big", NAMESPACE_INCLUDE="x")
+    assert "MONGODB_WATCH: collection needs MONGODB_COLLECTION (the collection to watch)" in found
+    assert any(p.startswith("MAX_MESSAGE_SIZE: ") for p in found)
+    assert any(p.startswith("NAMESPACE_INCLUDE: pattern 1 ('x')") for p in found)
+    assert len(found) == 3
+    found = problems(NAMESPACE_EXCLUDE="other.*", MAX_MESSAGE_SIZE="big")
+    assert "NAMESPACE_EXCLUDE: 'other.*' can never match: MONGODB_WATCH=database reads only 'home'" in found
+
+
 # ---- the stages in front of the user's pipeline ----
 
 

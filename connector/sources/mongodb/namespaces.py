@@ -19,6 +19,8 @@ never hides a `dropDatabase`.
 Public API:
     WatchMode, WATCH_MODES, DEPLOYMENT_LABEL
     NamespacePattern, parse_patterns(text) -> list[NamespacePattern]   raises ValueError
+    watch_problems(watch, *, collection, database, include, exclude) -> list[str]
+    filter_problems(mode, *, database, include, exclude) -> list[str]
     glob_regex(glob) -> str
     filter_stages(mode, *, home, own, include, exclude) -> list[dict]
     describe_filters(include, exclude) -> str
@@ -46,6 +48,7 @@ __all__ = [
     "filter_stages",
     "glob_regex",
     "parse_patterns",
+    "watch_problems",
 ]
 
 WatchMode = Literal["collection", "database", "deployment"]
@@ -118,6 +121,33 @@ def _pattern_problem(item: str) -> str | None:
     bad = sorted((set(db) & _BAD_DB_CHARS) | (set(item) & _BAD_CHARS))
     if bad:
         return f"must not contain {' '.join(repr(c) for c in bad)} (MongoDB names cannot)"
+    return None
+
+
+def watch_problems(
+    watch: str | None, *, collection: str, database: str, include: str, exclude: str
+) -> list[str]:
+    """MONGODB_WATCH against MONGODB_COLLECTION, then the filters against the mode. Takes the raw values
+    too (the settings' late problems): what is invalid on its own (a mode, a pattern) is its field's error
+    and is skipped here."""
+    mode = _mode((watch or "").strip().lower() or ("collection" if collection else "database"))
+    if mode == "collection" and not collection:
+        return ["MONGODB_WATCH: collection needs MONGODB_COLLECTION (the collection to watch)"]
+    if mode in ("database", "deployment") and collection:
+        return [f"MONGODB_WATCH: {mode} watches every collection; MONGODB_COLLECTION must be empty"]
+    if mode is None or not database:
+        return []
+    try:
+        patterns = parse_patterns(include), parse_patterns(exclude)
+    except ValueError:
+        return []
+    return filter_problems(mode, database=database, include=patterns[0], exclude=patterns[1])
+
+
+def _mode(text: str) -> WatchMode | None:
+    for mode in WATCH_MODES:
+        if mode == text:
+            return mode
     return None
 
 

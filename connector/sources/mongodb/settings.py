@@ -31,9 +31,9 @@ from connector.sources.mongodb.namespaces import (
     WATCH_MODES,
     NamespacePattern,
     WatchMode,
-    filter_problems,
     filter_stages,
     parse_patterns,
+    watch_problems,
 )
 from connector.sources.mongodb.partitions import MAX_PARTITIONS, Partition, resolve_partition
 from connector.sources.mongodb.pipeline import parse_pipeline
@@ -174,7 +174,7 @@ class MongoSettings(SourceSelection):
         own[self.overflow_collection] = "OVERFLOW_COLLECTION"
         if self.mongodb_collection in own:
             problems.append(f"MONGODB_COLLECTION: must differ from {own[self.mongodb_collection]}")
-        problems.extend(self._watch_problems())
+        problems.extend(_watch_problems(self.model_dump(include=_WATCH_FIELDS)))
         self.partition, partition_problems = resolve_partition(
             self.partitions, self.partition, socket.gethostname()
         )
@@ -185,16 +185,6 @@ class MongoSettings(SourceSelection):
         if problems:
             raise ValueError("\n".join(problems))
         return self
-
-    def _watch_problems(self) -> list[str]:
-        """MONGODB_WATCH against MONGODB_COLLECTION, and the namespace filters against the mode."""
-        mode, coll = self.watch_mode, self.mongodb_collection
-        if mode == "collection" and not coll:
-            return ["MONGODB_WATCH: collection needs MONGODB_COLLECTION (the collection to watch)"]
-        if mode != "collection" and coll:
-            return [f"MONGODB_WATCH: {mode} watches every collection; MONGODB_COLLECTION must be empty"]
-        database = self.mongodb_database
-        return filter_problems(mode, database=database, include=self.include, exclude=self.exclude)
 
     # ---- the registry's hooks (called on this class, whatever the composed class's MRO) ----
 
@@ -219,7 +209,7 @@ class MongoSettings(SourceSelection):
     def late_problems(values: Mapping[str, Any]) -> list[str]:
         """Problems of the cross-field checks, reported even when a field error stopped pydantic first
         (so one run lists every bad variable)."""
-        return read_pipeline(values.get("pipeline"), values.get("pipeline_file"))[1]
+        return read_pipeline(values.get("pipeline"), values.get("pipeline_file"))[1] + _watch_problems(values)
 
     @staticmethod
     def pipeline_only(problems: list[str]) -> bool:
@@ -275,6 +265,26 @@ class MongoSettings(SourceSelection):
             self.watch_mode, home=self.mongodb_database, own=own, include=self.include, exclude=self.exclude
         )
         return [*first, *self.pipeline_stages()]
+
+
+_WATCH_FIELDS = {
+    "mongodb_watch",
+    "mongodb_collection",
+    "mongodb_database",
+    "namespace_include",
+    "namespace_exclude",
+}
+
+
+def _watch_problems(values: Mapping[str, Any]) -> list[str]:
+    """MONGODB_WATCH against MONGODB_COLLECTION and the namespace filters (`namespaces.watch_problems`)."""
+    return watch_problems(
+        values.get("mongodb_watch"),
+        collection=values.get("mongodb_collection") or "",
+        database=values.get("mongodb_database") or "",
+        include=values.get("namespace_include") or "",
+        exclude=values.get("namespace_exclude") or "",
+    )
 
 
 def parse_start_at(value: str) -> Timestamp | Literal["now"]:
