@@ -103,3 +103,29 @@ async def test_a_replay_of_the_same_change_carries_a_fresh_iv(
     assert base64.b64decode(again["data"])[:16] != base64.b64decode(first["data"])[:16]
     assert decrypt_data(again, KEY_128) == decrypt_data(first, KEY_128)
     assert [m["encoding"] for m in delivered(ably)] == ["json/utf-8/cipher+aes-128-cbc/base64"] * 2
+
+
+def test_check_reports_the_cipher_and_never_the_keys(
+    connector_env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Any,
+) -> None:
+    from connector.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    env = {
+        **connector_env,
+        "CHANNEL_CIPHER_KEY": KEY_256,
+        "CHANNEL_CIPHER_KEYS": json.dumps({"vip:": KEY_128}),
+    }
+    for name, value in {**env, "LOG_LEVEL": "DEBUG"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check"]) == 0
+    out, err = capsys.readouterr()
+    assert "ok    channel encryption: channels starting with 'vip:': aes-128-cbc" in out
+    assert "ok    channel encryption: every other channel: aes-256-cbc" in out
+    assert "all checks passed" in out
+    assert "starting" in err, "the start-up line was logged"
+    for text in (out, err):
+        assert KEY_256 not in text and KEY_128 not in text
