@@ -301,6 +301,6 @@ async def test_missing_privileges_are_named_and_healed_without_a_restart(
     assert "not authorized to watch the whole deployment" in failed and failed.endswith("(code 72003)")
     watching = (
         "ok    watching the whole deployment (MONGODB_WATCH=deployment; every database but admin, config and "
-        f"local); include {tenants.prefix}_*.*; own collections kept in {tenants.home}"
+        f"local); include {tenants.prefix}_*.*; the connector's own collections in {tenants.home} left out"
     )
     assert watching in lines

@@ -51,7 +51,7 @@ def _watch_text(settings: Settings) -> str:
         return f"database {settings.mongodb_database} (MONGODB_WATCH=database); {filters}"
     return (
         f"the whole deployment (MONGODB_WATCH=deployment; every database but admin, config and local); "
-        f"{filters}; own collections kept in {settings.mongodb_database}"
+        f"{filters}; the connector's own collections in {settings.mongodb_database} left out"
     )
 
 
