@@ -137,6 +137,39 @@ async def test_without_expanded_events_ddl_shows_only_classic_kinds(async_client
     ]
 
 
+async def test_namespace_filter_with_regex_exists_and_nor(async_client: Any, dbs: Any) -> None:
+    """A leading `$match` on `ns` as a deployment watch builds it: anchored `$regex` globs, a missing
+    `ns.coll` (dropDatabase) passing on its database alone, `$nor` for exclusions."""
+    first, second = dbs
+    prefix = re.escape(first)
+    stage = {
+        "$match": {
+            "$or": [
+                {
+                    "ns.db": {"$regex": f"^{prefix}.*$"},
+                    "$or": [{"ns.coll": {"$regex": "^ord.*$"}}, {"ns.coll": {"$exists": False}}],
+                }
+            ],
+            "$nor": [{"ns.db": second, "ns.coll": "orders_audit"}],
+        }
+    }
+    async with await async_client.watch([stage], max_await_time_ms=MAX_AWAIT_MS) as stream:
+        for name in (first, second):
+            for coll in ("orders", "orders_audit", "users"):
+                await async_client[name][coll].insert_one({"_id": coll})
+        await async_client.drop_database(second)
+        await async_client[first]["orders"].insert_one({"_id": MARKER})
+        events = await until_marker(stream, first)
+    assert mine(events, dbs) == [
+        ("insert", {"db": first, "coll": "orders"}),
+        ("insert", {"db": first, "coll": "orders_audit"}),
+        ("insert", {"db": second, "coll": "orders"}),
+        ("drop", {"db": second, "coll": "orders"}),
+        ("dropDatabase", {"db": second}),
+        ("insert", {"db": first, "coll": "orders"}),
+    ]
+
+
 STAGING = re.compile(r"^tmp[a-zA-Z0-9]{5}\.renameCollection$")
 
 
