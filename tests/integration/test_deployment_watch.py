@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bson
 import pytest
+from bson import DatetimeMS
+from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient
 
 from connector.config import load_settings
@@ -119,6 +122,27 @@ async def test_changes_of_several_databases_arrive_on_their_tenant_channels(
     for msg in delivered(ably):
         assert msg["event"]["ns"]["db"] == msg["channel"]
     assert [m["event"]["operationType"] for m in delivered(ably, t1)] == ["insert", "update", "delete"]
+
+
+@pytest.mark.parametrize("driver", ["pymongo", "motor"])
+async def test_values_pymongos_defaults_refuse_do_not_stop_a_deployment_stream(
+    driver: str, env: dict[str, str], tenants: Tenants, ably: Any
+) -> None:
+    """Invariant 10 on both paths: Motor's `client.watch()` decodes with the client's codec options (any
+    date; invalid UTF-8 replaced), PyMongo's batch cursor with the connector's own decoder."""
+    year_10000_ms = 253402300800000 + 1000
+    bad_utf8 = RawBSONDocument(bson.encode({"_id": "utf8", "name": "abc"}).replace(b"abc", b"a\xffc"))
+    async with connector(env, MONGO_DRIVER=driver):
+        await tenants["t1"].orders.insert_one({"_id": "late", "at": DatetimeMS(year_10000_ms)})
+        await tenants["t1"].orders.insert_one(bad_utf8)
+        await tenants["t1"].orders.insert_one({"_id": "after"})
+        msgs = await wait_delivered(ably, 3)
+    docs = [m["event"]["fullDocument"] for m in msgs]
+    assert docs == [
+        {"_id": "late", "at": {"$date": {"$numberLong": str(year_10000_ms)}}},
+        {"_id": "utf8", "name": "a\ufffdc"},
+        {"_id": "after"},
+    ]
 
 
 async def test_include_and_exclude_globs_are_applied_server_side(
