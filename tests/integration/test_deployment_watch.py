@@ -328,3 +328,27 @@ async def test_missing_privileges_are_named_and_healed_without_a_restart(
         f"local); include {tenants.prefix}_*.*; the connector's own collections in {tenants.home} left out"
     )
     assert watching in lines
+
+
+async def test_check_asks_for_images_only_where_the_filters_let_changes_through(
+    connector_env: dict[str, str], tenants: Tenants
+) -> None:
+    """A database watch with NAMESPACE_EXCLUDE: a collection left out needs no pre-images; nor do the
+    connector's own collections (the overflow collection included)."""
+    home = tenants["home"]
+    await home.create_collection("orders", changeStreamPreAndPostImages={"enabled": True})
+    for name in ("logs", "ably_overflow"):
+        await home[name].insert_one({"_id": 1})
+    env = {
+        **{k: v for k, v in connector_env.items() if k != "MONGODB_COLLECTION"},
+        "MONGODB_DATABASE": tenants.home,
+        "FULL_DOCUMENT_BEFORE_CHANGE": "required",
+    }
+    lines: list[str] = []
+    excluded = {**env, "NAMESPACE_EXCLUDE": f"{tenants.home}.logs"}
+    assert await run_checks(load_settings(excluded, env_file=None), out=lines.append) == 0
+    assert "ok    pre- and post-images enabled where the options need them" in lines
+    lines.clear()
+    assert await run_checks(load_settings(env, env_file=None), out=lines.append) == 1
+    (failed,) = [line for line in lines if line.startswith("FAIL")]
+    assert failed.startswith("FAIL  pre- and post-images are not enabled on logs;")

@@ -17,6 +17,7 @@ from connector.sources.mongodb.namespaces import (
     NamespacePattern,
     filter_stages,
     glob_regex,
+    kept,
     parse_patterns,
 )
 from connector.sources.mongodb.stream import StartPosition, classify, stream_options
@@ -276,6 +277,20 @@ def test_database_watch_keeps_its_exclusion_stage_and_filters_collections_only()
         "None.None.invalidate",  # no ns at all: a database stream's invalidate always passes
         "home.audit.insert",
         "home.None.dropDatabase",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude"),
+    [("tenant_*.orders,tenant_1*.users", ""), ("", "*.audit,tenant_1.orders"), ("tenant_*.*", "*.audit")],
+)
+def test_kept_agrees_with_the_server_side_match(include: str, exclude: str) -> None:
+    """`check` asks `kept` of existing collections: it must say what the stream's `$match` does."""
+    inc, exc = parse_patterns(include), parse_patterns(exclude)
+    stages = filter_stages("deployment", home="elsewhere", own=OWN, include=inc, exclude=exc)
+    with_coll = [e for e in EVENTS if "coll" in e.get("ns", {})]
+    assert passed(stages, with_coll) == [
+        e["_id"]["_data"] for e in with_coll if kept(e["ns"]["db"], e["ns"]["coll"], inc, exc)
     ]
 
 

@@ -15,7 +15,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from connector.check_report import Out, Report, check_ably
 from connector.config import Settings
 from connector.sources.mongodb.client import Mongo, brief_error, mongo_from
-from connector.sources.mongodb.namespaces import describe_filters
+from connector.sources.mongodb.namespaces import describe_filters, kept
 from connector.sources.mongodb.partitions import PartitionedMongo
 from connector.sources.mongodb.pipeline import sets_channel, split_supported
 from connector.sources.mongodb.stream import StartPosition, open_stream, stream_options
@@ -134,12 +134,14 @@ async def _check_images(settings: Settings, mongo: Mongo, report: Report) -> Non
     except (OperationFailure, PyMongoError) as exc:
         report.fail(f"cannot list collections to check pre- and post-images: {brief_error(exc)}", 72003)
         return
+    own = (settings.resume_token_collection, settings.deadletter_collection, settings.overflow_collection)
     missing = [
         info["name"]
         for info in infos
         if info.get("type", "collection") == "collection"
         and not info.get("options", {}).get("changeStreamPreAndPostImages", {}).get("enabled")
-        and info["name"] not in (settings.resume_token_collection, settings.deadletter_collection)
+        and info["name"] not in own
+        and kept(settings.mongodb_database, info["name"], settings.include, settings.exclude)
     ]
     if settings.mongodb_collection and not infos:
         report.warn(f"collection {settings.watch_label} does not exist yet")

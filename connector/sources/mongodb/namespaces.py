@@ -22,6 +22,7 @@ Public API:
     watch_problems(watch, *, collection, database, include, exclude) -> list[str]
     filter_problems(mode, *, database, include, exclude) -> list[str]
     glob_regex(glob) -> str
+    kept(db, coll, include, exclude) -> bool
     filter_stages(mode, *, home, own, include, exclude) -> list[dict]
     describe_filters(include, exclude) -> str
     DEPLOYMENT_PRIVILEGES
@@ -47,6 +48,7 @@ __all__ = [
     "filter_problems",
     "filter_stages",
     "glob_regex",
+    "kept",
     "parse_patterns",
     "watch_problems",
 ]
@@ -88,6 +90,18 @@ class NamespacePattern:
     def matches_db(self, name: str) -> bool:
         """Whether the database part matches `name` (used to validate patterns for a database watch)."""
         return re.fullmatch(glob_regex(self.db), name) is not None
+
+    def matches(self, db: str, coll: str) -> bool:
+        """Whether the namespace `db.coll` matches, as the server-side `$match` decides."""
+        return self.matches_db(db) and re.fullmatch(glob_regex(self.coll), coll) is not None
+
+
+def kept(
+    db: str, coll: str, include: Sequence[NamespacePattern], exclude: Sequence[NamespacePattern]
+) -> bool:
+    """Whether the filters let a collection's changes through (`check` asks it of existing collections)."""
+    included = not include or any(p.matches(db, coll) for p in include)
+    return included and not any(p.matches(db, coll) for p in exclude)
 
 
 def parse_patterns(text: str) -> list[NamespacePattern]:
