@@ -36,6 +36,7 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 
 from benchmarks import measure, procs, profile
+from benchmarks import partitions as partitions_bench
 from benchmarks import postgres as postgres_bench
 from benchmarks import throttled as throttled_bench
 from benchmarks.measure import LatencyResult, ThroughputResult
@@ -45,7 +46,7 @@ from emulators.ably import AblyEmulatorAdmin
 log = logging.getLogger("benchmarks")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PARTS = ("throughput", "latency", "backlog", "postgres", "throttled")
+PARTS = ("throughput", "latency", "backlog", "postgres", "throttled", "partitions")
 #: The baselines (`limit`, `raw`: benchmarks/readers.py, one run per workload, Ably not involved), then
 #: the two that publish (at 0 and 20 ms).
 READERS = ("limit", "raw", "naive", "connector")
@@ -514,11 +515,15 @@ def run(args: argparse.Namespace, parts: Iterable[str]) -> dict[str, Any]:
         if "throttled" in parts:  # busy channels under the per-channel rate limit (benchmarks/throttled.py)
             events = 10_000 if args.quick else 20_000
             report["throttled"] = throttled_bench.run_all(events, 50.0, 10.0 if args.quick else 20.0, ably)
+        if "partitions" in parts:  # PARTITIONS=1, 2, 4 processes on one backlog (benchmarks/partitions.py)
+            report["partitions"] = partitions_bench.run_all(10_000 if args.quick else 50_000, ably)
         bench.print_tables(report)
         if "postgres" in parts:
             print("\n".join(postgres_bench.format_report(report["postgres"])))
         if "throttled" in parts:
             print("\n".join(throttled_bench.format_report(report["throttled"])))
+        if "partitions" in parts:
+            print("\n".join(partitions_bench.format_report(report["partitions"])))
     return report
 
 

@@ -178,11 +178,15 @@ class LayoutGuard:
                     return False
         except DuplicateKeyError:
             return False
-        start = handover["resumeToken"]["_data"] if handover else "START_AT (no position stored)"
+        start = (
+            f"from the old layout's oldest position {handover['resumeToken']['_data']} (the overlap is "
+            "re-sent with the same message ids)"
+            if handover
+            else "at START_AT (the old layout stored no position)"
+        )
         log.warning(
             "partition layout changed from %d to %d partition(s) by %s; partitions without a token of "
-            "their own start from the old layout's oldest position %s (the overlap is re-sent with the "
-            "same message ids)",
+            "their own start %s",
             current,
             count,
             owner,
