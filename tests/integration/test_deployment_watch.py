@@ -352,3 +352,21 @@ async def test_check_asks_for_images_only_where_the_filters_let_changes_through(
     assert await run_checks(load_settings(env, env_file=None), out=lines.append) == 1
     (failed,) = [line for line in lines if line.startswith("FAIL")]
     assert failed.startswith("FAIL  pre- and post-images are not enabled on logs;")
+
+
+async def test_a_deployment_watch_splits_into_partitions(
+    env: dict[str, str], tenants: Tenants, ably: Any
+) -> None:
+    """PARTITIONS over a deployment-wide stream: the partition's filter goes after the namespace filters and
+    the user's pipeline, so every tenant's change is read by exactly one partition."""
+    split = {"PARTITIONS": "2", "CONNECTOR_ID": "tenants"}
+    async with (
+        connector(env, PARTITION="0", **split) as first,
+        connector(env, PARTITION="1", **split) as second,
+    ):
+        for n in range(20):
+            await tenants[f"t{n}"].orders.insert_one({"_id": n})
+        await wait_delivered(ably, 20)
+        assert events_read(first) + events_read(second) == 20
+    channels = on_channels(ably)
+    assert channels == {tenants.db_name(f"t{n}"): [("orders", n)] for n in range(20)}
