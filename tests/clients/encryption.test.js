@@ -1,6 +1,7 @@
 // Encrypted channels (CHANNEL_CIPHER_KEY) read by the real clients: ably-js with the key gets the change
 // events as objects, live and from history; a client without the key gets the ciphertext; the Models SDK
-// with the key converges as in models.test.js. The chain is demo.stack with `--cipher-key`.
+// with the key converges as in models.test.js, and so does the demo page in Chromium (make demo
+// DEMO_ENCRYPT=1). The chain is demo.stack with `--cipher-key`.
 import assert from 'node:assert/strict';
 import { createDecipheriv, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -9,6 +10,7 @@ import { after, before, test } from 'node:test';
 
 import { useChannelCipher } from '../../demo/web/channel-cipher.js';
 import { mergeDocument } from '../../demo/web/merge.js';
+import { launchBrowser } from './helpers/browser.js';
 import { backend, modelsClient, realtime, uniqueId, waitFor } from './helpers/clients.js';
 import { ROOT, startStack } from './helpers/stack.js';
 
@@ -18,7 +20,8 @@ const ENCODING = 'json/utf-8/cipher+aes-256-cbc/base64';
 let stack;
 let api;
 before(async () => {
-  stack = await startStack({ pipelines: ['models-sdk.json'], cipherKey: KEY });
+  // A model per document (`orders:<id>`), and the demo page's model of the collection (`orders`).
+  stack = await startStack({ pipelines: ['models-sdk.json', 'models-sdk-collection.json'], cipherKey: KEY });
   api = backend(stack.info);
 });
 after(async () => stack?.stop());
@@ -140,6 +143,34 @@ test('the Models SDK with the key converges through inserts, updates and deletes
     assert.ok((await stored(channelName)).every((m) => m.encoding === ENCODING), 'every message encrypted');
   } finally {
     await model.dispose().finally(() => ably.close());
+  }
+});
+
+test('the demo page holds the key and shows the orders live', async () => {
+  assert.equal(stack.info.pageProblem, null);
+  const browser = await launchBrowser();
+  try {
+    const page = await browser.newPage();
+    page.setDefaultTimeout(30_000); // bounds each wait for the page; never reached when it works
+    const problems = [];
+    page.on('pageerror', (err) => problems.push(err.message));
+    // A model that cannot read its events (no key) still shows the orders, by a sync() per event: count them.
+    const syncs = [];
+    page.on('request', (request) => new URL(request.url()).pathname === '/api/orders' && syncs.push(request.url()));
+    await page.goto(`${stack.info.backend}/`);
+    await page.getByText('model ready').waitFor();
+    const id = uniqueId('order');
+    await api.insert({ _id: id, status: 'placed', total: 42 });
+    const row = page.locator(`tr[data-id="${id}"]`);
+    await row.getByText('placed').waitFor();
+    await api.update(id, { status: 'shipped' });
+    await row.getByText('shipped').waitFor();
+    assert.deepEqual(await row.locator('td').allTextContents(), [id, 'shipped', '42']);
+    assert.equal(syncs.length, 1, 'the model merged the decrypted events, without a resync');
+    assert.ok((await stored('orders')).every((m) => m.encoding === ENCODING), 'the page read ciphertext');
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
   }
 });
 
