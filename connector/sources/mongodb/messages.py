@@ -320,7 +320,7 @@ def make_router(
             counts.truncated += 1
         else:
             data = encode(event)
-            size = _size(name, data, extras, key is not None)
+            size = message_size(name, data, extras) if key is None else _size(name, data, extras, True)
             if size > max_message_size:
                 data, extras, size = _compact(
                     event, name, headers, encode, max_message_size, on_oversize, size, key is not None
