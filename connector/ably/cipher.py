@@ -120,7 +120,7 @@ def parse_key_map(text: str) -> dict[str, bytes]:
 class ChannelCipher:
     """The keys, which channel each applies to, and the encryption of a message's data.
 
-    `sealed` counts the messages encrypted (the metric livesync_encrypted_messages_total)."""
+    `sealed` counts the messages encrypted (the metric livesync_messages_encrypted_total)."""
 
     def __init__(
         self,
@@ -177,8 +177,9 @@ class ChannelCipher:
         """`message` with its data encrypted for `channel` (a new dict; id, name and extras unchanged), or
         `message` itself when no key applies or it has no data.
 
-        Data already ending in `base64` is decrypted from its bytes (that step is undone first); any other
-        string is encrypted as UTF-8 text, so a JSON payload gets `json/utf-8/cipher+aes-...-cbc/base64`."""
+        Data whose encoding ends in `base64` is binary: the bytes it encodes are encrypted (that step is
+        undone first); any other string is encrypted as UTF-8 text, so a JSON payload gets
+        `json/utf-8/cipher+aes-...-cbc/base64` (Ably's encoding chain, RSL4 and RSL5)."""
         key = self.key_for(channel)
         data = message.get("data")
         if key is None or data is None:
@@ -196,7 +197,7 @@ class ChannelCipher:
         return sealed
 
     def describe(self) -> list[str]:
-        """What is encrypted with what, without the keys (for `check` and the start-up log)."""
+        """What is encrypted with what, without the keys (for `check`)."""
         lines = [f"channels starting with {prefix!r}: {algorithm_name(key)}" for prefix, key in self.prefixes]
         if self.default_key is not None:
             rest = "every other channel" if self.prefixes else "every channel"
