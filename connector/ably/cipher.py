@@ -169,6 +169,26 @@ class ChannelCipher:
         self.sealed += 1
         return binascii.b2a_base64(sealed, newline=False).decode("ascii")
 
+    def decrypt(self, channel: str, data: str) -> bytes:
+        """The plaintext of `data` as `encrypt` made it for `channel` (a message Ably refused is
+        dead-lettered as the change it carried, not as ciphertext). Raises ValueError."""
+        key = self.key_for(channel)
+        if key is None:
+            raise ValueError(f"no cipher key applies to channel {channel!r}")
+        try:
+            sealed = binascii.a2b_base64(data)
+        except binascii.Error as exc:
+            raise ValueError(f"encrypted data is not base64: {exc}") from None
+        if len(sealed) < 2 * BLOCK_SIZE or len(sealed) % BLOCK_SIZE:
+            raise ValueError(f"encrypted data of {len(sealed)} bytes is not IV + whole AES blocks")
+        aes = self._aes.get(key) or algorithms.AES(key)
+        decryptor = Cipher(aes, modes.CBC(sealed[:BLOCK_SIZE])).decryptor()
+        padded = decryptor.update(sealed[BLOCK_SIZE:]) + decryptor.finalize()
+        pad = padded[-1]
+        if not 1 <= pad <= BLOCK_SIZE or padded[-pad:] != bytes((pad,)) * pad:
+            raise ValueError("encrypted data has no valid PKCS#7 padding (another key?)")
+        return padded[:-pad]
+
     def seal_json(self, key: bytes, json_bytes: bytes) -> tuple[str, str]:
         """(data, encoding) of an encrypted JSON payload given as its UTF-8 bytes (the routers' fast path)."""
         return self.encrypt(key, json_bytes), self._json_encodings[len(key)]

@@ -129,3 +129,33 @@ def test_check_reports_the_cipher_and_never_the_keys(
     assert "starting" in err, "the start-up line was logged"
     for text in (out, err):
         assert KEY_256 not in text and KEY_128 not in text
+
+
+async def test_an_encrypted_message_ably_refuses_is_dead_lettered_as_the_change_it_carried(
+    connector_env: dict[str, str], db: Any, ably: Any
+) -> None:
+    """A refused message (40160) is dead-lettered as its decrypted event, never as ciphertext, and one
+    sent truncated is stored marked as such (with the whole message's size), so a replay cannot take its
+    compact form for the whole change."""
+    ably.inject_fault(
+        mode="partial", status=401, code=40160, message="capability denied", channels=["orders:"]
+    )
+    env = {
+        **connector_env,
+        "CHANNEL_CIPHER_KEY": KEY_256,
+        "PIPELINE": '[{"$set": {"_ablyChannel": "orders:"}}]',
+        "MAX_MESSAGE_SIZE": "2000",
+    }
+    async with connector(env) as running:
+        await db.orders.insert_one({"_id": "small", "v": 1})
+        await db.orders.insert_one(BIG)
+        await until(lambda: running.source.unpublishable.deadlettered == 2, what="2 dead letters")
+    assert ably.messages() == []
+    letters = {doc["event"]["documentKey"]["_id"]: doc async for doc in db.ably_deadletter.find()}
+    small, big = letters["small"], letters["big"]
+    assert small["kind"] == "rejected" and small["code"] == 40160
+    assert small["event"]["fullDocument"] == {"_id": "small", "v": 1}
+    assert small["event"]["_ablyChannel"] == "orders:"
+    assert "eventTruncated" not in small
+    assert big["eventTruncated"] is True and big["eventSize"] > 2000
+    assert "fullDocument" not in big["event"] and big["event"]["operationType"] == "insert"

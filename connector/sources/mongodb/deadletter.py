@@ -83,9 +83,19 @@ class UnpublishableHandler:
             )
 
     async def handle(
-        self, event: Mapping[str, Any], reason: str, code: int, *, kind: str = "invalid", fatal: bool = False
+        self,
+        event: Mapping[str, Any],
+        reason: str,
+        code: int,
+        *,
+        kind: str = "invalid",
+        fatal: bool = False,
+        truncated_size: int | None = None,
     ) -> None:
-        """Dead-letter, skip, or raise FatalError; returns once the event may count as done."""
+        """Dead-letter, skip, or raise FatalError; returns once the event may count as done.
+
+        `truncated_size`: the event is the compact form a truncated message carried (ON_OVERSIZE=truncate),
+        and this was the whole message's size: it is stored as a dead letter without its bodies."""
         token = event.get("_id")
         channel = event.get("_ablyChannel")
         if self.policy == "fail" or fatal:
@@ -113,6 +123,9 @@ class UnpublishableHandler:
         }
         if isinstance(event, UndecodableEvent):
             doc["rawEvent"] = Binary(event.raw)
+        if truncated_size is not None:
+            doc["eventSize"] = truncated_size
+            doc["eventTruncated"] = True
         await self._insert_with_retry(doc)
         self.deadlettered += 1
         log.warning(

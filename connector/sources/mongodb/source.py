@@ -16,9 +16,10 @@ from typing import Any
 
 from bson import json_util
 
-from connector.ably.cipher import cipher_from
+from connector.ably.cipher import ChannelCipher, cipher_from
 from connector.ably.outbound import OutboundMessage
 from connector.ably.overflow import Overflow
+from connector.ably.oversize import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER
 from connector.config import Settings
 from connector.errors import AblyError, ConnectorError, FatalError
 from connector.sources.mongodb import decode
@@ -191,13 +192,17 @@ class MongoTerm:
             await self.checkpointer.checkpoint()
 
     async def on_rejected(self, msg: OutboundMessage, error: AblyError) -> None:
-        """Ably refused a message for good: apply ON_UNPUBLISHABLE to the original event."""
-        event = json_util.loads(msg.message.get("data", "{}"))
-        if not isinstance(event, dict):
-            event = {"_id": msg.token}
-        event.setdefault("_id", msg.token)
+        """Ably refused a message for good: apply ON_UNPUBLISHABLE to the event it carried (decrypted;
+        one sent truncated is stored as such, so a replay never takes its compact form for the whole)."""
+        event = _carried_event(msg, self._source.cipher)
+        headers = (msg.message.get("extras") or {}).get("headers") or {}
+        original_size = headers.get(TRUNCATED_HEADER) == "true" and headers.get(ORIGINAL_SIZE_HEADER)
         await self._source.unpublishable.handle(
-            event, f"rejected by Ably: {error}", error.ably_code or error.code, kind="rejected"
+            event,
+            f"rejected by Ably: {error}",
+            error.ably_code or error.code,
+            kind="rejected",
+            truncated_size=int(original_size) if original_size and original_size.isdigit() else None,
         )
 
     def counters(self) -> Mapping[str, Counter]:
@@ -231,3 +236,19 @@ class MongoTerm:
 
     async def close(self) -> None:
         """Nothing of its own to close: the client is the source's."""
+
+
+def _carried_event(msg: OutboundMessage, cipher: ChannelCipher | None) -> dict[str, Any]:
+    """The change event a message carries, as JSON decodes it (its `_id` at least)."""
+    data = msg.message.get("data", "{}")
+    event: Any = None
+    try:
+        if "cipher+" in msg.message.get("encoding", "") and cipher is not None:
+            data = cipher.decrypt(msg.channel, data).decode("utf-8")
+        event = json_util.loads(data)
+    except ValueError as exc:  # json errors are ValueErrors too
+        log.warning("cannot read back the event of a refused message %s: %s", msg.message.get("id"), exc)
+    if not isinstance(event, dict):
+        event = {"_ablyChannel": msg.channel}
+    event.setdefault("_id", msg.token)
+    return event
