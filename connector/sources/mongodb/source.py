@@ -248,7 +248,6 @@ def _carried_event(msg: OutboundMessage, cipher: ChannelCipher | None) -> dict[s
         event = json_util.loads(data)
     except ValueError as exc:  # json errors are ValueErrors too
         log.warning("cannot read back the event of a refused message %s: %s", msg.message.get("id"), exc)
-    if not isinstance(event, dict):
-        event = {"_ablyChannel": msg.channel}
-    event.setdefault("_id", msg.token)
-    return event
+    carried: dict[str, Any] = event if isinstance(event, dict) else {"_ablyChannel": msg.channel}
+    carried.setdefault("_id", msg.token)
+    return carried
