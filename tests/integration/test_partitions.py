@@ -259,3 +259,43 @@ async def test_a_new_partition_adopts_the_old_layouts_spilled_messages_of_its_ch
         k = bucket_of({"_ablyChannel": doc["ch"]}, 3)
         assert doc["c"] == f"{cid}#{k}of3" and doc["_id"] == f"{cid}#{k}of3/{doc['k']}"
     assert len(docs) == len(CHANNELS) + 1
+
+
+async def test_back_to_one_partition_starts_from_the_handover_not_a_stale_token(
+    connector_env: dict[str, str], db: Any, ably: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = env_of(connector_env)
+    cid = f"{env['MONGODB_DATABASE']}.orders"
+    async with layout(env, 1):
+        first = await write(db, 0, 20)
+        await wait_delivered(ably, 20)
+    stale = (await db.ably.find_one({"_id": cid}))["resumeToken"]
+    async with layout(env, 2):
+        second = await write(db, 20, 40)
+        await wait_delivered(ably, 60)
+    partitioned = [
+        d["resumeToken"] async for d in db.ably.find({"_id": {"$in": [f"{cid}#0of2", f"{cid}#1of2"]}})
+    ]
+    caplog.set_level("INFO", logger="connector")
+    async with layout(env, 1):
+        third = await write(db, 60, 20)
+        await wait_delivered(ably, 80)
+        layout_doc = await db.ably.find_one({"_id": f"{cid}#layout"})
+    assert (layout_doc["partitions"], layout_doc["previous"]) == (1, 2)
+    handover = min(t["_data"] for t in partitioned)
+    assert layout_doc["handover"]["resumeToken"]["_data"] == handover != stale["_data"]
+    assert f"starting from the 2-partition layout's oldest position {handover}" in caplog.text
+    assert_in_order_once(ably, merge(first, second, third))
+
+
+async def test_check_reports_the_partition_and_where_it_filters(
+    connector_env: dict[str, str], db: Any, ably: Any
+) -> None:
+    from connector.sources.mongodb.check import run_checks
+
+    lines: list[str] = []
+    settings = load_settings({**env_of(connector_env), "PARTITIONS": "3", "PARTITION": "1"}, env_file=None)
+    assert await run_checks(settings, out=lines.append) == 0
+    assert any(
+        "partition 1 of 3: channels filtered server-side ($toHashedIndexKey)" in line for line in lines
+    )
