@@ -299,3 +299,24 @@ async def test_check_reports_the_partition_and_where_it_filters(
     assert any(
         "partition 1 of 3: channels filtered server-side ($toHashedIndexKey)" in line for line in lines
     )
+
+
+async def test_a_first_partitioned_deployment_starts_every_partition_where_the_layout_began(
+    connector_env: dict[str, str], db: Any, ably: Any
+) -> None:
+    """START_AT=now: a partition whose process comes up later still publishes what was written since the
+    first partition recorded the layout (its channels' changes in between are not skipped)."""
+    env = env_of(connector_env)
+    early = Partitioned(env, 2, 0)
+    early.start()
+    try:
+        await until(lambda: early.leading, what="partition 0 to lead")
+        expected = await write(db, 0, 48)
+        own = sum(len(v) for ch, v in expected.items() if bucket_of({"_ablyChannel": ch}, 2) == 0)
+        await wait_delivered(ably, own)
+        async with layout(env, 2, wait=False) as late:  # partition 0 again (stands by) and partition 1
+            await until(lambda: late[1].leading, what="partition 1 to lead")
+            await wait_delivered(ably, 48)
+    finally:
+        await early.stop()
+    assert_in_order_once(ably, expected)

@@ -1,9 +1,10 @@
 """Changing PARTITIONS safely: the recorded layout, who may lead, and where a new layout starts.
 
 The layout lives beside the token documents: `{_id: "<CONNECTOR_ID>#layout", partitions: N, previous: M,
-handover: {resumeToken, invalidated, clusterTime}, changedAt, changedBy}`. No document means one
-partition (every deployment from before partitions), and an unpartitioned connector writes it only to
-replace a partitioned layout: with PARTITIONS=1 the token and lease documents stay today's, byte for byte.
+handover: {resumeToken, invalidated, clusterTime} or {operationTime}, changedAt, changedBy}`. No document
+means one partition (every deployment from before partitions), and an unpartitioned connector writes it
+only to replace a partitioned layout: with PARTITIONS=1 the token and lease documents stay today's, byte
+for byte.
 
 1. Two layouts never publish at once. An instance leads only while the recorded layout is its own, and
    records its own only when no lease of the recorded one is live (it logs which lease holds it back).
@@ -15,7 +16,9 @@ replace a partitioned layout: with PARTITIONS=1 the token and lease documents st
    partition that stored none, the handover it started from). A new partition without a token of its own
    starts there. Every old partition's position is at or after it, so each channel's events before it were
    published; those after it are read again, and the overlap goes out with the same message ids: Ably drops
-   them within its idempotency window (2 minutes) and a client recognises them by id beyond it.
+   them within its idempotency window (2 minutes) and a client recognises them by id beyond it. When the
+   old layout stored no position at all (a first deployment), the handover is the cluster time at which the
+   layout was recorded: with START_AT=now every partition starts there, however late its process comes up.
 3. Tokens under the new layout's ids from an earlier era are cleared when the layout changes: they are
    older than the handover and would replay from there (or fail with history lost).
 4. Throttled channels' spilled messages (OVERFLOW_COLLECTION) under another layout's ids are adopted by the
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
+from bson import Timestamp
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from connector.errors import CheckpointError, LeadershipLost, LeaseStoreError, StreamError
@@ -49,16 +53,19 @@ LAYOUT_SUFFIX: Final = "#layout"
 #: Spilled messages moved per round when a partition adopts another layout's.
 ADOPT_BATCH: Final = 500
 DUPLICATE_KEY: Final = 11000
+_UINT32_MAX: Final = 2**32 - 1
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """Where a new layout's partitions without a token start: the old layout's oldest position."""
+    """Where a new layout's partitions without a token start: the old layout's oldest position, or the
+    cluster time the layout was recorded at when the old one stored none."""
 
-    token: Mapping[str, Any]
+    token: Mapping[str, Any] | None
     invalidated: bool
     previous: int  # how many partitions the old layout had
+    operation_time: Timestamp | None = None
 
 
 def _partitions(doc: Mapping[str, Any] | None) -> int:
@@ -156,6 +163,9 @@ class LayoutGuard:
         changed the document first."""
         count = self.partition.count
         handover = await self._oldest_position(current, doc)
+        if handover is None:
+            now = await self._cluster_time()
+            handover = {"operationTime": now} if now is not None else None
         for stale in layout_ids(self._connector_id, count):
             await TokenStore(self._tokens, stale).delete()
         record: dict[str, Any] = {
@@ -178,12 +188,13 @@ class LayoutGuard:
                     return False
         except DuplicateKeyError:
             return False
-        start = (
-            f"from the old layout's oldest position {handover['resumeToken']['_data']} (the overlap is "
-            "re-sent with the same message ids)"
-            if handover
-            else "at START_AT (the old layout stored no position)"
-        )
+        if handover is not None and "resumeToken" in handover:
+            start = (
+                f"from the old layout's oldest position {handover['resumeToken']['_data']} (the overlap is "
+                "re-sent with the same message ids)"
+            )
+        else:
+            start = "at START_AT, or with START_AT=now where the layout was recorded (no position was stored)"
         log.warning(
             "partition layout changed from %d to %d partition(s) by %s; partitions without a token of "
             "their own start %s",
@@ -212,6 +223,8 @@ class LayoutGuard:
                 )
             elif isinstance(inherited, Mapping) and _valid_token(inherited.get("resumeToken")):
                 candidates.append(dict(inherited))
+            elif isinstance(inherited, Mapping) and isinstance(inherited.get("operationTime"), Timestamp):
+                return dict(inherited)  # that layout's own start: before every position it stored
             elif count > 1:
                 log.warning(
                     "partition %r of the %d-partition layout has no stored position to hand over",
@@ -222,6 +235,17 @@ class LayoutGuard:
             return None
         return min(candidates, key=lambda c: str(c["resumeToken"]["_data"]))
 
+    async def _cluster_time(self) -> Timestamp | None:
+        """Just after the deployment's latest operation time (a ping's reply), as a stream opened "now"
+        starts (startAtOperationTime includes its own time); None when the server does not say."""
+        reply = await self._tokens.database.command("ping")
+        value = reply.get("operationTime") or reply.get("$clusterTime", {}).get("clusterTime")
+        if not isinstance(value, Timestamp):
+            return None
+        return (
+            Timestamp(value.time, value.inc + 1) if value.inc < _UINT32_MAX else Timestamp(value.time + 1, 0)
+        )
+
     async def handover(self) -> Handover | None:
         """Where this partition starts when it has no token of its own (None: START_AT, as ever)."""
         try:
@@ -229,13 +253,15 @@ class LayoutGuard:
         except PyMongoError as exc:
             raise StreamError(f"cannot read the partition layout: {brief_error(exc)}") from exc
         record = doc.get("handover") if doc and _partitions(doc) == self.partition.count else None
-        if not isinstance(record, Mapping) or not _valid_token(record.get("resumeToken")):
+        if not isinstance(record, Mapping):
             return None
-        return Handover(
-            token=dict(record["resumeToken"]),
-            invalidated=bool(record.get("invalidated", False)),
-            previous=int(doc.get("previous", 1)) if doc else 1,
-        )
+        previous = int(doc.get("previous", 1)) if doc else 1
+        if _valid_token(record.get("resumeToken")):
+            invalidated = bool(record.get("invalidated", False))
+            return Handover(token=dict(record["resumeToken"]), invalidated=invalidated, previous=previous)
+        if isinstance(record.get("operationTime"), Timestamp):
+            return Handover(None, False, previous, operation_time=record["operationTime"])
+        return None
 
     async def adopt_spilled(self, overflow: Any) -> int:
         """Move other layouts' spilled messages of this partition's channels under this partition's id."""

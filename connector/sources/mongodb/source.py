@@ -169,7 +169,7 @@ class MongoTerm:
             self.reader.stored_cluster_time = stored.cluster_time
             log.info("resuming from stored token %s", stored.token.get("_data"))
             return StartPosition(token=stored.token, start_after=stored.invalidated)
-        if handover is not None:
+        if handover is not None and handover.token is not None:
             log.info(
                 "no stored token of its own; starting from the %d-partition layout's oldest position %s "
                 "(changes since then are sent again with the same ids)",
@@ -177,6 +177,12 @@ class MongoTerm:
                 handover.token.get("_data"),
             )
             return StartPosition(token=handover.token, start_after=handover.invalidated)
+        if handover is not None and handover.operation_time is not None and start_at == "now":
+            # A first partitioned deployment: every partition starts where the layout was recorded.
+            log.info(
+                "no stored token; starting where this partition layout began, %s", handover.operation_time
+            )
+            return StartPosition(operation_time=handover.operation_time)
         if start_at != "now":
             log.info("no stored token; starting at operation time %s", start_at)
             return StartPosition(operation_time=start_at)
