@@ -4,6 +4,8 @@ The expected hashes come from three places, named on each vector:
 - `docs`: the server's documentation (`{$toHashedIndexKey: "string to hash"}` → 763543691661428748);
 - `hasher_test`: mongod's hashed-index test vectors (src/mongo/db/hasher_test.cpp, BSONElementHasher
   with seed 0, "consistent across platforms and server versions");
+- `expression_test`: mongod's unit tests of the expression (ExpressionToHashedIndexKeyTest in
+  src/mongo/db/pipeline/expression_*_test.cpp, 2025);
 - `hasher.cpp`: a value the vectors do not cover, computed here step by step as hasher.cpp does (MD5 of
   the 4-byte seed 0, the 4-byte canonical type, the value bytes) or equal to a vector by the rules of
   safeNumberLongForHash (bsonelement.h) and Decimal128::toLong (ties to even).
@@ -18,7 +20,7 @@ import struct
 from typing import Any
 
 import pytest
-from bson import Decimal128, Int64
+from bson import Decimal128, Int64, Timestamp
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
@@ -164,6 +166,18 @@ VECTORS: list[tuple[str, int, bytes, int, str]] = [
         501342939894575968,
         "hasher_test",
     ),
+    ("expression_string", 0x02, string(b"hashThisStringLiteral"), -5776344739422278694, "expression_test"),
+    ("expression_int_123", 0x10, int32(123), -6548868637522515075, "expression_test"),
+    (
+        "expression_object_id",
+        0x07,
+        bytes.fromhex("47cc67093475061e3d95369d"),
+        1576265281381834298,
+        "expression_test",
+    ),
+    ("expression_date_epoch", 0x09, int64(0), -1178696894582842035, "expression_test"),
+    ("expression_undefined", 0x06, b"", 40158834000849533, "expression_test"),
+    ("expression_null", 0x0A, b"", H_NULL, "expression_test"),
     # safeNumberLongForHash: a double of exactly 2^63 hashes as -2^63 (older servers' overflowing cast),
     # larger doubles and +inf as the maximum long, -inf as the minimum.
     ("double_two_pow_63", 0x01, double(2.0**63), H_LONG_MIN, "hasher.cpp"),
@@ -206,6 +220,24 @@ async def test_hash_matches_mongod(async_db: Any, type_byte: int, value: bytes, 
     (hashed,) = await hashes_of(async_db["values"], [element(type_byte, b"v", value)])
     assert type(hashed) is Int64
     assert hashed == expected
+
+
+async def test_expression_test_vectors_given_as_expressions(async_db: Any) -> None:
+    """ExpressionToHashedIndexKeyTest's operands that are not stored values: a literal Timestamp(0, 0)
+    (a stored top-level one would get the server's time) and the result of `{$pow: [2, 4]}`."""
+    coll = async_db["values"]
+    await coll.insert_one({"_id": 1})
+    pipeline = [
+        {
+            "$project": {
+                "ts": {"$toHashedIndexKey": {"$literal": Timestamp(0, 0)}},
+                "pow": {"$toHashedIndexKey": {"$pow": [2, 4]}},
+            }
+        }
+    ]
+    (doc,) = await (await coll.aggregate(pipeline)).to_list()
+    assert doc["ts"] == -7867208682377458672
+    assert doc["pow"] == 2598032665634823220
 
 
 async def test_missing_hashes_as_null(async_db: Any) -> None:
