@@ -170,6 +170,28 @@ async def test_namespace_filter_with_regex_exists_and_nor(async_client: Any, dbs
     ]
 
 
+async def test_a_transaction_across_databases_and_update_lookup(async_client: Any, dbs: Any) -> None:
+    """Each statement of a transaction over two databases is its own event (one txnNumber and lsid), and
+    `updateLookup` reads the document from the event's own database."""
+    first, second = dbs
+    await async_client[first]["a"].insert_one({"_id": 1, "v": 0})
+    await async_client[second]["b"].insert_one({"_id": 2, "v": 0})
+    async with await async_client.watch(
+        max_await_time_ms=MAX_AWAIT_MS, full_document="updateLookup"
+    ) as stream:
+        async with async_client.start_session() as session, await session.start_transaction():
+            await async_client[first]["a"].update_one({"_id": 1}, {"$set": {"v": 1}}, session=session)
+            await async_client[second]["b"].update_one({"_id": 2}, {"$set": {"v": 2}}, session=session)
+        await async_client[first]["a"].insert_one({"_id": MARKER})
+        events = [e for e in await until_marker(stream, first) if e["operationType"] == "update"]
+    assert [(e["ns"]["db"], e["fullDocument"]) for e in events] == [
+        (first, {"_id": 1, "v": 1}),
+        (second, {"_id": 2, "v": 2}),
+    ]
+    assert events[0]["txnNumber"] == events[1]["txnNumber"]
+    assert events[0]["lsid"] == events[1]["lsid"]
+
+
 STAGING = re.compile(r"^tmp[a-zA-Z0-9]{5}\.renameCollection$")
 
 
