@@ -225,8 +225,8 @@ class Runtime:
         return not problems, details
 
     def labels(self) -> dict[str, str]:
-        """Constant labels of the info metric: which instance of which connector this is."""
-        return {"instance_id": self.settings.instance_id, "connector_id": self.settings.connector_id}
+        """Constant labels of the info metric: which instance of which connector (partition) this is."""
+        return {"instance_id": self.settings.instance_id, "connector_id": self.source.lease_id}
 
     def snapshot(self) -> dict[str, Any]:
         term = self._live_term()

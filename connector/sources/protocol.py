@@ -16,6 +16,9 @@ stop order of invariant 7. A source supplies the rest:
 
     Source                      one per process
       database                  "MongoDB", "PostgreSQL": named in log lines and readiness problems
+      lease_id                  what the lease and the stored position are kept under: CONNECTOR_ID, or
+                                a partition's own id; the info metric's `connector_id` label, so that
+                                alerts count one leader per partition
       lease_store               where the lease lives, fenced by epoch (invariant 8)
       open(stop)                wait for the database and check what must exist; False when stopped
                                 first; a ConnectorError is fatal
@@ -111,6 +114,7 @@ class SourceTerm(Protocol):
 
 class Source(Protocol):
     database: str
+    lease_id: str
 
     @property
     def lease_store(self) -> LeaseStore: ...

@@ -47,6 +47,7 @@ class FakeSource:
     """`Source`: each term reads `events` messages on channel `ch`, then waits for its stop."""
 
     database = "FakeDB"
+    lease_id = "fake#0of2"
 
     def __init__(self, clock: Clock, *, events: int = 5) -> None:
         self.log: list[str] = []
@@ -328,3 +329,8 @@ async def test_lag_rises_while_changes_wait_and_is_zero_when_none_does(rig: Rig)
     latency = rig.runtime.snapshot()["publish_latency_seconds"]
     assert latency["buckets"][-1] == ("+Inf", 5.0) and latency["sum"] >= 25
     assert await rig.stop() == 0
+
+
+def test_the_info_metric_names_the_lease_id_so_each_partition_counts_its_own_leader(rig: Rig) -> None:
+    # CONNECTOR_ID is the same for every partition; alerts sum leaders by the info metric's connector_id.
+    assert rig.runtime.labels() == {"instance_id": "me", "connector_id": "fake#0of2"}

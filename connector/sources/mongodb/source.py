@@ -66,6 +66,7 @@ class MongoSource:
         # leads only while the recorded layout is its own (layout.py).
         self.partition = settings.partition_spec
         self.position_id = self.partition.position_id(settings.connector_id)
+        self.lease_id = self.position_id
         self.tokens = self.mongo.collection(settings.resume_token_collection, majority=True)
         self.layout = LayoutGuard(self.tokens, settings.connector_id, self.partition)
         self.lease_store = GuardedLeaseStore(MongoLeaseStore(self.tokens, self.position_id), self.layout)

@@ -49,6 +49,7 @@ class PostgresSource:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.lease_id = settings.connector_id
         self.names = OutboxNames.from_settings(settings.outbox_table, settings.nodes_table)
         self.lease_store = PostgresLeaseStore(
             settings.postgres_uri, self.names, connector_id=settings.connector_id, ttl_s=settings.lease_ttl_s
