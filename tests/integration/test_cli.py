@@ -125,6 +125,22 @@ def test_token_show_and_reset(env: dict[str, str], capsys: pytest.CaptureFixture
     assert sync_db.ably.count_documents({}) == 0
 
 
+def test_token_commands_act_on_this_partitions_own_document(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sync_db: Any
+) -> None:
+    connector_id = env["MONGODB_DATABASE"] + ".orders"
+    monkeypatch.setenv("PARTITIONS", "3")
+    monkeypatch.setenv("PARTITION", "1")
+    for k in range(3):
+        sync_db.ably.insert_one({"_id": f"{connector_id}#{k}of3", "resumeToken": {"_data": f"82P{k}"}})
+    assert main(["token", "show"]) == 0
+    shown = capsys.readouterr().out
+    assert "82P1" in shown and "82P0" not in shown and "82P2" not in shown
+    assert main(["token", "reset", "--yes"]) == 0
+    assert f"deleted the resume token for '{connector_id}#1of3'" in capsys.readouterr().out
+    assert sorted(d["_id"] for d in sync_db.ably.find()) == [f"{connector_id}#0of3", f"{connector_id}#2of3"]
+
+
 def test_unreadable_stored_token_exits_1_with_72006(
     env: dict[str, str], sync_db: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
