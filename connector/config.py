@@ -74,7 +74,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, env_file: str | Path 
     except ValidationError as exc:
         problems = [line for err in exc.errors() for line in _describe(err, values)]
     else:
-        settings._warnings = unknown_variables(merged)
+        settings._warnings = unknown_variables(merged) + other_sources_variables(values, settings.source)
         return settings
     part = SETTINGS_PARTS.get(values.get("source", "mongodb"))
     if part is not None:
@@ -126,6 +126,21 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
         close = difflib.get_close_matches(var, by_prefix.get(var.split("_", 1)[0], []), n=1, cutoff=0.85)
         if close:
             warnings.append(f"{var} is not a setting (ignored); did you mean {close[0]}?")
+    return warnings
+
+
+def other_sources_variables(values: Mapping[str, Any], source: str) -> list[str]:
+    """One warning per variable set that only another source reads (`PARTITIONS` with SOURCE=postgres):
+    it has no effect, which its author most likely did not mean. A shared env file may hold both."""
+    own = set(SETTINGS_PARTS[source].model_fields)
+    warnings = []
+    for name, part in SETTINGS_PARTS.items():
+        if name == source:
+            continue
+        for field in sorted(set(part.model_fields) - own):
+            if field in values:
+                var = field.upper()
+                warnings.append(f"{var} applies to SOURCE={name} only: ignored with SOURCE={source}")
     return warnings
 
 

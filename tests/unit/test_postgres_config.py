@@ -194,3 +194,18 @@ def test_a_misspelt_variable_of_ours_is_named_with_the_closest_one() -> None:
         "POSTGRES_URL is not a setting (ignored); did you mean POSTGRES_URI?",
         "PUBLISH_BATCHSIZE is not a setting (ignored); did you mean PUBLISH_BATCH_SIZE?",
     ]
+
+
+def test_a_variable_only_the_other_source_reads_is_named_as_ignored() -> None:
+    env = {
+        "SOURCE": "postgres",
+        "POSTGRES_URI": "postgresql://localhost/app",
+        "ABLY_API_KEY": KEY,
+        "PARTITIONS": "3",
+        "MONGODB_WATCH": "deployment",
+        "MAX_MESSAGE_SIZE": "1000",  # shared: no warning
+    }
+    assert load_settings(env, env_file=None).warnings == [
+        "MONGODB_WATCH applies to SOURCE=mongodb only: ignored with SOURCE=postgres",
+        "PARTITIONS applies to SOURCE=mongodb only: ignored with SOURCE=postgres",
+    ]
