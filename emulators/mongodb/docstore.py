@@ -127,6 +127,28 @@ def _copy(value: Any, level: int) -> Any:
     return value  # Code (its scope is never changed), the bsonvalues wrappers, UUID, MinKey, ...
 
 
+def naive_dates(value: Any) -> Any:
+    """`value` with every timezone-aware date as the naive UTC date the store holds (the same object
+    when it has none): a query's dates arrive aware from the wire, and Python never orders or equates
+    an aware date with a naive one (mongod compares the instants)."""
+    kind = type(value)
+    if kind is datetime.datetime:
+        return value.astimezone(_UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+    if kind is dict:
+        out: dict[str, Any] | None = None
+        for key, item in value.items():
+            fixed = naive_dates(item)
+            if fixed is not item:
+                if out is None:
+                    out = dict(value)
+                out[key] = fixed
+        return value if out is None else out
+    if kind is list:
+        items = [naive_dates(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
+
+
 def storable(
     doc: dict[str, Any], *, insert: bool, tick: Callable[[], Timestamp] | None = None
 ) -> dict[str, Any]:

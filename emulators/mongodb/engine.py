@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .changestream import ChangeStreamCursor
+from .docstore import naive_dates
 from .errors import RETRYABLE_WRITE_CODES, STATE_CHANGE_CODES, CloseConnection, CommandError
 from .failpoints import RETRYABLE_WRITE_COMMANDS, FailPoints
 from .oplog import Oplog
@@ -52,6 +53,10 @@ WRITE_COMMANDS = frozenset(
     }
 )
 TRANSACTION_END_COMMANDS = frozenset({"commitTransaction", "abortTransaction"})
+#: Commands whose filters and values meet stored documents, whose dates the store keeps naive UTC.
+STORED_DOCUMENT_COMMANDS = frozenset(
+    {"find", "count", "distinct", "delete", "update", "findAndModify", "findandmodify", "aggregate"}
+)
 # The storage a command runs on: a transaction's overlay view while one of its statements runs (set per
 # connection task, so concurrent commands of other sessions keep seeing the shared storage).
 _STATEMENT_STORAGE: contextvars.ContextVar[Storage | None] = contextvars.ContextVar(
@@ -242,6 +247,9 @@ class Engine:
         handler = COMMANDS.get(name) or COMMANDS.get(name.lower())
         if handler is None:
             raise CommandError(59, f"no such command: '{name}'")
+        if name in STORED_DOCUMENT_COMMANDS and not _opens_change_stream(cmd):
+            # A change stream's events carry aware dates, as they come from the oplog: left as they are.
+            cmd = naive_dates(cmd)
         if name in WRITE_COMMANDS and self.topology.stepped_down:
             raise CommandError(10107, "not primary", labels=["RetryableWriteError"] if retryable else [])
         if in_transaction(cmd) and name not in TRANSACTION_END_COMMANDS:
@@ -319,3 +327,13 @@ def _unsatisfiable(write_concern: Any) -> bool:
         return False
     w = write_concern.get("w")
     return isinstance(w, int) and not isinstance(w, bool) and w > 1
+
+
+def _opens_change_stream(cmd: dict[str, Any]) -> bool:
+    pipeline = cmd.get("pipeline")
+    return bool(
+        isinstance(pipeline, list)
+        and pipeline
+        and isinstance(pipeline[0], dict)
+        and "$changeStream" in pipeline[0]
+    )

@@ -93,6 +93,13 @@ class MongoDeadLetterStore:
             flt["reason"] = {"$regex": re.escape(selection.reason), "$options": "i"}
         if selection.channel_exact is not None:
             flt["event._ablyChannel"] = selection.channel_exact
+        if selection.since is not None or selection.until is not None:
+            at: dict[str, Any] = {}
+            if selection.since is not None:
+                at["$gte"] = selection.since
+            if selection.until is not None:
+                at["$lt"] = selection.until
+            flt["at"] = at
         if selection.replayed is True:
             flt["replayOutcome"] = "published"
         elif selection.replayed is False:
@@ -100,13 +107,10 @@ class MongoDeadLetterStore:
         return flt
 
     async def find(self, selection: Selection) -> list[DeadLetter]:
-        """Filtered by the database, except a channel glob and the time range, matched here (so then the
-        database cannot apply the limit). The time range stays out of the query because the project's
-        MongoDB emulator fails a date comparison in a filter (reported); the collection is bounded by
-        its TTL index, so the scan is too."""
+        """Filtered by the database, except a channel glob, matched here (so then the database cannot
+        apply the limit)."""
         out: list[DeadLetter] = []
-        in_here = selection.channel_glob is not None or selection.since or selection.until
-        limit = 0 if in_here else selection.limit or 0
+        limit = 0 if selection.channel_glob is not None else selection.limit or 0
         with _mapped(f"reading {self.where}"):
             cursor = self._collection.find(self._filter(selection)).sort("_id", 1).limit(limit)
             async for doc in cursor:
