@@ -8,45 +8,17 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import packagedChromium from '@sparticuz/chromium';
-import { chromium } from 'playwright-core';
-
+import { launchBrowser } from './helpers/browser.js';
 import { backend, uniqueId } from './helpers/clients.js';
 import { startStack } from './helpers/stack.js';
 
 const PAGE_TIMEOUT_MS = 30_000; // bounds each wait for the page; never reached when it works
-// As root, in a closed network: no sandbox, no GPU, and no background requests (they would be refused).
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-// @sparticuz/chromium's own flags are for AWS Lambda; these would hide what the test is for: the page
-// must pass the browser's CORS checks against the emulators (no --disable-web-security), and one process
-// per page is how a user's browser runs it.
-const LAMBDA_ONLY_ARGS = new Set(['--disable-web-security', '--allow-running-insecure-content', '--single-process']);
-
-async function browserOptions() {
-  if (process.env.CHROMIUM) return { executablePath: process.env.CHROMIUM, args: CHROMIUM_ARGS };
-  const packaged = packagedChromium.args.filter((arg) => !LAMBDA_ONLY_ARGS.has(arg));
-  return {
-    executablePath: await packagedChromium.executablePath(),
-    args: [...new Set([...packaged, ...CHROMIUM_ARGS])],
-  };
-}
 
 let stack;
 let browser;
 before(async () => {
   stack = await startStack({ pipelines: ['models-sdk-collection.json'] });
-  // Playwright gives the browser a fresh user-data-dir of its own.
-  const options = await browserOptions();
-  console.log(`browser: ${options.executablePath}`);
-  browser = await chromium.launch({ ...options, headless: true });
+  browser = await launchBrowser();
 });
 after(async () => {
   await browser?.close();

@@ -1,4 +1,4 @@
-// A headless Chromium for page tests, launched as tests/clients/browser.test.js launches it: the npm dev
+// A headless Chromium for the page tests (browser.test.js, encryption.test.js): the npm dev
 // dependency @sparticuz/chromium (a headless shell inside the package: no download, no system package), or
 // CHROMIUM=/path (e.g. Debian's /usr/bin/chromium).
 import packagedChromium from '@sparticuz/chromium';
@@ -18,14 +18,19 @@ const CHROMIUM_ARGS = [
 // against the emulators, one process per page as in a user's browser).
 const LAMBDA_ONLY_ARGS = new Set(['--disable-web-security', '--allow-running-insecure-content', '--single-process']);
 
-export async function launchBrowser() {
-  if (process.env.CHROMIUM) {
-    return chromium.launch({ executablePath: process.env.CHROMIUM, args: CHROMIUM_ARGS, headless: true });
-  }
+// Where the browser is and its flags (the page tests log the path).
+export async function browserOptions() {
+  if (process.env.CHROMIUM) return { executablePath: process.env.CHROMIUM, args: CHROMIUM_ARGS };
   const packaged = packagedChromium.args.filter((arg) => !LAMBDA_ONLY_ARGS.has(arg));
-  return chromium.launch({
+  return {
     executablePath: await packagedChromium.executablePath(),
     args: [...new Set([...packaged, ...CHROMIUM_ARGS])],
-    headless: true,
-  });
+  };
+}
+
+// Playwright gives the browser a fresh user-data-dir of its own.
+export async function launchBrowser() {
+  const options = await browserOptions();
+  console.log(`browser: ${options.executablePath}`);
+  return chromium.launch({ ...options, headless: true });
 }
