@@ -31,6 +31,17 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import ReturnDocument
 from pymongo.errors import OperationFailure, WriteError
 
+from tests.emulators.mongodb.raw_bson import (
+    binary,
+    decimal_bits,
+    document,
+    double_bits,
+    element,
+    int32,
+    int64,
+    string,
+)
+
 #: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
 pytestmark = pytest.mark.integration
 
@@ -59,39 +70,6 @@ _LENIENT_RAW = CodecOptions(
 
 
 # -- raw BSON ------------------------------------------------------------------------------------------
-def int32(value: int) -> bytes:
-    return struct.pack("<i", value)
-
-
-def int64(value: int) -> bytes:
-    return struct.pack("<q", value)
-
-
-def string(data: bytes) -> bytes:
-    return int32(len(data) + 1) + data + b"\x00"
-
-
-def document(*elements: bytes) -> bytes:
-    body = b"".join(elements)
-    return int32(len(body) + 5) + body + b"\x00"
-
-
-def element(type_byte: int, name: bytes, payload: bytes) -> bytes:
-    return bytes((type_byte,)) + name + b"\x00" + payload
-
-
-def binary(subtype: int, data: bytes) -> bytes:
-    return int32(len(data)) + bytes((subtype,)) + data
-
-
-def double_bits(bits: int) -> bytes:
-    return struct.pack("<Q", bits)
-
-
-def decimal_bits(high: int, low: int) -> bytes:
-    return struct.pack("<QQ", low, high)
-
-
 def raw(data: bytes) -> RawBSONDocument:
     """A document to send as these exact bytes (the lenient options only serve the driver's own look at
     its keys, e.g. the `$set` of an update)."""

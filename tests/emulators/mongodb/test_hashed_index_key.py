@@ -24,44 +24,22 @@ from bson import Decimal128, Int64, Timestamp
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import OperationFailure
 
+from tests.emulators.mongodb.raw_bson import (
+    code_with_scope,
+    document,
+    double,
+    double_bits,
+    element,
+    int32,
+    int64,
+    string,
+)
+
 #: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
 pytestmark = pytest.mark.integration
 
 EVENT_WAIT_S = 10.0
 MAX_AWAIT_MS = 200
-
-
-def int32(value: int) -> bytes:
-    return struct.pack("<i", value)
-
-
-def int64(value: int) -> bytes:
-    return struct.pack("<q", value)
-
-
-def double(value: float) -> bytes:
-    return struct.pack("<d", value)
-
-
-def double_bits(bits: int) -> bytes:
-    return struct.pack("<Q", bits)
-
-
-def string(data: bytes) -> bytes:
-    return int32(len(data) + 1) + data + b"\x00"
-
-
-def document(*elements: bytes) -> bytes:
-    body = b"".join(elements)
-    return int32(len(body) + 5) + body + b"\x00"
-
-
-def element(type_byte: int, name: bytes, payload: bytes) -> bytes:
-    return bytes((type_byte,)) + name + b"\x00" + payload
-
-
-def code_with_scope(code: bytes, scope: bytes) -> bytes:
-    return int32(4 + len(string(code)) + len(scope)) + string(code) + scope
 
 
 def decimal(text: str) -> bytes:
