@@ -4,6 +4,7 @@ of logs, the redacted settings and `check`, and both sources' routers encrypting
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
@@ -20,11 +21,11 @@ from connector.ably.outbound import AblyMessage
 from connector.ably.oversize import TRUNCATED_HEADER
 from connector.ably.validation import message_size
 from connector.check_report import Report, check_cipher
-from connector.config import Settings, load_settings
-from connector.errors import ConfigError, UnpublishableEvent
+from connector.errors import UnpublishableEvent
 from connector.logs import configure_logging
 from connector.sources.mongodb.messages import make_router
 from connector.sources.postgres.messages import OutboxRow, row_to_message
+from tests.unit.settings_helpers import load_with, problems_with
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KEY_256 = base64.b64encode(bytes(range(32))).decode()
@@ -119,14 +120,8 @@ def test_longest_prefix_wins_and_the_default_covers_the_rest() -> None:
     assert ChannelCipher(None, {"secure:": short}).seal(message, "public") is message
 
 
-def load(**overrides: str) -> Settings:
-    return load_settings({**BASE, **overrides}, env_file=None)
-
-
-def problems(**overrides: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(**overrides)
-    return info.value.problems
+load = functools.partial(load_with, BASE)
+problems = functools.partial(problems_with, BASE)
 
 
 SECRET_LOOKING = "c2VjcmV0LWtleS1zZWNyZXQ="  # base64 of 16 + 1 bytes: wrong length, must not be echoed

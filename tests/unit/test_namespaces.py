@@ -4,14 +4,14 @@ server would), and the Unauthorized mapping of a deployment-wide stream."""
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
 import pytest
 from pymongo.errors import OperationFailure
 
-from connector.config import Settings, load_settings
-from connector.errors import ConfigError, HistoryLostError
+from connector.errors import HistoryLostError
 from connector.sources.mongodb.namespaces import (
     DEPLOYMENT_LABEL,
     NamespacePattern,
@@ -22,6 +22,7 @@ from connector.sources.mongodb.namespaces import (
 )
 from connector.sources.mongodb.stream import StartPosition, classify, stream_options
 from emulators.mongodb.aggregation import run_pipeline
+from tests.unit.settings_helpers import load_with, problems_with
 
 KEY = "appid.keyid:s3cr3t-Key-Value"
 PIPELINE = '[{"$addFields": {"_ablyChannel": "$ns.db"}}]'
@@ -29,14 +30,8 @@ BASE = {"MONGODB_DATABASE": "home", "ABLY_API_KEY": KEY, "PIPELINE": PIPELINE}
 OWN = ["ably", "ably_deadletter", "ably_overflow"]
 
 
-def load(**overrides: str) -> Settings:
-    return load_settings({**BASE, **overrides}, env_file=None)
-
-
-def problems(**overrides: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(**overrides)
-    return info.value.problems
+load = functools.partial(load_with, BASE)
+problems = functools.partial(problems_with, BASE)
 
 
 # ---- glob → regex ----

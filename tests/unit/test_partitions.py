@@ -3,13 +3,12 @@ and where the partition's stage goes in the pipeline (connector/sources/mongodb/
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
-from connector.config import Settings, load_settings
-from connector.errors import ConfigError
 from connector.sources.mongodb import partitions
 from connector.sources.mongodb.client import Mongo
 from connector.sources.mongodb.partitions import (
@@ -23,6 +22,7 @@ from connector.sources.mongodb.partitions import (
     resolve_partition,
 )
 from connector.sources.mongodb.pipeline import oversize_stages
+from tests.unit.settings_helpers import load_with, problems_with
 
 BASE = {
     "MONGODB_DATABASE": "shop",
@@ -32,14 +32,8 @@ BASE = {
 }
 
 
-def load(**overrides: str) -> Settings:
-    return load_settings({**BASE, **overrides}, env_file=None)
-
-
-def problems(**overrides: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(**overrides)
-    return info.value.problems
+load = functools.partial(load_with, BASE)
+problems = functools.partial(problems_with, BASE)
 
 
 # ---- settings and ids ----
