@@ -90,7 +90,13 @@ class SecretMaskFilter(logging.Filter):
     _tb_formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = mask_secrets(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception as exc:  # a filter that raises fails the call that logged
+            # A library's message object that cannot render itself (PyMongo's command log of a document
+            # holding invalid UTF-8): the record goes out without it, and the code that logged goes on.
+            message = f"unprintable {type(record.msg).__name__} message ({type(exc).__name__}: {exc})"
+        record.msg = mask_secrets(message)
         record.args = None
         for key, value in list(vars(record).items()):
             if key not in _STANDARD_ATTRS:

@@ -42,6 +42,27 @@ def mongo_uri() -> Iterator[str]:
         yield server.uri
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo what `livesync-connector` commands run in-process do to logging (`configure_logging`: a
+    handler on the test's captured stderr, the root level, the chatty loggers' levels): a later test
+    must not log through a closed stream, nor at DEBUG because an earlier one asked for it."""
+    import logging
+
+    from connector.logs import CHATTY_LOGGERS
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    chatty = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    for name, each in chatty.items():
+        logging.getLogger(name).setLevel(each)
+
+
 @pytest.fixture(scope="session")
 def using_emulator() -> bool:
     return not os.environ.get("MONGODB_TEST_URI")

@@ -11,7 +11,14 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from connector.config import load_settings
-from connector.logs import CHATTY_LOGGERS, MASK, configure_logging, mask_secrets, register_secret
+from connector.logs import (
+    CHATTY_LOGGERS,
+    MASK,
+    SecretMaskFilter,
+    configure_logging,
+    mask_secrets,
+    register_secret,
+)
 
 SECRET = "Zx9-very-secret-part"
 API_KEY = f"app1.key1:{SECRET}"
@@ -176,3 +183,18 @@ def test_per_request_library_lines_silenced_below_debug(capture: Capture) -> Non
         for name in CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.NOTSET)
     assert [line.rsplit(": ", 1)[1] for line in lines(out)] == ["retrying", "now visible"]
+
+
+def test_a_message_that_cannot_render_is_logged_without_failing_the_call() -> None:
+    """PyMongo's DEBUG command log renders the command's documents lazily; one holding invalid UTF-8
+    raises when rendered, and an exception out of a handler's filter would fail the command itself."""
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise ValueError("'utf-8' codec can't decode byte 0xff")
+
+    record = logging.LogRecord("pymongo.command", logging.DEBUG, __file__, 1, Unprintable(), None, None)
+    assert SecretMaskFilter().filter(record) is True
+    assert record.getMessage() == (
+        "unprintable Unprintable message (ValueError: 'utf-8' codec can't decode byte 0xff)"
+    )
