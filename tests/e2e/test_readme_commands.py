@@ -14,6 +14,8 @@ the README fails `test_every_readme_command_is_classified` until someone decides
 - `install`: `pip install .` from the checkout: pyproject.toml must declare the console script used next.
 - `postgres`: needs a PostgreSQL server: the subcommand must exist and every variable must be a setting;
   tests/postgres runs `create-tables` and `check` against a real server.
+- `settings`: an `export` of settings in a section's example (not the block run above): every variable
+  is a setting, and the block's exports together load as a valid configuration (an API key added).
 - `deadletter`: needs dead letters to act on: the line must parse with the connector's own parser (every
   subcommand and option exists); tests/integration and tests/postgres run each subcommand for real.
 """
@@ -39,13 +41,16 @@ from tests.e2e.procs import ROOT
 
 pytestmark = pytest.mark.e2e
 
-Kind = Literal["run", "env", "make", "compose", "image", "http", "install", "postgres", "deadletter"]
+Kind = Literal[
+    "run", "env", "settings", "make", "compose", "image", "http", "install", "postgres", "deadletter"
+]
 README = ROOT / "README.md"
 CONNECTOR = ROOT / ".venv" / "bin" / "livesync-connector"
 COMMAND_TIMEOUT_S = 60.0  # `check` against the emulators takes about a second
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
+TENANTS = "PIPELINE_FILE=pipelines/channel-per-tenant.json"
 PG = "SOURCE=postgres POSTGRES_URI=postgresql://app@db/app ABLY_API_KEY=appId.keyId:secret livesync-connector"
 CLASSIFIED: dict[str, Kind] = {
     # Set-up
@@ -67,6 +72,9 @@ CLASSIFIED: dict[str, Kind] = {
     f"{PG} create-tables": "postgres",
     f"{PG} check": "postgres",
     PG: "postgres",
+    # Watching the whole deployment
+    f"export MONGODB_WATCH=deployment MONGODB_DATABASE=livesync {TENANTS}": "settings",
+    "export NAMESPACE_INCLUDE='tenant_*.*' NAMESPACE_EXCLUDE='*.audit,tenant_test.*'": "settings",
     # Dead letters: list, inspect, replay
     "livesync-connector deadletter list --kind too_large --since 2h": "deadletter",
     "livesync-connector deadletter show 8264F1A2C7000000012B022C0100296E5A1004...": "deadletter",
@@ -195,6 +203,25 @@ STATIC = {
     "postgres": check_postgres,
     "deadletter": check_deadletter,
 }
+
+
+def test_settings_examples_load_as_a_valid_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.config import Settings, load_settings
+
+    monkeypatch.chdir(ROOT)  # a PIPELINE_FILE is relative to the checkout, as the README's examples are
+    blocks = [[c for c in block if CLASSIFIED.get(c) == "settings"] for block in shell_blocks()]
+    checked = 0
+    for exports in filter(None, blocks):
+        env = {"ABLY_API_KEY": "appId.keyId:secret"}
+        for command in exports:
+            for assignment in shlex.split(command)[1:]:
+                name, _, value = assignment.partition("=")
+                assert name.removesuffix("_FILE").lower() in Settings.model_fields, f"{name} is not a setting"
+                env[name] = value
+        settings = load_settings(env, env_file=None)
+        assert settings.warnings == [], exports
+        checked += 1
+    assert checked, "no settings example in the README"
 
 
 @pytest.mark.parametrize(
