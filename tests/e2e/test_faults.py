@@ -21,7 +21,7 @@ from tests.e2e.workload import Writer, audit
 
 pytestmark = pytest.mark.e2e
 
-FAULT_SECONDS = float(os.environ.get("E2E_FAULT_SECONDS", "12"))
+FAULT_SECONDS = float(os.environ.get("E2E_FAULT_SECONDS", "6"))
 # Small enough that an outage of FAULT_SECONDS at the writer's rate fills the ledger: backpressure is
 # exercised, not just hoped for.
 FAULT_MAX_IN_FLIGHT = 1000
