@@ -86,6 +86,14 @@ METRICS: dict[str, tuple[str, str]] = {
     "livesync_gaps_timed_out": ("counter", "Outbox gaps skipped after GAP_TIMEOUT_MS (logged)"),
     "livesync_late_rows": ("counter", "Outbox rows published after their gap was given up on"),
     "livesync_max_gap_wait_seconds": ("gauge", "Longest time rows were held back behind a gap"),
+    "livesync_outbox_oldest_row_age_seconds": (
+        "gauge",
+        "Seconds since the connector first read the oldest outbox row not yet done and stored; 0 when none",
+    ),
+    "livesync_outbox_backlog_rows": (
+        "gauge",
+        "Outbox ids above the stored watermark: MAX(sequence_id) minus the watermark",
+    ),
 }
 
 

@@ -37,6 +37,7 @@ from connector.ably.outbound import OutboundMessage
 from connector.ably.overflow import Overflow
 from connector.ably.oversize import TRUNCATED_HEADER, OnOversize
 from connector.errors import UnpublishableEvent
+from connector.sources.postgres.backlog import OutboxBacklog
 from connector.sources.postgres.db import Connection, mapped_errors
 from connector.sources.postgres.deadletter import UnpublishableRows
 from connector.sources.postgres.gaps import GapTracker, Resolved
@@ -101,7 +102,10 @@ class OutboxReader:
         clock: Callable[[], float] = time.monotonic,
         overflow: Overflow | None = None,
         cipher: ChannelCipher | None = None,
+        backlog: OutboxBacklog | None = None,
     ) -> None:
+        #: First read times of the rows fetched (for the outbox age gauge).
+        self.backlog = backlog if backlog is not None else OutboxBacklog()
         self._overflow = overflow
         self._cipher = cipher
         self._routed_upto = 0  # the highest sequence_id handed to the publisher or the overflow
@@ -207,6 +211,9 @@ class OutboxReader:
         rows = await self._fetch(limit)
         now = self._clock()
         placements = tracker.saw((row.sequence_id for row in rows), now)
+        new_rows = sum(1 for row in rows if row.sequence_id > self._fetch_floor)
+        if new_rows:  # before the release, which may wait for room in the ledger
+            self.backlog.read(tracker.seen_max, time.time())
         opened = len(tracker.gaps)
         for row, placement in zip(rows, placements, strict=True):
             if row.processed or placement == "known":
@@ -224,7 +231,6 @@ class OutboxReader:
         self._note(tracker.expire(now))
         self.stats.gaps_opened += max(0, len(tracker.gaps) - opened)
         await self._release()
-        new_rows = sum(1 for row in rows if row.sequence_id > self._fetch_floor)
         return limit > 0 and new_rows >= limit
 
     async def _fetch(self, limit: int) -> list[OutboxRow]:

@@ -23,6 +23,7 @@ from connector.ably.outbound import OutboundMessage
 from connector.ably.overflow import Overflow
 from connector.config import Settings
 from connector.errors import AblyError, ConnectorError, DatabaseUnavailable, SchemaError
+from connector.sources.postgres.backlog import OutboxBacklog
 from connector.sources.postgres.check import schema_problems
 from connector.sources.postgres.db import Connection, close_quietly, connect
 from connector.sources.postgres.deadletter import UnpublishableRows
@@ -58,6 +59,9 @@ class PostgresSource:
         self.max_gap_wait_s = 0.0
         #: CHANNEL_CIPHER_KEY(S): process-wide, so its count of encrypted messages spans terms.
         self.cipher = cipher_from(settings)
+        #: When rows were first read, and the outbox's head: process-wide, so a new term's re-read of a
+        #: waiting row does not make it look young again.
+        self.backlog = OutboxBacklog()
 
     async def open(self, stop: asyncio.Event) -> bool:
         """Wait for PostgreSQL (as long as it takes), then check and complete the schema."""
@@ -140,6 +144,7 @@ class PostgresTerm:
             max_message_size=settings.max_message_size,
             on_oversize=settings.on_oversize,
             cipher=self._source.cipher,
+            backlog=self._source.backlog,
         )
         self.store = OutboxStore(
             self._store_conn,
@@ -198,7 +203,13 @@ class PostgresTerm:
     def gauges(self) -> Mapping[str, Any]:
         reading = self.reader is not None and self.reader.stats.reading
         wait = self.reader.stats.max_gap_wait_s if self.reader is not None else 0.0
-        return {"stream_open": int(reading), "max_gap_wait_seconds": max(self._source.max_gap_wait_s, wait)}
+        backlog = self._source.backlog
+        return {
+            "stream_open": int(reading),
+            "max_gap_wait_seconds": max(self._source.max_gap_wait_s, wait),
+            "outbox_oldest_row_age_seconds": backlog.oldest_age_s(time.time()),
+            "outbox_backlog_rows": backlog.rows,
+        }
 
     def problems(self) -> list[str]:
         problems = []

@@ -12,6 +12,9 @@ Every CHECKPOINT_INTERVAL_MS (and once more at a clean stop) one transaction:
    `sequence_id` in the table, which stays as Ably's tombstone so `MAX(sequence_id)` keeps working;
 3. marks what is left of those rows `processed` (the tombstone, when it is one of them).
 
+Every HEAD_RECHECK_S it also reads MAX(sequence_id) (an index lookup) for the backlog gauge: the reader
+cannot see the rows piling up above what it fetched while backpressure stops it.
+
 Deleting a published row in the same transaction that would mark it processed is the same end state
 as Ably's mark-then-delete, with one write instead of two. Rows above the watermark are never touched:
 after a crash they are published again with the same ids, which Ably's idempotent publishing drops.
@@ -24,6 +27,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Final
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -35,6 +39,9 @@ from connector.sources.postgres.names import OutboxNames
 from connector.sources.postgres.outbox import OutboxReader, StartPoint
 
 log = logging.getLogger(__name__)
+
+#: How often the store reads MAX(sequence_id) for `livesync_outbox_backlog_rows`.
+HEAD_RECHECK_S: Final = 1.0
 
 
 async def load_start(conn: Connection, names: OutboxNames) -> StartPoint:
@@ -95,6 +102,10 @@ class OutboxStore:
             "UPDATE {outbox} SET processed = true WHERE NOT processed AND ("
             "(" + in_range + ") OR sequence_id = ANY(%(late)s))"
         ).format(outbox=outbox)
+        self._head = sql.SQL("SELECT max(sequence_id) FROM {}").format(outbox)
+        self._head_read_at: float | None = None
+        self._backlog = reader.backlog
+        self._backlog.stored(start.watermark)
         self.stats = StoreStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -105,6 +116,17 @@ class OutboxStore:
             if stop.is_set():
                 return
             await self.flush()
+            now = time.monotonic()
+            if self._head_read_at is None or now - self._head_read_at >= HEAD_RECHECK_S:
+                await self._read_head()
+                self._head_read_at = now
+
+    async def _read_head(self) -> None:
+        with mapped_errors("reading the outbox's highest sequence_id"):
+            cur = await self._conn.execute(self._head)
+            found = await cur.fetchone()
+        if found and found[0] is not None:
+            self._backlog.saw_head(int(str(found[0])))
 
     async def flush(self) -> bool:
         """Store what the ledger allows; True if anything was written."""
@@ -133,6 +155,7 @@ class OutboxStore:
         self.stats.last_flush_at = time.time()
         self.stats.healthy, self.stats.last_error = True, None
         self.watermark, self._stored_gaps, self._late_ids = target, gaps, []
+        self._backlog.stored(target)
         return True
 
     async def _write(self, target: int, gaps: list[list[int]], params: dict[str, object]) -> int:
