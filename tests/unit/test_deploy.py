@@ -43,6 +43,8 @@ POSTGRES_ONLY = {
     "livesync_gaps_proven_total",
     "livesync_gaps_timed_out_total",
     "livesync_late_rows_total",
+    "livesync_outbox_oldest_row_age_seconds",
+    "livesync_outbox_backlog_rows",
 }
 #: Prometheus' own series (`up` is written by the scrape, not by the connector).
 PROMETHEUS_SERIES = {"up"}
