@@ -12,7 +12,7 @@ import copy
 import datetime
 import functools
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from bson import Decimal128, MaxKey, MinKey, Timestamp
 from bson.datetime_ms import DatetimeMS
@@ -21,10 +21,9 @@ from mongomock import filtering as mm_filtering
 
 from . import matching
 from .bsonvalues import RawRegex, RawValue, Symbol, compare
+from .compiled import Compiled, PerSpec, compile_expression, compiled_expression
 from .errors import CommandError
-from .expressions import REMOVE, evaluate
-
-_T = TypeVar("_T")
+from .expressions import REMOVE, evaluate, truthy
 
 Stage = Callable[[list[dict[str, Any]], Any, Any], list[dict[str, Any]]]
 
@@ -81,18 +80,25 @@ def _flatten_spec(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _add_fields(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
     if not isinstance(spec, dict):
         raise CommandError(40272, "$addFields specification stage must be an object")
-    fields = _flatten_spec(spec)
+    fields = _compiled_fields(spec)
     out = []
     for doc in docs:
         new = dict(doc)
-        for path, expr in fields.items():
-            value = evaluate(expr, doc)
+        for path, expr in fields:
+            value = expr(doc, {})
             if value is _REMOVED:
                 _unset_path(new, path)
             else:
                 _set_path(new, path, value)
         out.append(new)
     return out
+
+
+def _compile_fields(spec: dict[str, Any]) -> list[tuple[str, Compiled]]:
+    return [(path, compile_expression(expr)) for path, expr in _flatten_spec(spec).items()]
+
+
+_compiled_fields = PerSpec(_compile_fields)
 
 
 def _unset(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
@@ -108,8 +114,9 @@ def _unset(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, An
 
 def _replace_with(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
     out = []
+    expr = compiled_expression(spec)
     for doc in docs:
-        value = evaluate(spec, doc)
+        value = expr(doc, {})
         if not isinstance(value, dict):
             raise CommandError(
                 40228,
@@ -219,14 +226,15 @@ def _match(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, An
     if not isinstance(spec, dict):
         raise CommandError(15959, "the match filter must be an expression in an object")
     if "$expr" in spec and len(spec) == 1:
-        return [doc for doc in docs if _truthy(evaluate(spec["$expr"], doc))]
-    simple = _simple_filter_cached(spec)
+        expr = compiled_expression(spec["$expr"])
+        return [doc for doc in docs if _truthy(expr(doc, {}))]
+    simple = _compiled_filter_cached(spec)
     if simple is None:
         return _full_match(docs, spec)
     out = []
     for doc in docs:
         decided = simple(doc)
-        if decided is None:  # an array on the path: MongoDB's array rules, mongomock's job
+        if decided is None:  # an array on a path: MongoDB's array rules, mongomock's job
             decided = bool(_full_match([doc], spec))
         if decided:
             out.append(doc)
@@ -261,9 +269,59 @@ def _full_match(docs: list[dict[str, Any]], spec: dict[str, Any]) -> list[dict[s
 _SimpleTest = tuple[list[str], str, Any]
 
 
-def _simple_filter(spec: dict[str, Any]) -> Callable[[dict[str, Any]], bool | None] | None:
-    tests = _simple_tests(spec)
-    return None if tests is None else functools.partial(_simple_match, tests)
+_Decide = Callable[[dict[str, Any]], bool | None]
+
+
+def _compiled_filter(spec: dict[str, Any]) -> _Decide | None:
+    """The filter as one function deciding True, False or None (an array on a path), or None when it
+    uses anything else. Clauses are decided in the filter's order and short-circuit as mongomock's do
+    (`$and`/`$or` lists in order, keys in order), so an `$expr` that raises raises for the same
+    documents; a filter holding values mongomock cannot order keeps the full path."""
+    if _contains_timestamp(spec):
+        return None
+    clauses: list[_Decide] = []
+    for key, cond in spec.items():
+        if key in ("$and", "$or"):
+            if not (isinstance(cond, list) and cond and all(isinstance(part, dict) for part in cond)):
+                return None
+            parts = [_compiled_filter(part) for part in cond]
+            if any(part is None for part in parts):
+                return None
+            decided = [part for part in parts if part is not None]
+            clauses.append(functools.partial(_any if key == "$or" else _all, decided))
+        elif key == "$expr":
+            clauses.append(functools.partial(_expr_holds, compile_expression(cond)))
+        else:
+            tests = _simple_tests({key: cond})
+            if tests is None:
+                return None
+            clauses.append(functools.partial(_simple_match, tests))
+    return functools.partial(_all, clauses)
+
+
+def _all(clauses: list[_Decide], doc: dict[str, Any]) -> bool | None:
+    for clause in clauses:
+        decided = clause(doc)
+        if decided is None:
+            return None
+        if not decided:
+            return False
+    return True
+
+
+def _any(clauses: list[_Decide], doc: dict[str, Any]) -> bool | None:
+    for clause in clauses:
+        decided = clause(doc)
+        if decided is None:
+            return None
+        if decided:
+            return True
+    return False
+
+
+def _expr_holds(expr: Compiled, doc: dict[str, Any]) -> bool:
+    """`$expr` in a filter, as mongomock asks `expressions._query_expr`."""
+    return truthy(expr(doc, {}))
 
 
 def _simple_tests(spec: dict[str, Any]) -> list[_SimpleTest] | None:
@@ -315,26 +373,6 @@ def _simple_match(tests: list[_SimpleTest], doc: dict[str, Any]) -> bool | None:
     return True
 
 
-class _PerFilter(Generic[_T]):
-    """An answer computed once per filter: filters are the same objects for every event of a stream.
-    Entries hold the filter itself, so an id is never reused while cached."""
-
-    def __init__(self, compute: Callable[[Any], _T], size: int = 1024) -> None:
-        self._compute = compute
-        self._size = size
-        self._cache: dict[int, tuple[Any, _T]] = {}
-
-    def __call__(self, spec: Any) -> _T:
-        hit = self._cache.get(id(spec))
-        if hit is not None and hit[0] is spec:
-            return hit[1]
-        if len(self._cache) >= self._size:
-            self._cache.clear()
-        result = self._compute(spec)
-        self._cache[id(spec)] = (spec, result)
-        return result
-
-
 def _contains_timestamp(value: Any) -> bool:
     if isinstance(value, _UNORDERED):
         return True
@@ -345,8 +383,8 @@ def _contains_timestamp(value: Any) -> bool:
     return False
 
 
-_contains_timestamp_cached = _PerFilter(_contains_timestamp)
-_simple_filter_cached = _PerFilter(_simple_filter)
+_contains_timestamp_cached = PerSpec(_contains_timestamp)
+_compiled_filter_cached = PerSpec(_compiled_filter)
 
 
 def _truthy(value: Any) -> bool:

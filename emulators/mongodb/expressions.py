@@ -199,7 +199,11 @@ def _op_cond(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
 
 
 def _op_if_null(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
-    values = [evaluate(item, doc, variables) for item in spec]
+    return if_null_values([evaluate(item, doc, variables) for item in spec])
+
+
+def if_null_values(values: list[Any]) -> Any:
+    """`$ifNull` of its evaluated arguments."""
     for value in values[:-1]:
         if value is not None and value is not REMOVE and value is not UNDEFINED:
             return value
@@ -241,13 +245,22 @@ def _op_not(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
 
 def _op_in(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
     needle, haystack = (evaluate(item, doc, variables) for item in spec)
+    return in_values(needle, haystack)
+
+
+def in_values(needle: Any, haystack: Any) -> bool:
+    """`$in` of its evaluated arguments."""
     if not isinstance(haystack, list):
         raise CommandError(40081, "$in requires an array as a second argument")
     return any(_cmp3([needle, item]) == 0 for item in haystack)
 
 
 def _op_concat(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
-    parts = [evaluate(item, doc, variables) for item in _arg_list(spec)]
+    return concat_values([evaluate(item, doc, variables) for item in _arg_list(spec)])
+
+
+def concat_values(parts: list[Any]) -> Any:
+    """`$concat` of its evaluated arguments."""
     if any(p is None or p is REMOVE for p in parts):
         return None
     if not all(isinstance(p, str) for p in parts):
@@ -256,7 +269,11 @@ def _op_concat(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
 
 
 def _op_to_string(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
-    value = evaluate(spec[0] if isinstance(spec, list) else spec, doc, variables)
+    return to_string_value(evaluate(spec[0] if isinstance(spec, list) else spec, doc, variables))
+
+
+def to_string_value(value: Any) -> Any:
+    """`$toString` of its evaluated argument."""
     if value is None or value is REMOVE:
         return None
     if isinstance(value, datetime.datetime):
@@ -289,7 +306,14 @@ def _op_bson_size(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
 
 def _op_add(spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
     """`$add` of numbers and at most one date (milliseconds are added to the date), as mongod does."""
-    values = [evaluate(item, doc, variables) for item in _arg_list(spec)]
+    return add_values([evaluate(item, doc, variables) for item in _arg_list(spec)], spec, doc, variables)
+
+
+def add_values(values: list[Any], spec: Any, doc: Any, variables: dict[str, Any]) -> Any:
+    """`$add` of its evaluated arguments (`spec`, `doc` and `variables` for the decimal case, which
+    mongomock evaluates)."""
+    if all(type(v) is int or type(v) is Int64 for v in values):
+        return integer_sum(values)  # what the checks below come to for ints and longs
     if any(v is None or v is REMOVE for v in values):
         return None
     dates = [v for v in values if isinstance(v, datetime.datetime)]

@@ -28,6 +28,7 @@ _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 #: Decimal128 arithmetic: 34 significant digits, ties to even (IEEE 754-2008 decimal128).
 _DECIMAL128 = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN, Emin=-6143, Emax=6144)
+_INTEGERS = (int, Int64)  # exact types: bool is an int subclass and not a number here
 _DIGITS = re.compile(r"[+-]?[0-9]+")
 
 
@@ -100,6 +101,12 @@ def op_mod(args: list[Any], type_name: Any) -> Any:
     if len(args) != 2:
         raise CommandError(16020, f"Expression $mod takes exactly 2 arguments. {len(args)} were passed in.")
     left, right = args
+    if type(left) in _INTEGERS and type(right) in _INTEGERS and right:
+        # ints and longs (the hash-partition filter's case), decided as below without the type walk
+        remainder = _c_remainder(left, right)
+        if type(left) is Int64 or type(right) is Int64 or not (_INT_MIN <= left <= _INT_MAX):
+            return Int64(remainder)
+        return remainder if _INT_MIN <= right <= _INT_MAX else Int64(remainder)
     if not (_is_number(left) and _is_number(right)):
         if _nullish(left) or _nullish(right):
             return None
