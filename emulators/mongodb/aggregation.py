@@ -23,7 +23,7 @@ from . import matching
 from .bsonvalues import RawRegex, RawValue, Symbol, compare
 from .compiled import Compiled, PerSpec, compile_expression, compiled_expression
 from .errors import CommandError
-from .expressions import REMOVE, evaluate, truthy
+from .expressions import REMOVE, truthy
 
 Stage = Callable[[list[dict[str, Any]], Any, Any], list[dict[str, Any]]]
 
@@ -99,6 +99,7 @@ def _compile_fields(spec: dict[str, Any]) -> list[tuple[str, Compiled]]:
 
 
 _compiled_fields = PerSpec(_compile_fields)
+_compiled_projection = PerSpec(lambda spec: dict(_compile_fields(spec)))
 
 
 def _unset(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
@@ -132,7 +133,7 @@ def _replace_root(docs: list[dict[str, Any]], spec: Any, db: Any) -> list[dict[s
     return _replace_with(docs, spec["newRoot"], db)
 
 
-def _redact_value(value: Any, expr: Any) -> Any:
+def _redact_value(value: Any, expr: Compiled) -> Any:
     if isinstance(value, dict):
         return _redact_doc(value, expr)
     if isinstance(value, list):
@@ -141,8 +142,8 @@ def _redact_value(value: Any, expr: Any) -> Any:
     return value
 
 
-def _redact_doc(doc: dict[str, Any], expr: Any) -> Any:
-    decision = evaluate(expr, doc)
+def _redact_doc(doc: dict[str, Any], expr: Compiled) -> Any:
+    decision = expr(doc, {})
     if decision == "$$KEEP":
         return doc
     if decision == "$$PRUNE":
@@ -163,8 +164,9 @@ def _redact_doc(doc: dict[str, Any], expr: Any) -> Any:
 
 def _redact(docs: list[dict[str, Any]], spec: Any, _db: Any) -> list[dict[str, Any]]:
     out = []
+    expr = compiled_expression(spec)
     for doc in docs:
-        new = _redact_doc(doc, spec)
+        new = _redact_doc(doc, expr)
         if new is not _REMOVED:
             out.append(new)
     return out
@@ -179,6 +181,7 @@ def _project(docs: list[dict[str, Any]], spec: Any, db: Any) -> list[dict[str, A
     if inclusion and any(p != "_id" for p in exclusion):
         raise CommandError(31254, "Cannot do exclusion on field in inclusion projection")
     out = []
+    compiled = _compiled_projection(spec) if inclusion else {}
     for doc in docs:
         if not inclusion:
             new = copy.deepcopy(doc)
@@ -196,7 +199,7 @@ def _project(docs: list[dict[str, Any]], spec: Any, db: Any) -> list[dict[str, A
                 if value is not _MISSING:
                     _set_path(new, path, copy.deepcopy(value))
             else:
-                value = evaluate(expr, doc)
+                value = compiled[path](doc, {})
                 if value is not _REMOVED:
                     _set_path(new, path, value)
         if "_id" in exclusion:
@@ -288,7 +291,10 @@ def _compiled_filter(spec: dict[str, Any]) -> _Decide | None:
             if any(part is None for part in parts):
                 return None
             decided = [part for part in parts if part is not None]
-            clauses.append(functools.partial(_any if key == "$or" else _all, decided))
+            if len(decided) == 1:
+                clauses.append(decided[0])
+            else:
+                clauses.append(functools.partial(_any if key == "$or" else _all, decided))
         elif key == "$expr":
             clauses.append(functools.partial(_expr_holds, compile_expression(cond)))
         else:
@@ -296,7 +302,7 @@ def _compiled_filter(spec: dict[str, Any]) -> _Decide | None:
             if tests is None:
                 return None
             clauses.append(functools.partial(_simple_match, tests))
-    return functools.partial(_all, clauses)
+    return clauses[0] if len(clauses) == 1 else functools.partial(_all, clauses)
 
 
 def _all(clauses: list[_Decide], doc: dict[str, Any]) -> bool | None:

@@ -14,8 +14,6 @@ import operator
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from bson import Int64
-
 from .bsonvalues import compare
 from .expressions import (
     _COMPARISONS,
@@ -34,12 +32,11 @@ from .expressions import (
     truthy,
 )
 from .hashing import hash64
-from .numeric_ops import op_abs, op_mod, op_to_long
+from .numeric_ops import INTEGERS, add_integers, mod_integers, op_abs, op_mod, op_to_long
 
 __all__ = ["Compiled", "PerSpec", "compile_expression", "compiled_expression"]
 
 _T = TypeVar("_T")
-_INTEGERS = (int, Int64)  # exact types (bool is not one): compare orders them numerically
 
 #: A compiled expression: `f(doc, variables)`.
 Compiled = Callable[[Any, dict[str, Any]], Any]
@@ -158,7 +155,7 @@ def _comparison(name: str) -> _Builder:
             a = left(doc, v)
             b = right(doc, v)
             ta, tb = type(a), type(b)
-            if (ta is str and tb is str) or (ta in _INTEGERS and tb in _INTEGERS):
+            if (ta is str and tb is str) or (ta in INTEGERS and tb in INTEGERS):
                 return op(a, b)  # what compare decides for these, without its call
             return op(compare(_comparable(a), _comparable(b)), 0)
 
@@ -193,6 +190,22 @@ def _to_hashed_index_key(spec: Any) -> Compiled | None:
     return lambda doc, v: hash64(_null(value(doc, v)))
 
 
+def _mod(spec: Any) -> Compiled | None:
+    args = _args(spec)
+    if len(args) != 2:
+        return _numeric(op_mod)(spec)
+    left, right = args
+
+    def run(doc: Any, v: dict[str, Any]) -> Any:
+        a = left(doc, v)
+        b = right(doc, v)
+        if type(a) in INTEGERS and type(b) in INTEGERS and b:
+            return mod_integers(a, b)
+        return op_mod([_null(a), _null(b)], bson_type_name)
+
+    return run
+
+
 def _numeric(op: Callable[[list[Any], Any], Any]) -> _Builder:
     def build(spec: Any) -> Compiled | None:
         args = _args(spec)
@@ -208,7 +221,15 @@ def _add(spec: Any) -> Compiled | None:
     args = _args(spec)
     if len(args) == 2:
         left, right = args
-        return lambda doc, v: add_values([left(doc, v), right(doc, v)], spec, doc, v)
+
+        def run(doc: Any, v: dict[str, Any]) -> Any:
+            a = left(doc, v)
+            b = right(doc, v)
+            if type(a) in INTEGERS and type(b) in INTEGERS:
+                return add_integers(a, b)
+            return add_values([a, b], spec, doc, v)
+
+        return run
     return lambda doc, v: add_values([arg(doc, v) for arg in args], spec, doc, v)
 
 
@@ -266,7 +287,7 @@ _BUILDERS: dict[str, _Builder] = {
     "$type": _type,
     "$toHashedIndexKey": _to_hashed_index_key,
     "$abs": _numeric(op_abs),
-    "$mod": _numeric(op_mod),
+    "$mod": _mod,
     "$toLong": _numeric(op_to_long),
     "$add": _add,
     "$and": _and,

@@ -126,7 +126,22 @@ _TYPE_NAMES: list[tuple[type | tuple[type, ...], str]] = [
 ]
 
 
+#: Exact types whose name needs no walk of _TYPE_NAMES (bool before int, Int64 before int there).
+_EXACT_TYPE_NAMES: dict[type, str] = {
+    str: "string",
+    bool: "bool",
+    Int64: "long",
+    float: "double",
+    dict: "object",
+    list: "array",
+    type(None): "null",
+}
+
+
 def bson_type_name(value: Any) -> str:
+    name = _EXACT_TYPE_NAMES.get(type(value))
+    if name is not None:
+        return name
     if value is REMOVE:
         return "missing"
     if value is None:

@@ -21,14 +21,15 @@ from bson.datetime_ms import DatetimeMS, _datetime_to_millis
 from .bsonvalues import Undefined
 from .errors import CommandError
 
-__all__ = ["integer_sum", "op_abs", "op_mod", "op_to_long"]
+__all__ = ["INTEGERS", "add_integers", "integer_sum", "mod_integers", "op_abs", "op_mod", "op_to_long"]
 
 CONVERSION_FAILURE = 241
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 _LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
 #: Decimal128 arithmetic: 34 significant digits, ties to even (IEEE 754-2008 decimal128).
 _DECIMAL128 = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN, Emin=-6143, Emax=6144)
-_INTEGERS = (int, Int64)  # exact types: bool is an int subclass and not a number here
+#: Exact types of ints and longs (bool is an int subclass and not a number here).
+INTEGERS = (int, Int64)
 _DIGITS = re.compile(r"[+-]?[0-9]+")
 
 
@@ -101,12 +102,8 @@ def op_mod(args: list[Any], type_name: Any) -> Any:
     if len(args) != 2:
         raise CommandError(16020, f"Expression $mod takes exactly 2 arguments. {len(args)} were passed in.")
     left, right = args
-    if type(left) in _INTEGERS and type(right) in _INTEGERS and right:
-        # ints and longs (the hash-partition filter's case), decided as below without the type walk
-        remainder = _c_remainder(left, right)
-        if type(left) is Int64 or type(right) is Int64 or not (_INT_MIN <= left <= _INT_MAX):
-            return Int64(remainder)
-        return remainder if _INT_MIN <= right <= _INT_MAX else Int64(remainder)
+    if type(left) in INTEGERS and type(right) in INTEGERS and right:
+        return mod_integers(left, right)
     if not (_is_number(left) and _is_number(right)):
         if _nullish(left) or _nullish(right):
             return None
@@ -125,6 +122,27 @@ def op_mod(args: list[Any], type_name: Any) -> Any:
         return math.fmod(float(left), float(right))
     remainder = _c_remainder(int(left), int(right))
     return Int64(remainder) if "long" in kinds else remainder
+
+
+def mod_integers(left: int, right: int) -> Any:
+    """`$mod` of two ints or longs (exact types, a non-zero divisor), as `op_mod` decides it without its
+    type walk: the hash-partition filter's case."""
+    remainder = _c_remainder(left, right)
+    if type(left) is Int64 or type(right) is Int64 or not (_INT_MIN <= left <= _INT_MAX):
+        return Int64(remainder)
+    return remainder if _INT_MIN <= right <= _INT_MAX else Int64(remainder)
+
+
+def add_integers(left: int, right: int) -> Any:
+    """`integer_sum([left, right])` of two ints or longs (exact types) without building a list."""
+    total = left + right
+    if not _LONG_MIN <= total <= _LONG_MAX:
+        return float(total)
+    if type(left) is Int64 or type(right) is Int64:
+        return Int64(total)
+    if not (_INT_MIN <= left <= _INT_MAX and _INT_MIN <= right <= _INT_MAX):
+        return Int64(total)
+    return _int_or_long(total)
 
 
 def op_to_long(args: list[Any], type_name: Any) -> Any:

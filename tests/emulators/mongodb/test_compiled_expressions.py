@@ -11,12 +11,13 @@ fast path of the hash are pinned against their general paths.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from bson import Decimal128, Int64
+from bson import Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from mongomock import filtering as mm_filtering
@@ -28,7 +29,7 @@ from emulators.mongodb.bsonvalues import encode
 from emulators.mongodb.compiled import compile_expression
 from emulators.mongodb.errors import CommandError
 from emulators.mongodb.expressions import REMOVE, add_values, evaluate
-from emulators.mongodb.numeric_ops import op_mod
+from emulators.mongodb.numeric_ops import add_integers, integer_sum, op_mod
 
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 KEYS = st.sampled_from(["a", "b", "ch"])
@@ -110,7 +111,7 @@ def assert_same_outcome(got: tuple[Any, ...], expected: tuple[Any, ...]) -> None
         assert got == expected
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(expr=EXPRESSIONS, doc=DOCS)
 def test_a_compiled_expression_returns_what_the_interpreter_returns(expr: Any, doc: dict[str, Any]) -> None:
     compiled = compile_expression(expr)
@@ -146,6 +147,32 @@ def test_comparisons_of_every_pair(op: str) -> None:
         for y in [*COMPARED, _MISSING]:
             doc = {key: value for key, value in (("x", x), ("y", y)) if value is not _MISSING}
             assert same(compiled(doc, {}), evaluate(expr, doc)), (x, y)
+
+
+def _interpreted_stage(stage: str, expr: Any, doc: dict[str, Any]) -> Any:
+    """What each stage computes with the interpreter, for one computed field `out`."""
+    value = evaluate(expr, doc)
+    if stage == "$replaceWith":
+        return {"out": value} if value is not REMOVE else {}
+    if stage == "$project":
+        return {"out": value} if value is not REMOVE else {}
+    return {**doc, "out": value} if value is not REMOVE else {k: v for k, v in doc.items() if k != "out"}
+
+
+@settings(max_examples=1000, deadline=None)
+@given(expr=EXPRESSIONS, doc=DOCS, stage=st.sampled_from(["$addFields", "$set", "$project", "$replaceWith"]))
+def test_stages_compute_fields_with_the_compiled_expression(
+    expr: Any, doc: dict[str, Any], stage: str
+) -> None:
+    # A plain object nests fields in these stages, and numbers and booleans include or exclude in $project:
+    # neither is a computed field.
+    assume(not (isinstance(expr, dict) and expr and not any(key.startswith("$") for key in expr)))
+    assume(stage != "$project" or not isinstance(expr, int | float))
+    spec = {"out": expr}
+    if stage == "$project":
+        spec["_id"] = 0
+    got = outcome(lambda: run_pipeline([doc], [{stage: spec}])[0])
+    assert_same_outcome(got, outcome(lambda: _interpreted_stage(stage, expr, doc)))
 
 
 @pytest.mark.parametrize(
@@ -291,7 +318,7 @@ def _no_decimals(value: Any) -> bool:
     return True
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=1200, deadline=None)
 @given(spec=FILTERS, doc=EVENTS)
 def test_a_compiled_filter_agrees_with_mongomock(spec: dict[str, Any], doc: dict[str, Any]) -> None:
     assume(_no_decimals(doc))  # mongomock cannot order decimals: those take the emulator's own matcher
@@ -343,6 +370,55 @@ def test_integer_add_takes_the_general_paths_result(values: list[int]) -> None:
     got = outcome(lambda: add_values(values, values, {}, {}))
     expected = outcome(lambda: add_values([_slow(v) for v in values], values, {}, {}))
     assert_same_outcome(got, expected)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(left=INTEGERS, right=INTEGERS)
+def test_adding_two_integers_is_their_integer_sum(left: int, right: int) -> None:
+    assert same(add_integers(left, right), integer_sum([left, right]))
+
+
+ARITHMETIC = [
+    0,
+    1,
+    -7,
+    2**31 - 1,
+    -(2**31),
+    2**31,
+    2**62,
+    Int64(0),
+    Int64(-3),
+    Int64(LONG_MIN),
+    Int64(LONG_MAX),
+]
+ARITHMETIC += [True, 2.5, math.nan, Decimal128("4"), None, "x", [1], datetime.datetime(2026, 1, 1)]
+
+
+@pytest.mark.parametrize("op", ["$add", "$mod", "$eq", "$lt", "$cmp"])
+def test_two_argument_arithmetic_of_every_pair(op: str) -> None:
+    expr = {op: ["$x", "$y"]}
+    compiled = compile_expression(expr)
+    for x in [*ARITHMETIC, _MISSING]:
+        for y in [*ARITHMETIC, _MISSING]:
+            doc = {key: value for key, value in (("x", x), ("y", y)) if value is not _MISSING}
+            got = outcome(functools.partial(compiled, doc, {}))
+            assert_same_outcome(got, outcome(functools.partial(evaluate, expr, doc)))
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (1, "int"), (2**31, "long"), (Int64(1), "long"), (True, "bool"), (1.5, "double"), ("s", "string"),
+        (None, "null"), (_MISSING, "missing"), ({"a": 1}, "object"), ([1], "array"), ((1,), "array"),
+        (Decimal128("1"), "decimal"), (datetime.datetime(2026, 1, 1), "date"), (b"x", "binData"),
+        (ObjectId("0" * 24), "objectId"), (Timestamp(1, 1), "timestamp"), (Regex("a"), "regex"),
+        (MinKey(), "minKey"), (MaxKey(), "maxKey"), (Code("f"), "javascript"),
+    ],
+)  # fmt: skip
+def test_type_names(value: Any, name: str) -> None:
+    doc = {} if value is _MISSING else {"x": value}
+    assert compile_expression({"$type": "$x"})(doc, {}) == name
+    assert evaluate({"$type": "$x"}, doc) == name
 
 
 def _general_hash(value: Any) -> Int64:
