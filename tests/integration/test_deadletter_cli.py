@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from connector.cli import main
 from connector.sources.mongodb.deadletter import UnpublishableHandler
+from tests.deadletter_cli import listed, run
 
 pytestmark = pytest.mark.integration
 
@@ -84,18 +84,6 @@ def dead(env: dict[str, str], mongo_uri: str, db_name: str, sync_db: Any) -> Ite
 
     asyncio.run(write())
     yield sync_db["ably_deadletter"]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    status = main(["deadletter", *args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def listed(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
-    status, out, err = run(capsys, "list", "--json", *args)
-    assert status == 0, err
-    return [r["id"] for r in json.loads(out)]
 
 
 def test_list_prints_a_table_oldest_first(dead: Any, capsys: pytest.CaptureFixture[str]) -> None:

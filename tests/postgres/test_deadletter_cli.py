@@ -12,11 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from connector.cli import main
 from connector.sources.postgres.db import connect
 from connector.sources.postgres.deadletter import UnpublishableRows
 from connector.sources.postgres.messages import OutboxRow
 from connector.sources.postgres.names import OutboxNames
+from tests.deadletter_cli import listed, run
 
 BIG = json.dumps({"blob": "x" * 3_000})
 
@@ -72,18 +72,6 @@ def dead(env: dict[str, str], outbox: psycopg.Connection[Any]) -> Iterator[psyco
 
     asyncio.run(write())
     yield outbox
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    status = main(["deadletter", *args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def listed(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
-    status, out, err = run(capsys, "list", "--json", *args)
-    assert status == 0, err
-    return [r["id"] for r in json.loads(out)]
 
 
 def marks(conn: psycopg.Connection[Any], seq: int) -> tuple[Any, ...]:
