@@ -16,14 +16,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Final
 
 from connector.deadletter.model import DeadLetter, Selection, parse_when
 
 if TYPE_CHECKING:
+    from connector.ably.publisher import BatchClient
     from connector.config import Settings
     from connector.deadletter.replay import Planned
     from connector.deadletter.store import DeadLetterStore
+    from connector.errors import AblyError
 
 __all__ = [
     "EXIT_FATAL",
@@ -40,7 +43,9 @@ EXIT_USAGE: Final = 2
 EXIT_NOTHING: Final = 3
 #: `list` prints at most this many records unless --limit says otherwise.
 LIST_LIMIT: Final = 100
-#: How long a replay may take to get Ably's answer for everything it sends (the publisher retries
+#: Records a replay reads, publishes and marks at a time (memory stays bounded).
+REPLAY_PAGE: Final = 1000
+#: How long a replay may take to get Ably's answer for everything one page sends (the publisher retries
 #: transient failures meanwhile); what is still unsettled then is reported and left unmarked.
 REPLAY_TIMEOUT_S: Final = 120.0
 
@@ -85,7 +90,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     replay.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
     replay.add_argument(
-        "--timeout", type=float, default=REPLAY_TIMEOUT_S, help="seconds to wait for Ably's answers"
+        "--timeout", type=float, default=REPLAY_TIMEOUT_S, help="seconds to wait for Ably's answers, per page"
     )
     purge = commands.add_parser("purge", parents=[filters], help="delete dead letters (needs --yes)")
     purge.add_argument("--id", action="append", default=[], help="a record's id (repeatable)")
@@ -215,55 +220,102 @@ async def _selected(store: DeadLetterStore, selection: Selection, what: str) -> 
 async def _replay(
     store: DeadLetterStore, selection: Selection, settings: Settings, args: argparse.Namespace, out: Out
 ) -> int:
+    """Page by page (REPLAY_PAGE records, in stream order), so memory stays bounded however many are
+    selected; each page is published, settled and marked before the next is read."""
     from connector.ably.client import ably_from
-    from connector.deadletter import replay
 
-    records = await _selected(store, selection, "replay")
+    first = replace(selection, limit=_page_limit(selection.limit, 0))
+    records = await _selected(store, first, "replay")
     if records is None:
         return EXIT_NOTHING
+    tally = _Tally()
+    async with ably_from(settings) as client:
+        while records:
+            fatal = await _replay_page(store, records, settings, args, client, out, tally)
+            if fatal is not None or (selection.limit and tally.selected >= selection.limit):
+                break
+            limit = _page_limit(selection.limit, tally.selected)
+            records = await store.find(replace(selection, after=records[-1].id, limit=limit))
+    if args.dry_run:
+        out(f"dry run: {tally.selected} dead letter(s) selected; nothing sent, nothing marked")
+        return EXIT_OK
+    out(
+        f"replayed {tally.published} of {tally.selected} dead letter(s) from {store.where}"
+        + (f"; {tally.failed} still cannot be published (they stay dead letters)" if tally.failed else "")
+        + (f"; {tally.unsent} not settled, left unmarked (replay them again)" if tally.unsent else "")
+    )
+    if tally.fatal is not None:
+        _err(f"replay stopped: {tally.fatal}; {_hint(tally.fatal, None)}")
+    return EXIT_OK if not tally.failed and not tally.unsent and tally.fatal is None else EXIT_FATAL
+
+
+@dataclass(slots=True)
+class _Tally:
+    selected: int = 0
+    published: int = 0
+    failed: int = 0
+    unsent: int = 0
+    fatal: AblyError | None = None
+
+
+def _page_limit(limit: int | None, done: int) -> int:
+    return REPLAY_PAGE if not limit else min(REPLAY_PAGE, limit - done)
+
+
+def _hint(error: AblyError, channel: str | None) -> str:
+    from connector.deadletter.replay import refusal_hint
+
+    return refusal_hint(error, channel)
+
+
+async def _replay_page(
+    store: DeadLetterStore,
+    records: list[DeadLetter],
+    settings: Settings,
+    args: argparse.Namespace,
+    client: BatchClient,
+    out: Out,
+    tally: _Tally,
+) -> AblyError | None:
+    """Plan, publish and mark one page; the fatal error that stopped it, if any."""
+    from connector.deadletter import replay
+
+    tally.selected += len(records)
     planned = replay.plan(store, records, settings, as_original=args.as_original)
     if args.dry_run:
-        return _dry_run(planned, out)
-    failed = 0
+        _dry_run(planned, out)
+        return None
     for item in planned:
         if item.error is not None:
-            failed += 1
+            tally.failed += 1
             await store.mark_failed(
                 item.record, replay.now(), item.error.reason, item.error.code, item.error.kind
             )
             record = item.record
             out(f"FAILED    {record.id} on {record.channel!r}: {item.error.reason} (stays a dead letter)")
-    async with ably_from(settings) as client:
-        sent, fatal = await replay.publish(planned, settings, client, timeout=args.timeout)
-    published = unsent = 0
+    sent, fatal = await replay.publish(planned, settings, client, timeout=args.timeout)
     for outcome in sent:
         record = outcome.planned.record
         if not outcome.done:
-            unsent += 1
+            tally.unsent += 1
             continue
         if outcome.error is None:
-            published += 1
+            tally.published += 1
             await store.mark_published(record, replay.now(), outcome.planned.form)
             out(f"replayed  {record.id} on {record.channel!r} ({outcome.planned.form})")
             continue
-        failed += 1
+        tally.failed += 1
         error = outcome.error
         await store.mark_failed(
             record, replay.now(), f"rejected by Ably: {error}", error.ably_code or error.code, "rejected"
         )
-        hint = replay.refusal_hint(error, record.channel)
-        out(f"FAILED    {record.id} on {record.channel!r}: {error}; {hint}")
-    out(
-        f"replayed {published} of {len(planned)} dead letter(s) from {store.where}"
-        + (f"; {failed} still cannot be published (they stay dead letters)" if failed else "")
-        + (f"; {unsent} not settled, left unmarked (replay them again)" if unsent else "")
-    )
-    if fatal is not None:
-        _err(f"replay stopped: {fatal}; {replay.refusal_hint(fatal, None)}")
-    return EXIT_OK if not failed and not unsent and fatal is None else EXIT_FATAL
+        out(f"FAILED    {record.id} on {record.channel!r}: {error}; {_hint(error, record.channel)}")
+    tally.fatal = fatal
+    return fatal
 
 
-def _dry_run(planned: list[Planned], out: Out) -> int:
+def _dry_run(planned: list[Planned], out: Out) -> None:
+    """Print what one page would send."""
     import orjson
 
     for item in planned:
@@ -277,8 +329,6 @@ def _dry_run(planned: list[Planned], out: Out) -> int:
             f"would send  {record.id} to {item.message.channel!r} as {item.message.message.get('name')!r} "
             f"({item.form}, {item.message.size} bytes, headers {orjson.dumps(headers).decode()})"
         )
-    out(f"dry run: {len(planned)} dead letter(s) selected; nothing sent, nothing marked")
-    return EXIT_OK
 
 
 async def _purge(store: DeadLetterStore, selection: Selection, out: Out) -> int:

@@ -93,6 +93,8 @@ class Selection:
     until: datetime | None = None
     replayed: bool | None = None
     limit: int | None = None
+    #: Only records after this id in stream order (the stores apply it): a replay reads page by page.
+    after: str | None = None
 
     @property
     def channel_glob(self) -> str | None:

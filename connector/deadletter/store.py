@@ -27,7 +27,8 @@ class DeadLetterStore(Protocol):
         ...
 
     async def find(self, selection: Selection) -> list[DeadLetter]:
-        """Matching records in stream order (the order their messages were meant to go out)."""
+        """Matching records in stream order (the order their messages were meant to go out). `route`,
+        the marks and `delete` take records of the latest `find` (or `get`) only."""
         ...
 
     async def get(self, record_id: str) -> DeadLetter | None: ...

@@ -170,6 +170,28 @@ def test_replay_sends_the_compact_form_once_with_the_original_ids(
     assert listed(capsys, "--replayed") == IDS[:2]
 
 
+@pytest.mark.parametrize("page", [1, 2])
+def test_a_replay_reads_page_by_page_in_stream_order(
+    page: int, dead: Any, ably: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many records are selected, a replay holds one page at a time; every page is sent, in
+    stream order, and --limit counts across pages."""
+    from connector.deadletter import commands
+
+    monkeypatch.setattr(commands, "REPLAY_PAGE", page)
+    status, out, _ = run(capsys, "replay", "--all", "--dry-run")
+    assert status == 0 and "dry run: 4 dead letter(s) selected" in out
+    assert [line.split()[2] for line in out.splitlines() if line.startswith("would")] == IDS
+    status, out, _ = run(capsys, "replay", "--all", "--limit", "3")
+    assert status == 0, out
+    assert [m["id"] for m in ably.messages()] == IDS[:3]
+    assert "replayed 3 of 3 dead letter(s)" in out
+    status, out, _ = run(capsys, "replay", "--all")  # only the fourth is left: it has no channel
+    assert status == 1
+    assert "replayed 0 of 1 dead letter(s)" in out and "1 still cannot be published" in out
+    assert [m["id"] for m in ably.messages()] == IDS[:3]
+
+
 def test_replay_as_original_sends_the_whole_event_once_the_limit_is_raised(
     dead: Any, ably: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -91,6 +91,8 @@ def test_list_and_filters(dead: psycopg.Connection[Any], capsys: pytest.CaptureF
     assert out.splitlines()[-1] == "4 dead letter(s) in public.outbox_deadletter"
     assert listed(capsys, "--kind", "too_large") == IDS[:2]
     assert listed(capsys, "--channel", "orders:*") == IDS[:2]
+    assert listed(capsys, "--channel", "orders:*", "--limit", "1") == IDS[:1]  # LIKE, limited in the query
+    assert listed(capsys, "--channel", "[ol]*:?") == IDS[:3]  # a class: matched by the core
     assert listed(capsys, "--channel", "locked:3") == ["13"]
     assert listed(capsys, "--reason", "40160") == ["13"]
     assert listed(capsys, "--limit", "2") == IDS[:2]
@@ -149,6 +151,24 @@ def test_replay_compact_then_nothing_then_as_original(
     assert json.loads(message["data"]) == json.loads(BIG)
     assert "x-livesync-truncated" not in message["extras"]["headers"]
     assert marks(dead, 11)[:3] == ("published", "original", 2)
+
+
+def test_a_replay_reads_page_by_page_in_outbox_order(
+    dead: psycopg.Connection[Any],
+    ably: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from connector.deadletter import commands
+
+    monkeypatch.setattr(commands, "REPLAY_PAGE", 1)
+    status, out, _ = run(capsys, "replay", "--all", "--limit", "3")
+    assert status == 0, out
+    assert "replayed 3 of 3 dead letter(s)" in out
+    assert [m["id"] for m in ably.messages()] == IDS[:3]
+    status, out, _ = run(capsys, "replay", "--all")  # the fourth: a channel name Ably refuses
+    assert status == 1 and "replayed 0 of 1 dead letter(s)" in out
+    assert [m["id"] for m in ably.messages()] == IDS[:3]
 
 
 def test_a_rejected_channel_stays_a_dead_letter_with_the_new_reason(

@@ -136,3 +136,21 @@ def test_a_record_stored_without_its_bodies_goes_compact_even_as_original() -> N
     [planned] = plan(store, [record(whole=False)], settings(), as_original=True)
     assert planned.form == "compact" and planned.message is not None
     assert planned.message.message["extras"]["headers"]["x-livesync-truncated"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("glob", "like"),
+    [
+        ("orders:*", "orders:%"),
+        ("tenant_?:a%b", "tenant\\__:a\\%b"),  # `_` and `%` literal, `?` any one character
+        ("back\\slash*", "back\\\\slash%"),
+        ("[ab]*", None),
+        (None, None),
+    ],
+)
+def test_a_postgres_channel_glob_becomes_a_like_pattern_the_database_can_limit(
+    glob: str | None, like: str | None
+) -> None:
+    from connector.sources.postgres.deadletter_store import _like_pattern
+
+    assert _like_pattern(glob) == like

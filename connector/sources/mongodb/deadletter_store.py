@@ -85,8 +85,13 @@ class MongoDeadLetterStore:
 
     def _filter(self, selection: Selection) -> dict[str, Any]:
         flt: dict[str, Any] = {}
-        if selection.ids:
-            flt["_id"] = {"$in": [{"_data": i} for i in selection.ids]}
+        if selection.ids or selection.after is not None:
+            # Tokens are `{_data: hex}` (mongod refuses a pipeline that changes them): ordered by `_data`.
+            flt["_id"] = {}
+            if selection.ids:
+                flt["_id"]["$in"] = [{"_data": i} for i in selection.ids]
+            if selection.after is not None:
+                flt["_id"]["$gt"] = {"_data": selection.after}
         if selection.kind is not None:
             flt["kind"] = selection.kind
         if selection.reason is not None:
@@ -109,6 +114,7 @@ class MongoDeadLetterStore:
     async def find(self, selection: Selection) -> list[DeadLetter]:
         """Filtered by the database, except a channel glob, matched here (so then the database cannot
         apply the limit)."""
+        self._docs = {}  # the documents of this find only: a replay reads page by page
         out: list[DeadLetter] = []
         limit = 0 if selection.channel_glob is not None else selection.limit or 0
         with _mapped(f"reading {self.where}"):

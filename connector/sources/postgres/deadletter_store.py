@@ -72,6 +72,9 @@ class PostgresDeadLetterStore:
             numbers = [int(i) for i in selection.ids if i.isdigit()]
             clauses.append(sql.SQL("sequence_id = ANY(%s)"))
             params.append(numbers)
+        if selection.after is not None:
+            clauses.append(sql.SQL("sequence_id > %s"))
+            params.append(int(selection.after))
         if selection.kind is not None:
             clauses.append(sql.SQL("kind = %s"))
             params.append(selection.kind)
@@ -81,6 +84,10 @@ class PostgresDeadLetterStore:
         if selection.channel_exact is not None:
             clauses.append(sql.SQL("channel = %s"))
             params.append(selection.channel_exact)
+        like = _like_pattern(selection.channel_glob)
+        if like is not None:
+            clauses.append(sql.SQL("channel LIKE %s ESCAPE '\\'"))
+            params.append(like)
         if selection.since is not None:
             clauses.append(sql.SQL("at >= %s"))
             params.append(selection.since)
@@ -99,10 +106,12 @@ class PostgresDeadLetterStore:
         where, params = self._where(selection)
         query = sql.SQL("SELECT {} FROM {}").format(_COLUMNS, self._table.sql) + where
         query += sql.SQL(" ORDER BY sequence_id")
-        # A glob is matched here, so the database cannot apply the limit.
-        if selection.limit and selection.channel_glob is None:
+        # A glob with `[...]` is matched here only, so then the database cannot apply the limit.
+        glob = selection.channel_glob
+        if selection.limit and (glob is None or _like_pattern(glob) is not None):
             query += sql.SQL(" LIMIT {}").format(sql.Literal(selection.limit))
         out: list[DeadLetter] = []
+        self._rows = {}  # the rows of this find only: a replay reads page by page
         with mapped_errors(f"reading {self.where}"):
             cur = await self.conn.execute(query, params)
             for row in await cur.fetchall():
@@ -201,3 +210,12 @@ class PostgresDeadLetterStore:
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         await close_quietly(conn)
+
+
+def _like_pattern(glob: str | None) -> str | None:
+    """A channel glob of `*` and `?` as a LIKE pattern (`%`, `_`; LIKE's own characters escaped), so the
+    database filters and limits; None for no glob or one with `[...]` (matched by the core)."""
+    if glob is None or "[" in glob:
+        return None
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
