@@ -31,11 +31,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 import orjson
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from connector.ably.outbound import AblyMessage
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import algorithms
+
     from connector.shared_settings import CommonSettings
 
 __all__ = [
@@ -139,6 +140,10 @@ class ChannelCipher:
         )
         self._iv_source = iv_source
         self._cache: dict[str, bytes | None] = {}
+        # Imported here: a connector without a key never loads `cryptography` (about 7 MiB of memory).
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        self._cipher, self._algorithms, self._modes = Cipher, algorithms, modes
         self._aes: dict[bytes, algorithms.AES] = {}
         self._json_encodings = {size: f"json/utf-8/cipher+aes-{size * 8}-cbc/base64" for size in KEY_SIZES}
         self.sealed = 0
@@ -163,8 +168,8 @@ class ChannelCipher:
         pad = BLOCK_SIZE - len(plaintext) % BLOCK_SIZE
         aes = self._aes.get(key)
         if aes is None:
-            aes = self._aes[key] = algorithms.AES(key)  # one per key: it checks the key each time it is made
-        encryptor = Cipher(aes, modes.CBC(iv)).encryptor()
+            aes = self._aes[key] = self._algorithms.AES(key)  # one per key: made, it checks the key
+        encryptor = self._cipher(aes, self._modes.CBC(iv)).encryptor()
         sealed = iv + encryptor.update(plaintext + bytes((pad,)) * pad) + encryptor.finalize()
         self.sealed += 1
         return binascii.b2a_base64(sealed, newline=False).decode("ascii")
@@ -181,8 +186,8 @@ class ChannelCipher:
             raise ValueError(f"encrypted data is not base64: {exc}") from None
         if len(sealed) < 2 * BLOCK_SIZE or len(sealed) % BLOCK_SIZE:
             raise ValueError(f"encrypted data of {len(sealed)} bytes is not IV + whole AES blocks")
-        aes = self._aes.get(key) or algorithms.AES(key)
-        decryptor = Cipher(aes, modes.CBC(sealed[:BLOCK_SIZE])).decryptor()
+        aes = self._aes.get(key) or self._algorithms.AES(key)
+        decryptor = self._cipher(aes, self._modes.CBC(sealed[:BLOCK_SIZE])).decryptor()
         padded = decryptor.update(sealed[BLOCK_SIZE:]) + decryptor.finalize()
         pad = padded[-1]
         if not 1 <= pad <= BLOCK_SIZE or padded[-pad:] != bytes((pad,)) * pad:

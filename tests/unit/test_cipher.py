@@ -338,3 +338,25 @@ def test_the_demo_view_reads_encrypted_messages_with_the_key() -> None:
     view = ChannelView(None, RunSummary(), KEY_256)  # type: ignore[arg-type]
     assert view._plaintext(sealed) == view._plaintext(dict(plain)) == change
     assert ChannelView(None, RunSummary())._plaintext(sealed) == {}, "without the key: nothing to show"  # type: ignore[arg-type]
+
+
+def test_a_connector_without_a_key_never_loads_the_crypto_library() -> None:
+    """`cryptography` costs about 7 MiB of memory: only a configured key loads it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from connector.config import load_settings\n"
+        "from connector.ably.cipher import cipher_from\n"
+        "from connector.sources.mongodb.source import MongoSource\n"
+        "from connector.sources.postgres.source import PostgresSource\n"
+        "import connector.runtime\n"
+        f"settings = load_settings({BASE!r}, env_file=None)\n"
+        "assert cipher_from(settings) is None\n"
+        "assert 'cryptography' not in sys.modules, 'loaded without a key'\n"
+        f"keyed = load_settings({{**{BASE!r}, 'CHANNEL_CIPHER_KEY': {KEY_256!r}}}, env_file=None)\n"
+        "assert cipher_from(keyed) is not None and 'cryptography' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
