@@ -8,11 +8,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { launchBrowser } from './helpers/browser.js';
-import { backend, uniqueId } from './helpers/clients.js';
+import { launchBrowser, openDemoPage, placeThenShip } from './helpers/browser.js';
+import { backend } from './helpers/clients.js';
 import { startStack } from './helpers/stack.js';
-
-const PAGE_TIMEOUT_MS = 30_000; // bounds each wait for the page; never reached when it works
 
 let stack;
 let browser;
@@ -28,20 +26,8 @@ after(async () => {
 test('the page shows changes made in MongoDB as they happen', async () => {
   assert.equal(stack.info.pageProblem, null);
   const api = backend(stack.info);
-  const page = await browser.newPage();
-  page.setDefaultTimeout(PAGE_TIMEOUT_MS);
-  const problems = [];
-  page.on('pageerror', (err) => problems.push(err.message));
-  await page.goto(`${stack.info.backend}/`);
-  await page.getByText('model ready').waitFor();
-
-  const id = uniqueId('order');
-  await api.insert({ _id: id, status: 'placed', total: 42 });
-  const row = page.locator(`tr[data-id="${id}"]`);
-  await row.getByText('placed').waitFor();
-  await api.update(id, { status: 'shipped' });
-  await row.getByText('shipped').waitFor();
-  assert.deepEqual(await row.locator('td').allTextContents(), [id, 'shipped', '42']);
+  const { page, problems } = await openDemoPage(browser, stack.info);
+  const { id, row } = await placeThenShip(page, api);
   await page.waitForFunction(() => Number(document.getElementById('messagesPublished').textContent) >= 2);
 
   const screenshot = path.join(mkdtempSync(path.join(tmpdir(), 'livesync-browser-')), 'demo-page.png');

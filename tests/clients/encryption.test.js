@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 
 import { useChannelCipher } from '../../demo/web/channel-cipher.js';
 import { mergeDocument } from '../../demo/web/merge.js';
-import { launchBrowser } from './helpers/browser.js';
+import { launchBrowser, openDemoPage, placeThenShip } from './helpers/browser.js';
 import { backend, modelsClient, realtime, uniqueId, waitFor } from './helpers/clients.js';
 import { ROOT, startStack } from './helpers/stack.js';
 
@@ -150,22 +150,12 @@ test('the demo page holds the key and shows the orders live', async () => {
   assert.equal(stack.info.pageProblem, null);
   const browser = await launchBrowser();
   try {
-    const page = await browser.newPage();
-    page.setDefaultTimeout(30_000); // bounds each wait for the page; never reached when it works
-    const problems = [];
-    page.on('pageerror', (err) => problems.push(err.message));
     // A model that cannot read its events (no key) still shows the orders, by a sync() per event: count them.
     const syncs = [];
-    page.on('request', (request) => new URL(request.url()).pathname === '/api/orders' && syncs.push(request.url()));
-    await page.goto(`${stack.info.backend}/`);
-    await page.getByText('model ready').waitFor();
-    const id = uniqueId('order');
-    await api.insert({ _id: id, status: 'placed', total: 42 });
-    const row = page.locator(`tr[data-id="${id}"]`);
-    await row.getByText('placed').waitFor();
-    await api.update(id, { status: 'shipped' });
-    await row.getByText('shipped').waitFor();
-    assert.deepEqual(await row.locator('td').allTextContents(), [id, 'shipped', '42']);
+    const { page, problems } = await openDemoPage(browser, stack.info, (p) =>
+      p.on('request', (request) => new URL(request.url()).pathname === '/api/orders' && syncs.push(request.url())),
+    );
+    await placeThenShip(page, api);
     assert.equal(syncs.length, 1, 'the model merged the decrypted events, without a resync');
     assert.ok((await stored('orders')).every((m) => m.encoding === ENCODING), 'the page read ciphertext');
     assert.deepEqual(problems, []);
