@@ -14,7 +14,6 @@ file also runs against a real deployment (MONGODB_TEST_URI) where other clients 
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -22,10 +21,11 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
+from tests.emulators.mongodb.stream_reading import events_until
+
 #: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
 pytestmark = pytest.mark.integration
 
-EVENT_WAIT_S = 10.0
 MAX_AWAIT_MS = 200
 INVALID_OPTIONS = 72
 INVALID_NAMESPACE = 73
@@ -43,16 +43,10 @@ async def dbs(async_client: Any, database_name: str) -> Any:
 
 
 async def until_marker(stream: Any, marker_db: str) -> list[dict[str, Any]]:
-    """Events up to and including the insert of `_id: MARKER` into `marker_db`, bounded by EVENT_WAIT_S."""
-    events: list[dict[str, Any]] = []
-    async with asyncio.timeout(EVENT_WAIT_S):
-        while True:
-            event = await stream.try_next()
-            if event is None:
-                continue
-            events.append(event)
-            if event.get("documentKey", {}).get("_id") == MARKER and event["ns"]["db"] == marker_db:
-                return events
+    """Events up to and including the insert of `_id: MARKER` into `marker_db`."""
+    return await events_until(
+        stream, lambda e: e.get("documentKey", {}).get("_id") == MARKER and e["ns"]["db"] == marker_db
+    )
 
 
 def mine(events: list[dict[str, Any]], names: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from bson import ObjectId, json_util
 
+from tests.emulators.mongodb.stream_reading import EVENT_WAIT_S, events_until
+
 #: Needs a MongoDB server: the emulator, or MONGODB_TEST_URI.
 pytestmark = pytest.mark.integration
 
 PIPELINES_DIR = Path(__file__).resolve().parents[3] / "pipelines"
-EVENT_WAIT_S = 10.0
 MAX_AWAIT_MS = 200
 
 
@@ -28,16 +29,8 @@ def load_pipeline(name: str) -> list[dict[str, Any]]:
 
 
 async def events_until_marker(stream: Any) -> list[dict[str, Any]]:
-    """Collect events until the one for `_id: "marker"` (written last), bounded by EVENT_WAIT_S."""
-    events: list[dict[str, Any]] = []
-    async with asyncio.timeout(EVENT_WAIT_S):
-        while True:
-            event = await stream.try_next()
-            if event is None:
-                continue
-            events.append(event)
-            if event.get("documentKey", {}).get("_id") == "marker":
-                return events
+    """Collect events until the one for `_id: "marker"` (written last)."""
+    return await events_until(stream, lambda e: e.get("documentKey", {}).get("_id") == "marker")
 
 
 async def test_channel_per_document(async_db: Any) -> None:
