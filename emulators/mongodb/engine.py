@@ -19,6 +19,7 @@ from typing import Any
 from .changestream import ChangeStreamCursor
 from .docstore import naive_dates
 from .errors import RETRYABLE_WRITE_CODES, STATE_CHANGE_CODES, CloseConnection, CommandError
+from .expressions import one_clock_per_command
 from .failpoints import RETRYABLE_WRITE_COMMANDS, FailPoints
 from .oplog import Oplog
 from .storage import Storage
@@ -204,7 +205,8 @@ class Engine:
         try:
             if retry_key is not None and retry_key in self.retry_cache:
                 return self.decorate(dict(self.retry_cache[retry_key]))
-            reply = await self._run(conn, name, db, cmd, retry_key is not None)
+            with one_clock_per_command():
+                reply = await self._run(conn, name, db, cmd, retry_key is not None)
             if retry_key is not None and reply.get("ok") == 1:
                 self.retry_cache[retry_key] = dict(reply)
                 while len(self.retry_cache) > RETRY_CACHE_SIZE:

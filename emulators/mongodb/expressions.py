@@ -6,11 +6,13 @@ is not written, as on the server.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime
 import operator
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
@@ -70,10 +72,32 @@ def _variable(name: str, doc: Any, variables: dict[str, Any]) -> Any:
     return _lookup(base, rest.split(".")) if rest else base
 
 
+# One reading of the clock per command: mongod's `$$NOW` is the same for the whole operation, so
+# `{$subtract: [{$add: ["$$NOW", 1500]}, "$$NOW"]}` is exactly 1500 however long the command runs.
+_command_now: contextvars.ContextVar[list[datetime.datetime]] = contextvars.ContextVar("command_now")
+
+
+@contextlib.contextmanager
+def one_clock_per_command() -> Iterator[None]:
+    """Within this block every `$$NOW` is the first one read (taken lazily, so a command that never
+    asks never reads the clock)."""
+    token = _command_now.set([])
+    try:
+        yield
+    finally:
+        _command_now.reset(token)
+
+
 def now() -> datetime.datetime:
     """`$$NOW`: the server's clock as a BSON date (millisecond precision, naive UTC like stored dates)."""
+    reading = _command_now.get(None)
+    if reading:
+        return reading[0]
     moment = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    if reading is not None:
+        reading.append(moment)
+    return moment
 
 
 def _null(value: Any) -> Any:

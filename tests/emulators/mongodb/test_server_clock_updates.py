@@ -32,6 +32,17 @@ def test_now_is_the_server_clock_and_add_moves_a_date_by_milliseconds(sync_db: A
     assert doc["at"].microsecond % 1000 == 0  # BSON dates have millisecond precision
 
 
+def test_now_is_one_instant_for_the_whole_command(sync_db: Any) -> None:
+    """mongod reads the clock once per operation: every document an update_many touches gets the same
+    `$$NOW`, however many milliseconds the command takes."""
+    sync_db.c.insert_many([{"_id": n} for n in range(3000)])
+    sync_db.c.update_many({}, [{"$set": {"at": "$$NOW", "later": {"$add": ["$$NOW", 1]}}}])
+    stamps = {(doc["at"], doc["later"]) for doc in sync_db.c.find()}
+    assert len(stamps) == 1
+    ((at, later),) = stamps
+    assert later - at == timedelta(milliseconds=1)
+
+
 def test_add_refuses_two_dates_and_strings(sync_db: Any) -> None:
     sync_db.c.insert_one({"_id": 1, "s": "x"})
     with pytest.raises(OperationFailure) as two_dates:
