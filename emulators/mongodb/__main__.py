@@ -21,6 +21,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--standalone", action="store_true", help="behave as a standalone (no change streams)"
     )
+    parser.add_argument(
+        "--ttl-monitor-sleep-secs",
+        type=float,
+        default=60.0,
+        help="seconds between TTL monitor passes (mongod's ttlMonitorSleepSecs)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -37,6 +43,7 @@ async def _main(args: argparse.Namespace) -> None:
         server_version=args.server_version,
         oplog_size=args.oplog_size,
         standalone=args.standalone,
+        ttl_monitor_sleep_s=args.ttl_monitor_sleep_secs,
     ) as server:
         print(server.uri, flush=True)
         await stop.wait()

@@ -30,6 +30,8 @@ from .transactions import (
     in_transaction,
     transient_labels,
 )
+from .ttl import DEFAULT_SLEEP_S as DEFAULT_TTL_SLEEP_S
+from .ttl import TtlStats
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class Config:
     server_version: str = "7.0.0"
     oplog_size: int = 1_000_000
     standalone: bool = False
+    ttl_monitor_sleep_s: float = DEFAULT_TTL_SLEEP_S
 
     @property
     def address(self) -> str:
@@ -144,6 +147,7 @@ class Engine:
         self.cursors: dict[int, ChangeStreamCursor | FindCursor] = {}
         self.retry_cache: OrderedDict[tuple[bytes, int, str], dict[str, Any]] = OrderedDict()
         self.started = time.monotonic()
+        self.ttl_stats = TtlStats()
         # Set by the server: closes every client socket (emulatorDropConnections).
         self.drop_connections: Callable[[], int] = lambda: 0
         # Set by the server: the live client connections (serverStatus, emulatorDropConnections).

@@ -22,6 +22,8 @@ from ..net import close_server
 from . import commands as _commands  # registers the command handlers
 from .engine import Config, Connection, Engine
 from .errors import CloseConnection
+from .ttl import DEFAULT_SLEEP_S as DEFAULT_TTL_SLEEP_S
+from .ttl import run_ttl_monitor
 from .wire import (
     HEADER_SIZE,
     OP_QUERY,
@@ -62,8 +64,9 @@ class MongoEmulator:
         server_version: str = "7.0.0",
         oplog_size: int = 1_000_000,
         standalone: bool = False,
+        ttl_monitor_sleep_s: float = DEFAULT_TTL_SLEEP_S,
     ) -> None:
-        self.config = Config(host, port, replset, server_version, oplog_size, standalone)
+        self.config = Config(host, port, replset, server_version, oplog_size, standalone, ttl_monitor_sleep_s)
         self.engine = Engine(self.config)
         self.engine.drop_connections = self.drop_all_connections
         self._server: asyncio.Server | None = None
@@ -100,6 +103,11 @@ class MongoEmulator:
         self.config.port = sock.getsockname()[1]
         self.engine.address = self.config.address
         self._state = State.OPENED
+        monitor = asyncio.create_task(
+            run_ttl_monitor(self.engine, self.config.ttl_monitor_sleep_s), name="mongo-ttl-monitor"
+        )
+        self._tasks.add(monitor)
+        monitor.add_done_callback(self._tasks.discard)
         log.info("mongodb emulator listening on %s", self.uri)
 
     async def aclose(self) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import mongomock
 from bson import SON, ObjectId
+from mongomock import store as mm_store
 from pymongo.errors import DuplicateKeyError
 
 from . import updates
@@ -35,6 +36,15 @@ from .scan import matching_now, sort_documents
 from .topology import ClusterClock, wall_time
 from .update_ops import UpdateContext, apply_update, check_replacement_fields, validate_update
 from .update_ops import upsert_seed as updates_seed
+
+
+def _no_lazy_expiry(self: mm_store.CollectionStore) -> None:
+    """mongod deletes expired documents in its TTL monitor's passes, each with a delete event (ttl.py);
+    mongomock would hide them from every read at once, with no event, scanning the collection on each
+    access to do it."""
+
+
+mm_store.CollectionStore._remove_expired_documents = _no_lazy_expiry  # type: ignore[method-assign]
 
 # The server's document size limit (maxBsonObjectSize).
 MAX_DOCUMENT_SIZE = 16 * 1024 * 1024

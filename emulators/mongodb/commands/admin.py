@@ -139,6 +139,12 @@ async def server_status(engine: Engine, conn: Connection, db: str, cmd: dict[str
         if not engine.config.standalone
         else {},
         "storageEngine": {"name": "emulator"},
+        "metrics": {
+            "ttl": {
+                "passes": Int64(engine.ttl_stats.passes),
+                "deletedDocuments": Int64(engine.ttl_stats.deleted_documents),
+            }
+        },
         "ok": 1.0,
     }
 
