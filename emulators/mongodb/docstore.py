@@ -14,6 +14,7 @@ from typing import Any
 
 from bson import Binary, Code, Decimal128, Int64, ObjectId, Regex, Timestamp
 from bson.datetime_ms import DatetimeMS
+from mongomock import filtering as mm_filtering
 from mongomock import helpers as mm_helpers
 from pymongo.errors import DuplicateKeyError, OperationFailure, WriteError
 
@@ -260,16 +261,33 @@ def _key_value(doc: dict[str, Any], fields: list[str]) -> dict[str, Any]:
     return out
 
 
+def check_unique_partial(col: Any, fields: list[str], partial: dict[str, Any]) -> None:
+    """A unique partial index's build: the documents its filter selects must not share a key."""
+    seen: list[dict[str, Any]] = []
+    for doc in col._store.documents:
+        if mm_filtering.filter_applies(partial, doc):
+            value = _key_value(doc, fields)
+            if value in seen:
+                raise DuplicateKeyError(f"E11000 Duplicate Key Error: {value}", 11000)
+            seen.append(value)
+
+
 def duplicate_key(col: Any, ns: str, doc: dict[str, Any], own_id: Any) -> CommandError:
     """E11000 naming the unique index that conflicts, with keyPattern/keyValue like the server."""
+    doc = naive_dates(doc)  # compared with stored documents
     for name, spec in col.index_information().items():
         if name != "_id_" and not spec.get("unique"):
             continue
         fields = [path for path, _ in spec["key"]]
         value = _key_value(doc, fields)
+        partial = spec.get("partialFilterExpression")
         if name == "_id_":
             # A lookup, as mongod's index does: a find would scan the collection once per duplicate.
             clash = store_key(value["_id"]) in col._store and value["_id"] != own_id
+        elif partial is not None:
+            clash = mm_filtering.filter_applies(partial, doc) and any(
+                other["_id"] != own_id for other in col.find({"$and": [partial, value]}, {"_id": 1})
+            )
         else:
             clash = any(other["_id"] != own_id for other in col.find(value, {"_id": 1}))
         if clash:

@@ -15,16 +15,20 @@ an unknown field, a compound or `_id` index: 72 InvalidOptions.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
-from bson import SON, Binary
+from bson import SON, Binary, Regex
 
 from .errors import CommandError
 
 if TYPE_CHECKING:
     from .storage import Storage
 
-OPTIONS = ("unique", "sparse", "expireAfterSeconds")
+OPTIONS = ("unique", "sparse", "expireAfterSeconds", "partialFilterExpression")
+
+# What mongod 7.0 accepts in a partialFilterExpression (docs: core/index-partial; geo is not emulated).
+_PARTIAL_FIELD_OPERATORS = frozenset({"$eq", "$exists", "$gt", "$gte", "$lt", "$lte", "$type", "$in"})
 MODIFIABLE = frozenset({"name", "keyPattern", "expireAfterSeconds", "hidden"})
 
 
@@ -42,6 +46,46 @@ def check_same_name(name: str, existing: dict[str, Any], key: dict[str, Any], sp
             f"Requested index: {_describe(name, key, wanted)}, existing index: {_describe(name, key, have)}",
         )
     return True
+
+
+def check_partial_filter(name: str, key: dict[str, Any], spec: dict[str, Any]) -> None:
+    """mongod's checks of `partialFilterExpression` when an index is created: a document, not with
+    `sparse`, not on `_id`, and built only of the expressions a partial index supports."""
+    if "partialFilterExpression" not in spec:
+        return
+    expr = spec["partialFilterExpression"]
+    if not isinstance(expr, dict):
+        raise CommandError(
+            14, f"The field 'partialFilterExpression' must be an object, but got {type(expr).__name__}"
+        )
+    if name == "_id_" or dict(key) == {"_id": 1}:
+        raise CommandError(
+            197, "The field 'partialFilterExpression' is not valid for an _id index specification"
+        )
+    if spec.get("sparse"):
+        raise CommandError(67, 'cannot mix "partialFilterExpression" and "sparse" options')
+    _check_partial_document(expr)
+
+
+def _unsupported(expr: Any) -> CommandError:
+    return CommandError(67, f"Expression not supported in partial index: {expr}")
+
+
+def _check_partial_document(expr: dict[str, Any]) -> None:
+    for field, cond in expr.items():
+        if field in ("$and", "$or"):
+            if not isinstance(cond, list) or not cond or not all(isinstance(part, dict) for part in cond):
+                raise CommandError(2, f"{field} argument must be a non-empty array of objects")
+            for part in cond:
+                _check_partial_document(part)
+        elif field.startswith("$"):
+            raise _unsupported({field: cond})
+        elif isinstance(cond, dict) and cond and next(iter(cond)).startswith("$"):
+            for op, arg in cond.items():
+                if op not in _PARTIAL_FIELD_OPERATORS or (op == "$exists" and not arg):
+                    raise _unsupported({field: {op: arg}})
+        elif isinstance(cond, re.Pattern | Regex):
+            raise _unsupported({field: cond})
 
 
 def modify_index(storage: Storage, db: str, coll: str, spec: Any) -> dict[str, Any]:

@@ -21,16 +21,19 @@ from . import updates
 from .bsonvalues import encode, same, same_id
 from .docstore import (
     NO_KEY,
+    check_unique_partial,
     duplicate_key,
     exact_id,
     insert_into_store,
     mongomock_error,
+    naive_dates,
     replace_in_store,
     storable,
     store_key,
 )
 from .errors import CommandError
-from .index_options import check_same_name
+from .index_options import OPTIONS as INDEX_OPTIONS
+from .index_options import check_partial_filter, check_same_name
 from .oplog import Oplog, OplogEntry
 from .scan import matching_now, sort_documents
 from .topology import ClusterClock, wall_time
@@ -481,18 +484,32 @@ class Storage:
             name = spec.get("name")
             if not isinstance(key, dict) or not key or not name:
                 raise CommandError(9, "index specs need a non-empty 'key' document and a 'name'")
+            if "partialFilterExpression" in spec:  # compared with stored documents: naive UTC dates
+                spec = {**spec, "partialFilterExpression": naive_dates(spec["partialFilterExpression"])}
+            check_partial_filter(name, key, spec)
             info = col.index_information()
             existing = info.get(name)
             if existing is not None and check_same_name(name, existing, key, spec):
                 continue
-            same_key = [n for n, s in info.items() if list(s["key"]) == list(key.items())]
+            partial = spec.get("partialFilterExpression")
+            same_key = [
+                n
+                for n, s in info.items()
+                if list(s["key"]) == list(key.items()) and s.get("partialFilterExpression") == partial
+            ]
             if same_key:
                 raise CommandError(
                     85, f"Index already exists with a different name: {same_key[0]} (requested {name})"
                 )
-            options = {k: v for k, v in spec.items() if k in ("unique", "sparse", "expireAfterSeconds")}
+            options = {k: v for k, v in spec.items() if k in INDEX_OPTIONS}
             try:
-                col.create_index(list(key.items()), name=name, **options)
+                if options.get("unique") and partial is not None:
+                    # mongomock checks the existing documents as if the index were not partial.
+                    check_unique_partial(col, [path for path in key], partial)
+                    col.create_index(list(key.items()), name=name, **{**options, "unique": False})
+                    col._store.indexes[name]["unique"] = True
+                else:
+                    col.create_index(list(key.items()), name=name, **options)
             except Exception as exc:
                 raise mongomock_error(exc) from exc
             created.append({"v": 2, "key": SON(key.items()), "name": name, **options})

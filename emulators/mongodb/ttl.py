@@ -6,7 +6,8 @@ scans the whole collection on each access to do it; `storage.py` turns that off.
 document stays readable until the next pass, and only the primary runs the monitor (a secondary
 replicates its deletes). A TTL index is a single-field index; mongod ignores `expireAfterSeconds` on a
 compound one. A document expires when its field holds a date (an array: its earliest date) at least
-`expireAfterSeconds` in the past; any other value never expires.
+`expireAfterSeconds` in the past; any other value never expires. A partial TTL index expires only the
+documents its `partialFilterExpression` selects.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bson.datetime_ms import DatetimeMS
+from mongomock import filtering as mm_filtering
 
 from .docstore import store_key
 
@@ -58,13 +60,13 @@ def _expiry_millis(value: Any) -> int | None:
     return _millis(value)
 
 
-def _ttl_indexes(info: dict[str, Any]) -> list[tuple[str, float]]:
+def _ttl_indexes(info: dict[str, Any]) -> list[tuple[str, float, dict[str, Any] | None]]:
     out = []
     for spec in info.values():
         key = list(spec.get("key") or [])
         seconds = spec.get("expireAfterSeconds")
         if len(key) == 1 and isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
-            out.append((key[0][0], float(seconds)))
+            out.append((key[0][0], float(seconds), spec.get("partialFilterExpression")))
     return out
 
 
@@ -87,12 +89,13 @@ def expire_once(storage: Storage, now: datetime.datetime) -> int:
             if meta.is_view:
                 continue
             col = storage.collection(db, coll)
-            for path, seconds in _ttl_indexes(col.index_information()):
+            for path, seconds, partial in _ttl_indexes(col.index_information()):
                 cutoff = now_ms - seconds * 1000
                 expired = []
                 for doc in col._store.documents:
                     at = _expiry_millis(_field(doc, path))
-                    if at is not None and at <= cutoff:
+                    selected = partial is None or mm_filtering.filter_applies(partial, doc)
+                    if at is not None and at <= cutoff and selected:
                         expired.append(doc["_id"])
                 for _id in expired:
                     if store_key(_id) in col._store:  # another index of this pass may have taken it

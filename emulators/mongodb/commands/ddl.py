@@ -10,6 +10,7 @@ from bson import SON, Binary
 
 from ..engine import Connection, Engine, command
 from ..errors import CommandError
+from ..index_options import OPTIONS as INDEX_OPTIONS
 from ..index_options import modify_index
 from ..scan import matching_now
 from ..storage import Storage
@@ -106,7 +107,7 @@ def _rename_across_databases(
     source = storage.collection(src_db, src)
     for name, spec in source.index_information().items():
         if name != "_id_":
-            options = {k: v for k, v in spec.items() if k in ("unique", "sparse", "expireAfterSeconds")}
+            options = {k: v for k, v in spec.items() if k in INDEX_OPTIONS}
             storage.create_indexes(dst_db, staging, [{"key": dict(spec["key"]), "name": name, **options}])
     for doc in matching_now(source, {}):
         storage.insert(dst_db, staging, doc)
@@ -185,7 +186,7 @@ async def list_indexes(engine: Engine, conn: Connection, db: str, cmd: dict[str,
     specs = []
     for name, spec in info.items():
         entry: dict[str, Any] = {"v": 2, "key": SON(spec["key"]), "name": name}
-        for option in ("unique", "sparse", "expireAfterSeconds"):
+        for option in INDEX_OPTIONS:
             if option in spec:
                 entry[option] = spec[option]
         specs.append(entry)

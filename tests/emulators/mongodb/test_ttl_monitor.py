@@ -128,3 +128,19 @@ def test_the_monitor_runs_by_itself_and_counts_in_server_status(emulator_only: N
         ttl = client.admin.command("serverStatus")["metrics"]["ttl"]
     assert ttl["deletedDocuments"] == 3
     assert ttl["passes"] >= 1
+
+
+def test_a_partial_ttl_index_expires_only_what_its_filter_selects(idle_monitor: ThreadedEmulator) -> None:
+    old = _now() - HOUR
+    with _client(idle_monitor) as client:
+        coll = client.db.carts
+        coll.create_index("at", expireAfterSeconds=60, partialFilterExpression={"state": "abandoned"})
+        coll.insert_many(
+            [
+                {"_id": 1, "at": old, "state": "abandoned"},
+                {"_id": 2, "at": old, "state": "ordered"},
+                {"_id": 3, "at": old},
+            ]
+        )
+        assert _pass(idle_monitor) == 1
+        assert sorted(doc["_id"] for doc in coll.find()) == [2, 3]
