@@ -505,7 +505,7 @@ class Storage:
             try:
                 if options.get("unique") and partial is not None:
                     # mongomock checks the existing documents as if the index were not partial.
-                    check_unique_partial(col, [path for path in key], partial)
+                    check_unique_partial(col, list(key), partial)
                     col.create_index(list(key.items()), name=name, **{**options, "unique": False})
                     col._store.indexes[name]["unique"] = True
                 else:
