@@ -113,6 +113,12 @@ Rendered = tuple[Key, RawBSONDocument]
 _UPDATE_LIKE = frozenset({"update", "replace", "delete"})
 
 
+def exposed_system_collection(coll: str) -> bool:
+    """The system collections a database or deployment stream shows with `showSystemEvents` (mongod's
+    kRegexAllCollectionsShowSystemEvents); every other `system.` collection stays hidden."""
+    return coll in ("system.js", "system.views") or coll.startswith(("system.resharding.", "system.buckets."))
+
+
 @dataclass(slots=True)
 class Scope:
     """What a stream watches; decides which oplog entries it sees and which one invalidates it."""
@@ -120,6 +126,7 @@ class Scope:
     kind: Literal["cluster", "db", "coll"]
     db: str
     coll: str | None = None
+    show_system_events: bool = False
 
     @property
     def ns(self) -> str:
@@ -130,7 +137,8 @@ class Scope:
     def includes(self, entry: OplogEntry) -> bool:
         if self.kind == "coll":
             return entry.db == self.db and entry.coll == self.coll
-        if entry.coll is not None and entry.coll.startswith("system."):
+        system = entry.coll is not None and entry.coll.startswith("system.")
+        if system and not (self.show_system_events and exposed_system_collection(entry.coll or "")):
             return False
         if self.kind == "db":
             return entry.db == self.db

@@ -50,6 +50,7 @@ def scope_for(db: str, target: Any, spec: dict[str, Any]) -> Scope:
         )
     if "startAtOperationTime" in spec and ("resumeAfter" in spec or "startAfter" in spec):
         raise CommandError(40674, "Only one type of resume option is allowed, but multiple were found")
+    system = bool(spec.get("showSystemEvents"))
     if cluster:
-        return Scope("cluster", db)
-    return Scope("db", db) if target == 1 else Scope("coll", db, target)
+        return Scope("cluster", db, show_system_events=system)
+    return Scope("db", db, show_system_events=system) if target == 1 else Scope("coll", db, target)
