@@ -78,6 +78,16 @@ async def layout(
             await node.stop()
 
 
+async def assert_stands_by(node: Partitioned) -> None:
+    """`node`, of another layout than the one recorded, starts, says what blocks it, and never leads."""
+    node.start()
+    try:
+        await until(lambda: node.source.layout.blocker is not None, what="the instance to stand by")
+        assert not node.runtime.leadership.is_leader
+    finally:
+        await node.stop()
+
+
 def env_of(connector_env: dict[str, str]) -> dict[str, str]:
     return {**connector_env, "PIPELINE": PIPELINE, "ON_UNPUBLISHABLE": "deadletter"}
 
@@ -207,13 +217,7 @@ async def test_repartition_starts_from_the_old_layouts_oldest_position_and_loses
         lagging = sum(len(v) for ch, v in third.items() if bucket_of({"_ablyChannel": ch}, 2) == 0)
         await wait_delivered(ably, 120 - lagging)
         # A new layout's instance started while the old one still leads stands by, saying why.
-        newcomer = Partitioned(env, 3, 0)
-        newcomer.start()
-        try:
-            await until(lambda: newcomer.source.layout.blocker is not None, what="the newcomer to stand by")
-            assert not newcomer.runtime.leadership.is_leader
-        finally:
-            await newcomer.stop()
+        await assert_stands_by(Partitioned(env, 3, 0))
     old_tokens = [
         d["resumeToken"]["_data"]
         async for d in db.ably.find({"_id": {"$in": [f"{cid}#0of2", f"{cid}#1of2"]}})
@@ -225,13 +229,7 @@ async def test_repartition_starts_from_the_old_layouts_oldest_position_and_loses
         assert (layout_doc["partitions"], layout_doc["previous"]) == (3, 2)
         assert layout_doc["handover"]["resumeToken"]["_data"] == min(old_tokens)
         # An instance of the old layout started now refuses to lead while the new one does.
-        stray = Partitioned(env, 2, 1)
-        stray.start()
-        try:
-            await until(lambda: stray.source.layout.blocker is not None, what="the stray to stand by")
-            assert not stray.runtime.leadership.is_leader
-        finally:
-            await stray.stop()
+        await assert_stands_by(Partitioned(env, 2, 1))
         await asyncio.sleep(0.3)
     del first  # written before any stream opened (START_AT=now): never expected
     assert_in_order_once(ably, merge(second, third, fourth))
